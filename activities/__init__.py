@@ -1,0 +1,26 @@
+"""Side effects: tools, acceptance checks, model providers and stores.
+
+from activities import tool, check, tool_context, RetrySpec
+"""
+
+from activities.catalog import Catalog, CatalogError
+from activities.context import ToolContext, tool_context
+from activities.models import ScriptedPlanner, scripted_planner
+from activities.store import BlobStore
+from activities.tool import Tool, check, tool
+from workflows.contracts import CheckResult, RetrySpec
+
+__all__ = [
+    "BlobStore",
+    "Catalog",
+    "CatalogError",
+    "CheckResult",
+    "RetrySpec",
+    "ScriptedPlanner",
+    "Tool",
+    "ToolContext",
+    "check",
+    "scripted_planner",
+    "tool",
+    "tool_context",
+]

@@ -1,0 +1,175 @@
+"""The catalog: the tools, checks, agents and scripted planners a worker offers, found in modules.
+
+    catalog = Catalog.from_modules(["examples.ledger", "my_tools.py"])
+    worker_activities = catalog.activities()
+
+It also provides Keel's own activities, which need the catalog: `keel.prepare_plan` (the
+worker's verdict on a plan, so an unknown tool is refused before any step runs) and
+`keel.propose_plan` (the model call that turns a goal into a plan).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pydantic import ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.checks import BUILTIN_CHECKS
+from activities.models.scripted import ScriptedPlanner
+from activities.tool import Tool
+from workflows.contracts import (
+    AgentSpec,
+    PlanRequest,
+    PlanSpec,
+    PreparedPlan,
+    PrepareRequest,
+    ToolSpec,
+)
+
+
+def explain(err: ValidationError) -> str:
+    """A pydantic error in one line: `field: message; field: message`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in err.errors())
+
+
+class CatalogError(Exception):
+    """A module could not be loaded or declares something twice."""
+
+
+def load_module(target: str) -> ModuleType:
+    """Import a dotted module path or a .py file path."""
+    if target.endswith(".py") or "/" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise CatalogError(f"no such tools file: {target}")
+        name = f"keel_user_{path.stem}"
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise CatalogError(f"cannot import {target}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as err:
+        raise CatalogError(f"no such tools module: {target} ({err})") from err
+
+
+@dataclass
+class Catalog:
+    tools: dict[str, Tool] = field(default_factory=dict)
+    agents: dict[str, AgentSpec] = field(default_factory=dict)
+    planners: dict[str, ScriptedPlanner] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, items: Iterable[Tool | AgentSpec | ScriptedPlanner] = ()) -> Catalog:
+        catalog = cls()
+        for item in (*BUILTIN_CHECKS, *items):
+            catalog.add(item)
+        return catalog
+
+    @classmethod
+    def from_modules(cls, targets: Sequence[str | ModuleType]) -> Catalog:
+        items: list[Any] = []
+        for target in targets:
+            module = load_module(target) if isinstance(target, str) else target
+            items.extend(
+                value
+                for value in vars(module).values()
+                if isinstance(value, Tool | AgentSpec | ScriptedPlanner)
+            )
+        return cls.of(items)
+
+    def add(self, item: Tool | AgentSpec | ScriptedPlanner) -> None:
+        if isinstance(item, Tool):
+            known = self.tools.get(item.name)
+            if known is not None and known is not item:
+                raise CatalogError(f"two tools are named {item.name!r}")
+            self.tools[item.name] = item
+        elif isinstance(item, AgentSpec):
+            if self.agents.get(item.name, item) != item:
+                raise CatalogError(f"two agents are named {item.name!r}")
+            self.agents[item.name] = item
+        else:
+            self.planners[item.agent] = item
+
+    def agent(self, name: str) -> AgentSpec:
+        try:
+            return self.agents[name]
+        except KeyError:
+            known = ", ".join(sorted(self.agents)) or "none"
+            raise CatalogError(f"unknown agent {name!r} (known: {known})") from None
+
+    def prepare(self, agent: AgentSpec, plan: PlanSpec) -> PreparedPlan:
+        """Check every step and criterion against what is registered; collect every problem."""
+        problems: list[str] = []
+        used: dict[str, ToolSpec] = {}
+        allowed = set(agent.tools)
+        calls = [(f"step {i}", s.tool, s.args, "tool") for i, s in enumerate(plan.steps, 1)]
+        calls += [
+            (f"acceptance {c.criterion!r}", c.check, c.args, "check") for c in plan.acceptance
+        ]
+        for where, name, args, kind in calls:
+            found = self.tools.get(name)
+            if found is None or found.spec.kind != kind:
+                problems.append(f"{where}: unknown {kind} {name!r}")
+                continue
+            if kind == "tool" and allowed and name not in allowed:
+                problems.append(f"{where}: agent {agent.name!r} may not use tool {name!r}")
+                continue
+            try:
+                found.args_model.model_validate(args)
+            except ValidationError as err:
+                problems.append(f"{where}: invalid arguments for {name!r}: {explain(err)}")
+                continue
+            used[name] = found.spec
+        return PreparedPlan(tools=used, problems=problems)
+
+    def activities(self) -> list[Callable[..., Any]]:
+        keel = KeelActivities(self)
+        return [keel.prepare_plan, keel.propose_plan, *(t.activity for t in self.tools.values())]
+
+
+class KeelActivities:
+    """Keel's own activities, bound to a catalog."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    @activity.defn(name="keel.prepare_plan")
+    async def prepare_plan(self, request: PrepareRequest) -> PreparedPlan:
+        return self.catalog.prepare(request.agent, request.plan)
+
+    @activity.defn(name="keel.propose_plan")
+    async def propose_plan(self, request: PlanRequest) -> PlanSpec:
+        agent = request.agent
+        if agent.model != "scripted":
+            raise ApplicationError(
+                f"model {agent.model!r} is not available on this worker",
+                non_retryable=True,
+                type="UnknownModel",
+            )
+        planner = self.catalog.planners.get(agent.name)
+        if planner is None:
+            raise ApplicationError(
+                f"the scripted model has no script for agent {agent.name!r}",
+                non_retryable=True,
+                type="UnknownModel",
+            )
+        try:
+            return planner.plan(request.goal)
+        except Exception as err:
+            # The scripted model is a pure function: asking again gives the same answer.
+            raise ApplicationError(str(err), non_retryable=True, type="ScriptedModelError") from err

@@ -1,0 +1,38 @@
+"""What a running tool knows about its call: run, step, idempotency key, attempt, files touched.
+
+from activities import tool_context
+
+@tool(effect="write")
+def post_entry(account: str, amount: int) -> str:
+    key = tool_context().idempotency_key  # the same on every retry and after a crash
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ToolContext:
+    run_id: str
+    step: int
+    idempotency_key: str
+    attempt: int
+    files_touched: list[str] = field(default_factory=list)
+
+    def touched(self, path: str) -> None:
+        """Record that this call created or changed `path`; it shows in the run's report."""
+        if path not in self.files_touched:
+            self.files_touched.append(path)
+
+
+_current: ContextVar[ToolContext | None] = ContextVar("keel_tool_context", default=None)
+
+
+def tool_context() -> ToolContext:
+    """The context of the tool call in progress; an error outside a tool call."""
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("tool_context() is only available while Keel runs a tool or a check")
+    return ctx

@@ -1,0 +1,272 @@
+"""`@tool` and `@check`: a plain function becomes a Temporal activity with a schema and a policy.
+
+    @tool(effect="write", compensation="reverse_entry", retry=RetrySpec(max_attempts=5))
+    def post_entry(account: str, amount: int) -> str: ...
+
+The function's type hints become a pydantic model that validates the arguments at the activity
+boundary (bad arguments fail at once, never retried) and the JSON schema a model sees. The
+policy (bounded retries, timeouts) is checked when the tool is declared, so an unbounded retry
+never reaches a worker. The function stays callable as before, which keeps unit tests simple.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from temporalio import activity
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+from activities.context import ToolContext, _current
+from activities.store import BlobStore, inline_limit
+from workflows.contracts import (
+    TOOL_NAME,
+    CheckResult,
+    Effect,
+    ResultRef,
+    RetrySpec,
+    ToolCall,
+    ToolKind,
+    ToolOutput,
+    ToolSpec,
+)
+
+INVALID_ARGS = "InvalidToolArgs"
+_ANY = TypeAdapter(Any)
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A declared tool: its spec for the workflow, its activity for the worker, its function."""
+
+    spec: ToolSpec
+    fn: Callable[..., Any]
+    args_model: type[BaseModel]
+    activity: Callable[[ToolCall], Any]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+def _as_retry(retry: RetrySpec | RetryPolicy | dict[str, Any] | None) -> RetrySpec:
+    if retry is None:
+        return RetrySpec()
+    if isinstance(retry, RetrySpec):
+        return retry
+    if isinstance(retry, RetryPolicy):
+        if retry.maximum_attempts == 0:
+            raise ValueError("unbounded retry (maximum_attempts=0) is refused: give a bound")
+        return RetrySpec(
+            max_attempts=retry.maximum_attempts,
+            initial_interval=retry.initial_interval,
+            backoff_coefficient=retry.backoff_coefficient,
+            max_interval=retry.maximum_interval or retry.initial_interval * 100,
+            non_retryable_error_types=tuple(retry.non_retryable_error_types or ()),
+        )
+    return RetrySpec.model_validate(retry)
+
+
+def _as_timedelta(value: timedelta | float | None, what: str) -> timedelta | None:
+    if value is None:
+        return None
+    out = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if out <= timedelta(0):
+        raise ValueError(f"{what} must be positive, got {value!r}")
+    return out
+
+
+def _args_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    hints = get_type_hints(fn, include_extras=True)  # resolves `from __future__` string hints
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TypeError(f"tool {name!r}: *args and **kwargs have no schema; name each argument")
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (annotation, default)
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=False)
+    return create_model(f"{name}_args", __config__=config, **fields)
+
+
+def _declare(
+    fn: Callable[..., Any],
+    *,
+    kind: ToolKind,
+    name: str | None,
+    description: str | None,
+    effect: Effect,
+    compensation: str | None,
+    retry: RetrySpec | RetryPolicy | dict[str, Any] | None,
+    timeout: timedelta | float,
+    heartbeat: timedelta | float | None,
+) -> Tool:
+    tool_name = name or fn.__name__
+    if not TOOL_NAME.match(tool_name):
+        raise ValueError(f"{tool_name!r} is not a valid tool name (letters, digits, _ and -)")
+    if effect not in ("read", "write"):
+        raise ValueError(f"tool {tool_name!r}: effect must be 'read' or 'write', not {effect!r}")
+    if compensation is not None and effect != "write":
+        raise ValueError(f"tool {tool_name!r}: only a write tool has a compensation")
+    args_model = _args_model(fn, tool_name)
+    spec = ToolSpec(
+        name=tool_name,
+        kind=kind,
+        description=description or inspect.getdoc(fn) or "",
+        effect=effect,
+        compensation=compensation,
+        retry=_as_retry(retry),
+        timeout=_as_timedelta(timeout, "timeout") or timedelta(seconds=30),
+        heartbeat=_as_timedelta(heartbeat, "heartbeat"),
+        parameters=args_model.model_json_schema(),
+    )
+
+    async def run_tool(call: ToolCall) -> ToolOutput:
+        return await _run(spec, fn, args_model, call)
+
+    run_tool.__name__ = f"tool_{tool_name}"
+    return Tool(
+        spec=spec, fn=fn, args_model=args_model, activity=activity.defn(name=tool_name)(run_tool)
+    )
+
+
+async def _heartbeat_every(period: float) -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(period)
+
+
+async def _run(
+    spec: ToolSpec, fn: Callable[..., Any], args_model: type[BaseModel], call: ToolCall
+) -> ToolOutput:
+    attempt = activity.info().attempt
+    try:
+        args = args_model.model_validate(call.args)
+    except ValidationError as err:
+        # A retry cannot fix bad arguments: fail at once, whatever the policy says.
+        raise ApplicationError(
+            f"invalid arguments for {spec.name}: {err}", type=INVALID_ARGS, non_retryable=True
+        ) from err
+    kwargs = {field: getattr(args, field) for field in type(args).model_fields}
+    ctx = ToolContext(call.run_id, call.step, call.idempotency_key, attempt)
+    token = _current.set(ctx)
+    beating = None
+    if spec.heartbeat is not None:
+        # Keel heartbeats on the tool's behalf, so a dead worker is noticed within the
+        # heartbeat timeout instead of the whole start-to-close timeout.
+        beating = asyncio.create_task(_heartbeat_every(spec.heartbeat.total_seconds() / 3))
+    try:
+        if inspect.iscoroutinefunction(fn):
+            value = await fn(**kwargs)
+        else:
+            value = await asyncio.to_thread(fn, **kwargs)  # to_thread copies the context
+    except Exception as err:
+        # Keep the exception's type name (non_retryable_error_types matches on it) and add the
+        # attempt number, so the report can say how many attempts a failed step took.
+        app = err if isinstance(err, ApplicationError) else None
+        raise ApplicationError(
+            (app.message if app else str(err)) or type(err).__name__,
+            {"attempt": attempt},
+            type=(app.type if app else None) or type(err).__name__,
+            non_retryable=app.non_retryable if app else False,
+        ) from err
+    finally:
+        if beating is not None:
+            beating.cancel()
+        _current.reset(token)
+    if spec.kind == "check":
+        value = value if isinstance(value, CheckResult) else CheckResult(passed=bool(value))
+    return _output(_ANY.dump_python(value, mode="json"), ctx, attempt)
+
+
+def _output(value: Any, ctx: ToolContext, attempt: int) -> ToolOutput:
+    data = json.dumps(value, separators=(",", ":")).encode()
+    if len(data) <= inline_limit():
+        return ToolOutput(value=value, files_touched=ctx.files_touched, attempt=attempt)
+    ref = BlobStore.from_env().put(data)
+    preview = data[:200].decode(errors="replace")
+    return ToolOutput(
+        ref=ResultRef(ref=ref, size=len(data), preview=preview),
+        files_touched=ctx.files_touched,
+        attempt=attempt,
+    )
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    effect: Effect = "read",
+    compensation: str | None = None,
+    retry: RetrySpec | RetryPolicy | dict[str, Any] | None = None,
+    timeout: timedelta | float = 30.0,
+    heartbeat: timedelta | float | None = None,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    effect: Effect = "read",
+    compensation: str | None = None,
+    retry: RetrySpec | RetryPolicy | dict[str, Any] | None = None,
+    timeout: timedelta | float = 30.0,
+    heartbeat: timedelta | float | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Declare a tool. Defaults: read effect, 3 attempts with exponential backoff, 30 s timeout."""
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        return _declare(
+            f,
+            kind="tool",
+            name=name,
+            description=description,
+            effect=effect,
+            compensation=compensation,
+            retry=retry,
+            timeout=timeout,
+            heartbeat=heartbeat,
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def check(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    retry: RetrySpec | RetryPolicy | dict[str, Any] | None = None,
+    timeout: timedelta | float = 30.0,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Declare an acceptance check: a read-only activity returning a bool or a CheckResult."""
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        return _declare(
+            f,
+            kind="check",
+            name=name,
+            description=description,
+            effect="read",
+            compensation=None,
+            retry=retry,
+            timeout=timeout,
+            heartbeat=None,
+        )
+
+    return wrap(fn) if fn is not None else wrap

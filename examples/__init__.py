@@ -1,0 +1,1 @@
+"""Small agents a newcomer can run and read."""

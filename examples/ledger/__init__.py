@@ -1,0 +1,126 @@
+"""The ledger clerk: an example agent whose tools make real effects in a SQLite ledger.
+
+    python worker.py --tools examples.ledger
+    python starter.py run ledger-clerk --wait \
+        --goal "Pay alice 30 and bob 20, then write the statement to .keel/out/statement.json"
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from activities import CheckResult, RetrySpec, check, scripted_planner, tool, tool_context
+from examples.ledger import store
+from workflows.contracts import AcceptanceSpec, AgentSpec, PlanSpec, StepSpec
+
+
+@tool(
+    effect="write",
+    compensation="reverse_entry",
+    retry=RetrySpec(max_attempts=5),
+    timeout=10,
+    heartbeat=2,
+)
+def post_entry(
+    account: str, amount: int, memo: str = "", pause_s: float = Field(0.0, ge=0, le=5)
+) -> dict[str, object]:
+    """Post `amount` to `account`. Idempotent: a repeated delivery of the same call is a no-op.
+
+    `pause_s` waits after the write is committed, like a slow remote API; the crash tests use it
+    to kill a worker between an effect and its completion being recorded.
+    """
+    ctx = tool_context()
+    new = store.post(ctx.idempotency_key, ctx.run_id, account, amount, memo, ctx.attempt)
+    time.sleep(pause_s)
+    return {"account": account, "balance": store.balance(account), "duplicate": not new}
+
+
+@tool(effect="write", retry=RetrySpec(max_attempts=5), timeout=10)
+def reverse_entry(account: str, amount: int, memo: str = "") -> dict[str, object]:
+    """Undo a post_entry by posting the opposite amount (the compensation of post_entry)."""
+    ctx = tool_context()
+    new = store.post(ctx.idempotency_key, ctx.run_id, account, -amount, memo, ctx.attempt)
+    return {"account": account, "balance": store.balance(account), "duplicate": not new}
+
+
+@tool(effect="read", timeout=5)
+def get_balance(account: str) -> int:
+    """The account's balance."""
+    return store.balance(account)
+
+
+@tool(effect="write", timeout=10)
+def write_statement(path: str) -> dict[str, int]:
+    """Write every account's balance to `path` as JSON."""
+    balances = store.balances()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(balances, indent=2) + "\n", encoding="utf-8")
+    tool_context().touched(path)
+    return balances
+
+
+@check
+def run_posted(account: str, expected: int) -> CheckResult:
+    """This run's entries for `account` add up to `expected`."""
+    total = store.run_total(tool_context().run_id, account)
+    return CheckResult(
+        passed=total == expected, detail=f"{account}: {total} posted, {expected} expected"
+    )
+
+
+ledger_clerk = AgentSpec(
+    name="ledger-clerk",
+    description="Posts payments to the ledger and writes a statement.",
+    tools=("post_entry", "get_balance", "write_statement"),
+)
+
+PAYMENT = re.compile(r"\b([A-Za-z][A-Za-z_]*)\s+(\d+)\b")
+STATEMENT = re.compile(r"statement to (\S+?)[.,;]?(?:\s|$)")
+
+
+@scripted_planner("ledger-clerk")
+def plan_payments(goal: str) -> PlanSpec:
+    """What an LLM would answer for the ledger clerk, computed from the goal's words."""
+    payments = [(name.lower(), int(amount)) for name, amount in PAYMENT.findall(goal)]
+    if not payments:
+        raise ValueError(f"no payment ('NAME AMOUNT') in the goal: {goal!r}")
+    steps = [
+        StepSpec(
+            title=f"Pay {name} {amount}",
+            tool="post_entry",
+            args={"account": name, "amount": amount, "memo": goal[:80]},
+        )
+        for name, amount in payments
+    ]
+    totals: dict[str, int] = {}
+    for name, amount in payments:
+        totals[name] = totals.get(name, 0) + amount
+    acceptance = [
+        AcceptanceSpec(
+            criterion=f"{name} received {total}",
+            check="run_posted",
+            args={"account": name, "expected": total},
+        )
+        for name, total in totals.items()
+    ]
+    if match := STATEMENT.search(goal):
+        path = match.group(1)
+        steps.append(
+            StepSpec(
+                title=f"Write the statement to {path}", tool="write_statement", args={"path": path}
+            )
+        )
+        acceptance.append(
+            AcceptanceSpec(
+                criterion="the statement exists and is JSON",
+                check="file_exists",
+                args={"path": path, "parses_as": "json"},
+            )
+        )
+    return PlanSpec(goal=goal, steps=steps, acceptance=acceptance)

@@ -1,0 +1,126 @@
+"""Starting runs and reading their reports from a client: what starter.py and tests call.
+
+    handle = await start_run(client, AgentRunInput(...), run_id="pay-1", task_queue="keel")
+    report = await get_report(client, "pay-1")   # RUNNING, DONE, NOT_DONE or WAITING_ON_YOU
+
+A run that ended without a report of its own (failed on a determinism violation, terminated,
+timed out) still gets one here: NOT_DONE with the cause in `reason`, so nothing looks stuck.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from workflows.agent import AgentWorkflow
+from workflows.contracts import AgentRunInput, RunReport
+
+QUERY_TIMEOUT = timedelta(seconds=5)
+
+
+class RunNotFound(Exception):
+    """No run has that id in this namespace."""
+
+
+class RunAlreadyRunning(Exception):
+    """A run with that id is still running."""
+
+
+async def start_run(
+    client: Client, run: AgentRunInput, *, run_id: str, task_queue: str
+) -> WorkflowHandle[AgentWorkflow, RunReport]:
+    try:
+        return await client.start_workflow(
+            AgentWorkflow.run,
+            run,
+            id=run_id,
+            task_queue=task_queue,
+            memo={"agent": run.agent.name, "goal": run.goal},
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        )
+    except WorkflowAlreadyStartedError as err:
+        raise RunAlreadyRunning(f"a run with id {run_id!r} is already running") from err
+
+
+def _cause(err: BaseException) -> str:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}"
+
+
+async def get_report(client: Client, run_id: str) -> RunReport:
+    handle = client.get_workflow_handle(run_id, result_type=RunReport)
+    try:
+        desc = await handle.describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise RunNotFound(f"no run with id {run_id!r}") from err
+        raise
+    memo = await desc.memo()
+    skeleton = RunReport(
+        run_id=run_id, agent=str(memo.get("agent", "?")), goal=str(memo.get("goal", "?"))
+    )
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        return await handle.result()
+    if desc.status == WorkflowExecutionStatus.RUNNING:
+        try:
+            return await handle.query(AgentWorkflow.report, rpc_timeout=QUERY_TIMEOUT)
+        except (RPCError, WorkflowQueryFailedError) as err:
+            skeleton.reason = f"running; no worker answered the status query ({err})"
+            return skeleton
+    status = desc.status.name.lower() if desc.status else "closed"
+    try:
+        await handle.result()
+        skeleton.reason = f"run {status}"
+    except WorkflowFailureError as err:
+        skeleton.reason = f"run {status}: {_cause(err)}"
+    skeleton.status = "NOT_DONE"
+    return skeleton
+
+
+async def wait_report(client: Client, run_id: str) -> RunReport:
+    handle = client.get_workflow_handle(run_id, result_type=RunReport)
+    try:
+        return await handle.result()
+    except WorkflowFailureError:
+        return await get_report(client, run_id)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise RunNotFound(f"no run with id {run_id!r}") from err
+        raise
+
+
+def format_report(report: RunReport) -> str:
+    """The report for a terminal: status first, then steps, acceptance and progress."""
+    lines = [f"run {report.run_id}  {report.status}", f"  agent: {report.agent}"]
+    lines += [f"  goal: {report.goal}", f"  reason: {report.reason}"]
+    lines.append(f"  verified: {'yes' if report.verified else 'no'}")
+    if report.steps:
+        lines.append("  steps:")
+        for s in report.steps:
+            box = "x" if s.done else " "
+            extra = f"  error: {s.error}" if s.error else ""
+            lines.append(
+                f"    [{box}] {s.index}. {s.title}  ({s.tool}, attempts={s.attempts}){extra}"
+            )
+    if report.acceptance:
+        lines.append("  acceptance:")
+        for c in report.acceptance:
+            mark = {True: "pass", False: "FAIL", None: "----"}[c.passed]
+            lines.append(f"    [{mark}] {c.criterion}  {c.detail}".rstrip())
+    if report.files_touched:
+        lines.append("  files touched: " + ", ".join(report.files_touched))
+    if report.resume_notes:
+        lines.append(f"  resume notes: {report.resume_notes}")
+    return "\n".join(lines)

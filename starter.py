@@ -1,0 +1,144 @@
+"""Start agent runs and read their reports from scripts.
+
+    python starter.py run AGENT --goal TEXT [--id ID] [--wait] [--json]
+    python starter.py run [AGENT] --plan FILE.json [--id ID] [--wait] [--json]
+    python starter.py status RUN_ID [--json]
+    python starter.py cancel RUN_ID
+
+Exit codes (run --wait and status): 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING;
+1 for an error (bad input, unknown run, unreachable server), 2 for bad usage. Errors are one
+line on stderr, never a traceback (set KEEL_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from pydantic import ValidationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.catalog import Catalog, CatalogError, explain
+from keel import ConnectionFailed, KeelPlugin, connect, task_queue
+from keel.cli import exit_now, tool_modules
+from keel.runs import (
+    RunAlreadyRunning,
+    RunNotFound,
+    format_report,
+    get_report,
+    start_run,
+    wait_report,
+)
+from workflows.contracts import AgentRunInput, AgentSpec, PlanSpec, RunReport
+
+EXIT_CODES = {"DONE": 0, "NOT_DONE": 3, "WAITING_ON_YOU": 4, "RUNNING": 5}
+PLAN_AGENT = AgentSpec(name="plan", description="Runs a plan given up front; no model involved.")
+
+
+class UserError(Exception):
+    """Bad input: reported in one line, exit code 1."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="starter.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start an agent run")
+    run.add_argument("agent", nargs="?", help="agent name (optional with --plan)")
+    run.add_argument("--goal", help="what the agent should achieve")
+    run.add_argument("--plan", type=Path, help="a JSON plan file: run it as given, no model")
+    run.add_argument("--id", help="run id (default: AGENT-<random>)")
+    run.add_argument("--wait", action="store_true", help="wait for the outcome; exit code says it")
+    run.add_argument("--json", action="store_true", help="print JSON")
+    run.add_argument("--task-queue", help="task queue (default: $KEEL_TASK_QUEUE or keel)")
+    run.add_argument("--tools", nargs="+", metavar="MODULE", help="where agents are declared")
+    status = sub.add_parser("status", help="print a run's report")
+    status.add_argument("run_id")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    cancel = sub.add_parser("cancel", help="cancel a run")
+    cancel.add_argument("run_id")
+    return parser.parse_args(argv)
+
+
+def load_plan(path: Path) -> PlanSpec:
+    try:
+        return PlanSpec.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"cannot read plan file {path}: {err.strerror}") from err
+    except ValidationError as err:
+        raise UserError(f"plan file {path} does not validate: {explain(err)}") from err
+
+
+def build_run(args: argparse.Namespace) -> AgentRunInput:
+    if args.agent is None and args.plan is None:
+        raise UserError("name an agent or give --plan FILE.json")
+    try:
+        catalog = Catalog.from_modules(tool_modules(args.tools))
+        agent = catalog.agent(args.agent) if args.agent else PLAN_AGENT
+    except CatalogError as err:
+        raise UserError(str(err)) from err
+    plan = load_plan(args.plan) if args.plan else None
+    goal = args.goal or (plan.goal if plan else None)
+    if not goal:
+        raise UserError(f"agent {agent.name!r} needs a --goal")
+    if plan is not None:
+        # The worker checks again (it is the authority); this spares starting a doomed run.
+        problems = catalog.prepare(agent, plan).problems
+        if problems:
+            raise UserError("plan refused: " + "; ".join(problems))
+    return AgentRunInput(agent=agent, goal=goal, plan=plan)
+
+
+def emit(report: RunReport, as_json: bool) -> int:
+    print(report.model_dump_json(indent=2) if as_json else format_report(report))
+    return EXIT_CODES[report.status]
+
+
+async def command(args: argparse.Namespace) -> int:
+    run = build_run(args) if args.command == "run" else None
+    client = await connect(plugins=[KeelPlugin()])
+    if args.command == "status":
+        return emit(await get_report(client, args.run_id), args.json)
+    if args.command == "cancel":
+        try:
+            await client.get_workflow_handle(args.run_id).cancel()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise RunNotFound(f"no running run with id {args.run_id!r}") from err
+            raise
+        print(f"cancel requested for {args.run_id}")
+        return 0
+    assert run is not None
+    run_id = args.id or f"{run.agent.name}-{uuid.uuid4().hex[:8]}"
+    await start_run(client, run, run_id=run_id, task_queue=task_queue(args.task_queue))
+    if args.wait:
+        return emit(await wait_report(client, run_id), args.json)
+    if args.json:
+        print(json.dumps({"run_id": run_id, "status": "RUNNING"}))
+    else:
+        print(
+            f"started run {run_id} (agent {run.agent.name}); see: python starter.py status {run_id}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return asyncio.run(command(args))
+    except (UserError, CatalogError, ConnectionFailed, RunNotFound, RunAlreadyRunning) as err:
+        print(f"starter.py: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if os.environ.get("KEEL_DEBUG"):
+            raise
+        print(f"starter.py: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    exit_now(main())
