@@ -34,10 +34,9 @@ from keel.runs import (
     start_run,
     wait_report,
 )
-from workflows.contracts import AgentRunInput, AgentSpec, PlanSpec, RunReport
+from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport
 
 EXIT_CODES = {"DONE": 0, "NOT_DONE": 3, "WAITING_ON_YOU": 4, "RUNNING": 5}
-PLAN_AGENT = AgentSpec(name="plan", description="Runs a plan given up front; no model involved.")
 
 
 class UserError(Exception):
@@ -78,7 +77,7 @@ def build_run(args: argparse.Namespace) -> AgentRunInput:
         raise UserError("name an agent or give --plan FILE.json")
     try:
         catalog = Catalog.from_modules(tool_modules(args.tools))
-        agent = catalog.agent(args.agent) if args.agent else PLAN_AGENT
+        agent = catalog.agent(args.agent) if args.agent else PLAN_RUNNER
     except CatalogError as err:
         raise UserError(str(err)) from err
     plan = load_plan(args.plan) if args.plan else None

@@ -22,6 +22,7 @@ from temporalio.exceptions import (
     ApplicationError,
     RetryState,
     TimeoutError,
+    is_cancelled_exception,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -106,11 +107,11 @@ class AgentWorkflow:
                 if not step.done and not await self._run_step(step, prepared.tools[step.tool]):
                     return self.report()
             return await self._verify(prepared)
-        except ActivityError as err:
+        except (ActivityError, asyncio.CancelledError) as err:
+            if is_cancelled_exception(err):
+                # A cancelled run still ends with a report of what was done and what was not.
+                return self._finish("NOT_DONE", "cancelled before the plan finished")
             return self._finish("NOT_DONE", f"planning failed: {describe_failure(err)}")
-        except asyncio.CancelledError:
-            # A cancelled run still ends with a report saying what was done and what was not.
-            return self._finish("NOT_DONE", "cancelled before the plan finished")
 
     # --- phases ------------------------------------------------------------------------------
 
@@ -164,6 +165,9 @@ class AgentWorkflow:
         try:
             out = await self._call(spec, step.index, step.args)
         except ActivityError as err:
+            if is_cancelled_exception(err):
+                step.error = "cancelled"
+                raise
             step.attempts = attempts_made(err, spec)
             step.error = describe_failure(err)
             step.finished_at = workflow.now()

@@ -108,6 +108,10 @@ class AgentSpec(_Strict):
     acceptance: tuple[AcceptanceSpec, ...] = ()
 
 
+# The agent of a run whose plan is given up front: no model, any registered tool.
+PLAN_RUNNER = AgentSpec(name="plan", description="Runs a plan given up front; no model involved.")
+
+
 class AgentRunInput(_Strict):
     """The workflow's input: small, and free of secrets (those travel as references)."""
 

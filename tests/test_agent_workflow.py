@@ -1,0 +1,263 @@
+"""AgentWorkflow on the time-skipping server: outcomes, bounded retries, refusals, references."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+import examples.ledger as ledger
+from activities import BlobStore, Catalog
+from examples.ledger import store
+from tests import sample_tools
+from tests.conftest import keel_worker
+from workflows import AgentWorkflow
+from workflows.contracts import (
+    PLAN_RUNNER,
+    AcceptanceSpec,
+    AgentRunInput,
+    PlanSpec,
+    RunReport,
+    StepSpec,
+)
+
+CATALOG = Catalog.from_modules([ledger, sample_tools])
+
+
+def pay(account: str, amount: int) -> StepSpec:
+    return StepSpec(
+        title=f"Pay {account} {amount}",
+        tool="post_entry",
+        args={"account": account, "amount": amount},
+    )
+
+
+def posted(account: str, expected: int) -> AcceptanceSpec:
+    return AcceptanceSpec(
+        criterion=f"{account} got {expected}",
+        check="run_posted",
+        args={"account": account, "expected": expected},
+    )
+
+
+def plan(*steps: StepSpec, acceptance: list[AcceptanceSpec] | None = None) -> PlanSpec:
+    return PlanSpec(goal="test", steps=list(steps), acceptance=acceptance or [])
+
+
+async def run_plan(client: Client, queue: str, spec: PlanSpec) -> RunReport:
+    return await client.execute_workflow(
+        AgentWorkflow.run,
+        AgentRunInput(agent=PLAN_RUNNER, goal=spec.goal, plan=spec),
+        id=f"test-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+    )
+
+
+async def test_verified_plan_is_done(ts_client: Client, ledger_db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "statement.json"
+    spec = plan(
+        pay("alice", 30),
+        pay("bob", 20),
+        StepSpec(title="statement", tool="write_statement", args={"path": str(out)}),
+        acceptance=[
+            posted("alice", 30),
+            posted("bob", 20),
+            AcceptanceSpec(
+                criterion="statement is JSON",
+                check="file_exists",
+                args={"path": str(out), "parses_as": "json"},
+            ),
+        ],
+    )
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(ts_client, queue, spec)
+    assert report.status == "DONE", report.reason
+    assert report.verified is True
+    assert [(s.index, s.done, s.attempts) for s in report.steps] == [(1, True, 1)] * 1 + [
+        (2, True, 1),
+        (3, True, 1),
+    ]
+    assert all(c.passed for c in report.acceptance)
+    assert report.files_touched == [str(out)]
+    assert json.loads(out.read_text()) == {"alice": 30, "bob": 20}
+    assert store.balances() == {"alice": 30, "bob": 20}
+    assert report.steps[0].started_at is not None and report.steps[0].finished_at is not None
+    assert any("step 2 done" in p.message for p in report.progress)
+
+
+async def test_no_acceptance_is_done_but_says_unverified(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(ts_client, queue, plan(pay("carol", 5)))
+    assert report.status == "DONE"
+    assert report.verified is False
+    assert "nothing verified" in report.reason
+
+
+async def test_failed_acceptance_is_not_done(ts_client: Client, ledger_db: Path) -> None:
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(
+            ts_client, queue, plan(pay("dave", 5), acceptance=[posted("dave", 6)])
+        )
+    assert report.status == "NOT_DONE"
+    assert report.verified is False
+    assert report.steps[0].done
+    assert "acceptance failed: dave got 6 (dave: 5 posted, 6 expected)" in report.reason
+
+
+async def test_failing_tool_stops_after_exactly_max_attempts(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    label = uuid.uuid4().hex
+    spec = plan(
+        pay("erin", 1),
+        StepSpec(title="doomed", tool="always_fails", args={"label": label}),
+        pay("erin", 2),
+    )
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(ts_client, queue, spec)
+    assert report.status == "NOT_DONE"
+    assert sample_tools.CALLS[f"always_fails:{label}"] == 3
+    failed = report.steps[1]
+    assert (failed.done, failed.attempts) == (False, 3)
+    assert failed.error == f"RuntimeError: boom ({label})"
+    assert report.reason.startswith("step 2 'doomed' (always_fails) failed after 3 attempt(s)")
+    assert not report.steps[2].done and report.steps[2].attempts == 0
+    assert store.balances() == {"erin": 1}  # step 3 never ran
+    assert "stopped at step 2" in report.resume_notes
+
+
+async def test_transient_failures_within_the_budget_are_absorbed(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    spec = plan(StepSpec(title="flaky", tool="flaky", args={"label": "x", "fail_times": 3}))
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(ts_client, queue, spec)
+    assert report.status == "DONE"
+    assert (report.steps[0].attempts, report.steps[0].result) == (4, 4)
+
+
+async def test_non_retryable_error_fails_on_the_first_attempt(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    label = uuid.uuid4().hex
+    spec = plan(StepSpec(title="denied", tool="forbidden", args={"label": label}))
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(ts_client, queue, spec)
+    assert report.status == "NOT_DONE"
+    assert sample_tools.CALLS[f"forbidden:{label}"] == 1
+    assert report.steps[0].attempts == 1
+    assert "PermissionError: not allowed" in report.reason
+
+
+async def test_unknown_tool_is_refused_before_any_step(ts_client: Client, ledger_db: Path) -> None:
+    spec = plan(pay("frank", 1), StepSpec(title="ghost", tool="no_such_tool"))
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(ts_client, queue, spec)
+    assert report.status == "NOT_DONE"
+    assert report.reason == "plan refused: step 2: unknown tool 'no_such_tool'"
+    assert not any(s.done or s.attempts for s in report.steps)
+    assert store.balances() == {}
+
+
+async def test_bad_arguments_are_refused_before_any_step(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    bad = StepSpec(title="bad", tool="post_entry", args={"account": "g", "amount": "lots"})
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(
+            ts_client, queue, plan(pay("g", 1), bad, acceptance=[posted("g", 1)])
+        )
+    assert report.status == "NOT_DONE"
+    assert "step 2: invalid arguments for 'post_entry': amount:" in report.reason
+    assert store.balances() == {}
+
+
+async def test_large_result_is_kept_by_reference(ts_client: Client, ledger_db: Path) -> None:
+    spec = plan(StepSpec(title="big", tool="big_result", args={"size": 100_000}))
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(ts_client, queue, spec)
+    step = report.steps[0]
+    assert step.done and step.result is None and step.result_ref is not None
+    assert step.result_ref.size == 100_002  # the JSON string, quotes included
+    assert json.loads(BlobStore.from_env().get(step.result_ref.ref)) == "x" * 100_000
+
+
+async def test_scripted_model_plans_the_example(
+    ts_client: Client, ledger_db: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "st.json"
+    goal = f"Pay alice 30 and bob 20 and alice 5, then write the statement to {out}."
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await ts_client.execute_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=ledger.ledger_clerk, goal=goal),
+            id=f"test-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+    assert report.status == "DONE", report.reason
+    assert [s.tool for s in report.steps] == ["post_entry"] * 3 + ["write_statement"]
+    assert [c.criterion for c in report.acceptance] == [
+        "alice received 35",
+        "bob received 20",
+        "the statement exists and is JSON",
+    ]
+    assert store.balances() == {"alice": 35, "bob": 20}
+
+
+async def test_a_goal_the_model_cannot_plan_is_not_done(ts_client: Client, ledger_db: Path) -> None:
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await ts_client.execute_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=ledger.ledger_clerk, goal="do something nice"),
+            id=f"test-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+    assert report.status == "NOT_DONE"
+    assert report.reason.startswith("planning failed: ScriptedModelError: no payment")
+    assert report.steps == []
+
+
+async def test_report_is_queryable_mid_run_and_cancel_reports_not_done(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    gate = uuid.uuid4().hex
+    spec = plan(
+        pay("gina", 7),
+        StepSpec(title="wait", tool="wait_for_gate", args={"name": gate}),
+        pay("gina", 8),
+    )
+    async with keel_worker(ts_client, CATALOG) as queue:
+        handle = await ts_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=PLAN_RUNNER, goal="gated", plan=spec),
+            id=f"test-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+        for _ in range(100):
+            report = await handle.query(AgentWorkflow.report)
+            if report.steps and report.steps[0].done:
+                break
+            await asyncio.sleep(0.05)
+        assert report.status == "RUNNING"
+        assert [s.done for s in report.steps] == [True, False, False]
+        assert report.resume_notes == "1/3 steps done; resumes at step 2 'wait' (wait_for_gate)"
+        await handle.cancel()
+        final = await handle.result()
+        sample_tools.GATES.setdefault(gate, asyncio.Event()).set()
+    assert final.status == "NOT_DONE"
+    assert final.reason == "cancelled before the plan finished"
+    assert store.balances() == {"gina": 7}
+
+
+@pytest.mark.parametrize("size", [10, 4000])
+async def test_small_results_stay_inline(ts_client: Client, ledger_db: Path, size: int) -> None:
+    spec = plan(StepSpec(title="small", tool="big_result", args={"size": size}))
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(ts_client, queue, spec)
+    assert report.steps[0].result == "x" * size and report.steps[0].result_ref is None
