@@ -1,0 +1,131 @@
+"""@tool refuses what would misbehave at run time, when the tool is declared."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError
+from temporalio.common import RetryPolicy
+
+from activities import Catalog, CatalogError, RetrySpec, tool
+from activities.catalog import load_module
+from workflows.contracts import PLAN_RUNNER, AgentSpec, PlanSpec, StepSpec
+
+
+def test_defaults_are_bounded() -> None:
+    @tool
+    def lookup(key: str, limit: int = 10) -> str:
+        """Looks a key up."""
+        return key
+
+    spec = lookup.spec
+    assert (spec.effect, spec.retry.max_attempts, spec.timeout) == (
+        "read",
+        3,
+        timedelta(seconds=30),
+    )
+    assert spec.description == "Looks a key up."
+    assert spec.parameters["required"] == ["key"]
+    assert spec.parameters["properties"]["limit"]["default"] == 10
+    assert lookup("k") == "k"  # still a plain function
+
+
+def test_unbounded_retry_is_refused() -> None:
+    with pytest.raises(ValueError, match="unbounded retry"):
+
+        @tool(retry=RetryPolicy(maximum_attempts=0))
+        def forever() -> None: ...
+
+    with pytest.raises(ValidationError, match="max_attempts"):
+        RetrySpec(max_attempts=0)
+
+
+def test_temporal_retry_policy_is_accepted_when_bounded() -> None:
+    @tool(retry=RetryPolicy(maximum_attempts=7, initial_interval=timedelta(seconds=2)))
+    def bounded() -> None: ...
+
+    assert (bounded.spec.retry.max_attempts, bounded.spec.retry.initial_interval) == (
+        7,
+        timedelta(seconds=2),
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"effect": "read", "compensation": "undo"}, "only a write tool has a compensation"),
+        ({"effect": "delete"}, "effect must be 'read' or 'write'"),
+        ({"name": "has space"}, "not a valid tool name"),
+        ({"timeout": 0}, "timeout must be positive"),
+        ({"heartbeat": -1}, "heartbeat must be positive"),
+    ],
+)
+def test_bad_declarations_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+
+        @tool(**kwargs)
+        def t() -> None: ...
+
+
+def test_var_args_have_no_schema() -> None:
+    with pytest.raises(TypeError, match=r"\*args and \*\*kwargs"):
+
+        @tool
+        def loose(*args: int) -> None: ...
+
+
+def test_catalog_refuses_two_tools_with_one_name() -> None:
+    @tool(name="same")
+    def a() -> None: ...
+
+    @tool(name="same")
+    def b() -> None: ...
+
+    with pytest.raises(CatalogError, match="two tools are named 'same'"):
+        Catalog.of([a, b])
+
+
+def test_catalog_loads_a_file_and_reports_a_missing_module(tmp_path) -> None:
+    path = tmp_path / "my_tools.py"
+    path.write_text(
+        "from activities import tool\n\n@tool\ndef hello(name: str) -> str:\n    return name\n"
+    )
+    assert "hello" in Catalog.from_modules([str(path)]).tools
+    with pytest.raises(CatalogError, match=r"no such tools module: nowhere\.at_all"):
+        load_module("nowhere.at_all")
+    with pytest.raises(CatalogError, match="no such tools file"):
+        load_module(str(tmp_path / "missing.py"))
+
+
+def test_prepare_collects_every_problem() -> None:
+    @tool
+    def greet(name: str) -> str:
+        return name
+
+    catalog = Catalog.of([greet])
+    plan = PlanSpec(
+        goal="g",
+        steps=[
+            StepSpec(title="ok", tool="greet", args={"name": "x"}),
+            StepSpec(title="missing arg", tool="greet"),
+            StepSpec(title="ghost", tool="ghost"),
+            StepSpec(title="check as tool", tool="file_exists", args={"path": "p"}),
+        ],
+    )
+    problems = catalog.prepare(PLAN_RUNNER, plan).problems
+    assert problems == [
+        "step 2: invalid arguments for 'greet': name: Field required",
+        "step 3: unknown tool 'ghost'",
+        "step 4: unknown tool 'file_exists'",
+    ]
+    narrow = AgentSpec(name="narrow", tools=("other",))
+    assert (
+        catalog.prepare(narrow, plan).problems[0]
+        == "step 1: agent 'narrow' may not use tool 'greet'"
+    )
+
+
+def test_plan_files_refuse_unknown_keys() -> None:
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        PlanSpec.model_validate({"goal": "g", "steps": [{"title": "t", "tool": "x", "argz": {}}]})
