@@ -1,0 +1,173 @@
+"""starter.py as a user runs it: outcomes and exit codes, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+
+import examples.ledger as ledger
+from activities import Catalog
+from keel.runs import RunNotFound, get_report
+from tests.conftest import dev_address, keel_worker
+from tests.processes import Result, starter
+
+
+@pytest_asyncio.fixture
+async def cli_env(dev_client: Client, ledger_db: Path) -> AsyncIterator[dict[str, str]]:
+    # The worker runs in this process (ledger_db points its tools at a fresh ledger); starter.py
+    # runs in a subprocess, as a user would run it.
+    async with keel_worker(dev_client, Catalog.from_modules([ledger])) as queue:
+        yield {"TEMPORAL_ADDRESS": dev_address(dev_client), "KEEL_TASK_QUEUE": queue}
+
+
+def write_plan(tmp_path: Path, plan: object) -> Path:
+    path = tmp_path / f"plan-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(plan if isinstance(plan, str) else json.dumps(plan))
+    return path
+
+
+def pay_plan(account: str, amount: int, expected: int, pause_s: float = 0) -> dict:
+    return {
+        "goal": f"pay {account}",
+        "steps": [
+            {
+                "title": f"Pay {account}",
+                "tool": "post_entry",
+                "args": {"account": account, "amount": amount, "pause_s": pause_s},
+            }
+        ],
+        "acceptance": [
+            {
+                "criterion": f"{account} got {expected}",
+                "check": "run_posted",
+                "args": {"account": account, "expected": expected},
+            }
+        ],
+    }
+
+
+def one_line_error(result: Result, expected: str) -> None:
+    assert result.code == 1, result
+    assert "Traceback" not in result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("starter.py: error: "), result.err
+    assert expected in lines[0], lines[0]
+
+
+async def test_plan_run_done_then_status(cli_env: dict, tmp_path: Path) -> None:
+    run_id = f"cli-{uuid.uuid4().hex[:8]}"
+    plan = write_plan(tmp_path, pay_plan("alice", 30, 30))
+    result = await starter(
+        "run", "--plan", str(plan), "--id", run_id, "--wait", "--json", env=cli_env
+    )
+    assert result.code == 0, result
+    report = json.loads(result.out)
+    assert (report["run_id"], report["status"], report["verified"]) == (run_id, "DONE", True)
+    assert [(s["index"], s["tool"], s["done"], s["attempts"]) for s in report["steps"]] == [
+        (1, "post_entry", True, 1)
+    ]
+    assert report["acceptance"] == [
+        {
+            "criterion": "alice got 30",
+            "check": "run_posted",
+            "args": {"account": "alice", "expected": 30},
+            "passed": True,
+            "detail": "alice: 30 posted, 30 expected",
+        }
+    ]
+    status = await starter("status", run_id, env=cli_env)
+    assert status.code == 0
+    assert f"run {run_id}  DONE" in status.out and "[x] 1. Pay alice" in status.out
+
+
+async def test_not_done_has_its_own_exit_code(cli_env: dict, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, pay_plan("bob", 5, 6))
+    result = await starter("run", "--plan", str(plan), "--wait", env=cli_env)
+    assert result.code == 3, result
+    assert "NOT_DONE" in result.out and "acceptance failed: bob got 6" in result.out
+
+
+async def test_agent_run_with_the_scripted_model(cli_env: dict, tmp_path: Path) -> None:
+    out = tmp_path / "statement.json"
+    goal = f"Pay alice 30 and bob 20, then write the statement to {out}"
+    result = await starter("run", "ledger-clerk", "--goal", goal, "--wait", "--json", env=cli_env)
+    assert result.code == 0, result
+    report = json.loads(result.out)
+    assert report["status"] == "DONE" and report["files_touched"] == [str(out)]
+    assert json.loads(out.read_text()) == {"alice": 30, "bob": 20}
+
+
+async def test_cancel_a_running_run(cli_env: dict, tmp_path: Path, dev_client: Client) -> None:
+    run_id = f"cli-{uuid.uuid4().hex[:8]}"
+    plan = pay_plan("carl", 1, 1, pause_s=5)
+    plan["steps"] *= 3
+    path = write_plan(tmp_path, plan)
+    started = await starter("run", "--plan", str(path), "--id", run_id, env=cli_env)
+    assert started.code == 0 and run_id in started.out
+    again = await starter("run", "--plan", str(path), "--id", run_id, env=cli_env)
+    one_line_error(again, f"a run with id '{run_id}' is already running")
+    cancelled = await starter("cancel", run_id, env=cli_env)
+    assert cancelled.code == 0, cancelled
+    await dev_client.get_workflow_handle(run_id).result()
+    status = await starter("status", run_id, "--json", env=cli_env)
+    assert status.code == 3
+    assert json.loads(status.out)["reason"] == "cancelled before the plan finished"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "nobody", "--goal", "x"], "unknown agent 'nobody' (known: ledger-clerk)"),
+        (["run", "ledger-clerk"], "agent 'ledger-clerk' needs a --goal"),
+        (["run"], "name an agent or give --plan FILE.json"),
+        (["run", "--plan", "/nonexistent/plan.json"], "cannot read plan file"),
+        (["status", "no-such-run"], "no run with id 'no-such-run'"),
+        (["cancel", "no-such-run"], "no running run with id 'no-such-run'"),
+    ],
+)
+async def test_bad_input_is_one_line(cli_env: dict, args: list[str], expected: str) -> None:
+    one_line_error(await starter(*args, env=cli_env), expected)
+
+
+@pytest.mark.parametrize(
+    ("plan", "expected"),
+    [
+        ("{not json", "does not validate: value: Invalid JSON"),
+        ({"goal": "g", "steps": []}, "steps: List should have at least 1 item"),
+        (
+            {"goal": "g", "steps": [{"title": "t", "tool": "post_entry", "argz": {}}]},
+            "steps.0.argz: Extra inputs are not permitted",
+        ),
+        (
+            {"goal": "g", "steps": [{"title": "t", "tool": "ghost"}]},
+            "plan refused: step 1: unknown tool 'ghost'",
+        ),
+        (
+            {"goal": "g", "steps": [{"title": "t", "tool": "post_entry", "args": {"account": 1}}]},
+            "plan refused: step 1: invalid arguments for 'post_entry'",
+        ),
+    ],
+)
+async def test_bad_plans_start_nothing(
+    cli_env: dict, tmp_path: Path, dev_client: Client, plan: object, expected: str
+) -> None:
+    run_id = f"cli-{uuid.uuid4().hex[:8]}"
+    path = write_plan(tmp_path, plan)
+    one_line_error(await starter("run", "--plan", str(path), "--id", run_id, env=cli_env), expected)
+    with pytest.raises(RunNotFound):
+        await get_report(dev_client, run_id)
+
+
+async def test_unreachable_server(tmp_path: Path) -> None:
+    env = {"TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    one_line_error(await starter("status", "x", env=env), "cannot reach Temporal at 127.0.0.1:1")
+    plan = write_plan(tmp_path, pay_plan("d", 1, 1))
+    one_line_error(
+        await starter("run", "--plan", str(plan), env=env), "cannot reach Temporal at 127.0.0.1:1"
+    )

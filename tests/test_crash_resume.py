@@ -1,0 +1,113 @@
+"""A worker SIGKILLed mid-plan: the next worker finishes the run, and no effect happens twice."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from temporalio.client import Client
+
+from tests.conftest import dev_address
+from tests.processes import WorkerProcess
+from workflows import AgentWorkflow
+from workflows.contracts import PLAN_RUNNER, AcceptanceSpec, AgentRunInput, PlanSpec, StepSpec
+
+N, K = 6, 3  # kill while step K+1 has written its effect but not yet reported completion
+
+
+def ledger_rows(db: Path, sql: str) -> list[tuple]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        try:
+            return conn.execute(sql).fetchall()
+        except sqlite3.OperationalError:  # the worker has not created the tables yet
+            return []
+
+
+async def wait_until(predicate, timeout: float = 60, every: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(every)
+
+
+async def test_sigkill_mid_plan_resumes_at_the_first_unchecked_step(
+    dev_client: Client, tmp_path: Path
+) -> None:
+    db = tmp_path / "ledger.sqlite"
+    env = {
+        "TEMPORAL_ADDRESS": dev_address(dev_client),
+        "KEEL_LEDGER_DB": str(db),
+        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
+        "KEEL_STICKY_TIMEOUT": "1",
+    }
+    queue = f"crash-{uuid.uuid4().hex[:8]}"
+    args = ("--task-queue", queue, "--tools", "examples.ledger")
+    first = WorkerProcess(env, tmp_path / "worker1.log", *args)
+    second = WorkerProcess(env, tmp_path / "worker2.log", *args)
+    steps = [
+        StepSpec(
+            title=f"Pay acct{i} {i * 10}",
+            tool="post_entry",
+            args={"account": f"acct{i}", "amount": i * 10, "pause_s": 1.0},
+        )
+        for i in range(1, N + 1)
+    ]
+    acceptance = [
+        AcceptanceSpec(
+            criterion=f"acct{i} got {i * 10}",
+            check="run_posted",
+            args={"account": f"acct{i}", "expected": i * 10},
+        )
+        for i in range(1, N + 1)
+    ]
+    spec = PlanSpec(goal="crash test", steps=steps, acceptance=acceptance)
+    await first.start()
+    try:
+        handle = await dev_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=PLAN_RUNNER, goal=spec.goal, plan=spec),
+            id=f"crash-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+
+        async def step_k1_written() -> bool:
+            return ledger_rows(db, "SELECT COUNT(*) FROM entries") == [(K + 1,)]
+
+        await wait_until(step_k1_written)
+        # Step K+1 sleeps 1 s after its write: the state read here is the state at the kill.
+        at_kill = await handle.query(AgentWorkflow.report)
+        await first.kill()
+        assert [s.done for s in at_kill.steps] == [True] * K + [False] * (N - K)
+
+        started = time.monotonic()
+        await second.start()
+
+        async def next_step_done() -> bool:
+            report = await handle.query(AgentWorkflow.report)
+            return sum(s.done for s in report.steps) > K
+
+        await wait_until(next_step_done, every=0.05)
+        resume_seconds = time.monotonic() - started
+        report = await asyncio.wait_for(handle.result(), 120)
+    finally:
+        await first.stop()
+        await second.stop()
+
+    print(f"resume after SIGKILL: {resume_seconds:.2f} s from new worker start to next step")
+    assert report.status == "DONE", report.reason
+    assert report.verified
+    entries = ledger_rows(db, "SELECT account, amount FROM entries ORDER BY account")
+    assert entries == [(f"acct{i}", i * 10) for i in range(1, N + 1)]  # each effect once
+    runs = Counter(
+        int(key.rsplit(":", 1)[1]) for (key,) in ledger_rows(db, "SELECT key FROM executions")
+    )
+    assert all(runs[step] == 1 for step in range(1, K + 1)), runs  # finished steps never rerun
+    assert runs[K + 1] == 2, runs  # interrupted after its effect: delivered again, applied once
+    assert all(runs[step] == 1 for step in range(K + 2, N + 1)), runs
+    assert report.steps[K].attempts == 2
