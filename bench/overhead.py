@@ -1,0 +1,128 @@
+"""Keel's overhead per tool call against raw temporalio, measured in one run on one dev server.
+
+    python bench/overhead.py [--runs 5] [--n 20 100] [--quick]
+
+The same trivial tool runs N times as a Keel AgentWorkflow with the plan given up front and as a
+plain temporalio workflow calling the same activity; the two alternate, and the medians of each
+and their ratio are printed. Target: Keel/raw <= 1.15 at N = 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from raw_workflow import RawToolLoop  # bench/ is on sys.path when run as a script
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities import Catalog, tool
+from keel import KeelPlugin
+from workflows import AgentWorkflow
+from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
+
+
+@tool
+def noop(i: int) -> int:
+    """Returns its argument: the cheapest possible tool."""
+    return i
+
+
+async def history_size(client: Client, workflow_id: str) -> tuple[int, int]:
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return len(history.events), len(history.to_json().encode())
+
+
+async def time_keel(client: Client, queue: str, n: int) -> tuple[float, str]:
+    steps = [StepSpec(title=f"noop {i}", tool="noop", args={"i": i}) for i in range(1, n + 1)]
+    plan = PlanSpec(goal=f"{n} noops", steps=steps)
+    run_id = f"bench-keel-{uuid.uuid4().hex[:8]}"
+    started = time.perf_counter()
+    report = await client.execute_workflow(
+        AgentWorkflow.run,
+        AgentRunInput(agent=PLAN_RUNNER, goal=plan.goal, plan=plan),
+        id=run_id,
+        task_queue=queue,
+    )
+    elapsed = time.perf_counter() - started
+    assert report.status == "DONE" and all(s.done for s in report.steps), report.reason
+    return elapsed, run_id
+
+
+async def time_raw(client: Client, queue: str, n: int) -> tuple[float, str]:
+    run_id = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    started = time.perf_counter()
+    assert (
+        await client.execute_workflow(
+            RawToolLoop.run, args=["noop", n], id=run_id, task_queue=queue
+        )
+        == n
+    )
+    return time.perf_counter() - started, run_id
+
+
+async def main(runs: int, sizes: list[int]) -> int:
+    binary = Path(sys.executable).parent / "temporal"
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(binary) if binary.exists() else shutil.which("temporal"),
+        data_converter=pydantic_data_converter,
+    )
+    client, queue = env.client, f"bench-{uuid.uuid4().hex[:6]}"
+    print(
+        f"{'N':>5} {'raw median s':>13} {'keel median s':>14} {'ratio':>6} "
+        f"{'raw ms/step':>12} {'keel ms/step':>13} {'raw events':>11} {'keel events':>12} "
+        f"{'raw B/step':>11} {'keel B/step':>12}"
+    )
+    ratios: dict[int, float] = {}
+    try:
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=[RawToolLoop],
+            plugins=[KeelPlugin(Catalog.of([noop]))],
+        ):
+            await time_keel(client, queue, 2)  # warm-up: sandbox import, connections
+            await time_raw(client, queue, 2)
+            for n in sizes:
+                raw_times, keel_times = [], []
+                for _ in range(runs):
+                    raw_s, raw_id = await time_raw(client, queue, n)
+                    keel_s, keel_id = await time_keel(client, queue, n)
+                    raw_times.append(raw_s)
+                    keel_times.append(keel_s)
+                raw_med, keel_med = statistics.median(raw_times), statistics.median(keel_times)
+                raw_events, raw_bytes = await history_size(client, raw_id)
+                keel_events, keel_bytes = await history_size(client, keel_id)
+                ratios[n] = keel_med / raw_med
+                print(
+                    f"{n:>5} {raw_med:>13.3f} {keel_med:>14.3f} {ratios[n]:>6.3f} "
+                    f"{raw_med / n * 1000:>12.1f} {keel_med / n * 1000:>13.1f} "
+                    f"{raw_events:>11} {keel_events:>12} "
+                    f"{raw_bytes / n:>11.0f} {keel_bytes / n:>12.0f}"
+                )
+    finally:
+        await env.shutdown()
+    print(f"runs per side: {runs}, alternating; target keel/raw <= 1.15 at N = 100")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--n", type=int, nargs="+", default=[20, 100])
+    parser.add_argument("--quick", action="store_true", help="2 runs of N = 20 (for CI)")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.n = 2, [20]
+    code = asyncio.run(main(args.runs, args.n))
+    from keel.cli import exit_now
+
+    exit_now(code)
