@@ -27,6 +27,7 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
+        PROGRESS_KEPT,
         AcceptanceState,
         AgentRunInput,
         CheckResult,
@@ -221,7 +222,12 @@ class AgentWorkflow:
     # --- state -------------------------------------------------------------------------------
 
     def _log(self, message: str) -> None:
-        self._report.progress.append(ProgressEntry(at=workflow.now(), message=message))
+        progress = self._report.progress
+        progress.append(ProgressEntry(at=workflow.now(), message=message))
+        if len(progress) > PROGRESS_KEPT:
+            # Bounded so the report (query result and final result) stays far below 2 MB.
+            del progress[0]
+            self._report.progress_dropped += 1
         workflow.logger.info(message)  # workflow.logger stays silent during replay
 
     def _finish(self, status: RunStatus, reason: str) -> RunReport:

@@ -20,6 +20,8 @@ RunStatus = Literal["DONE", "NOT_DONE", "WAITING_ON_YOU", "RUNNING"]
 
 TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 DEFAULT_TASK_QUEUE = "keel"
+MAX_STEPS = 1000
+PROGRESS_KEPT = 200  # the report keeps the newest entries of the progress log
 
 
 class _Strict(BaseModel):
@@ -91,7 +93,9 @@ class PlanSpec(_Strict):
     """A plan as a model proposes it or as a user writes it in a plan file."""
 
     goal: str = Field(min_length=1)
-    steps: list[StepSpec] = Field(min_length=1, max_length=10_000)
+    # The plan and its state travel in one history (2 MB a payload): a bound until long plans
+    # continue-as-new with compact state.
+    steps: list[StepSpec] = Field(min_length=1, max_length=MAX_STEPS)
     acceptance: list[AcceptanceSpec] = Field(default_factory=list)
 
 
@@ -219,6 +223,7 @@ class RunReport(_Strict):
     verified: bool = False
     steps: list[StepState] = Field(default_factory=list)
     progress: list[ProgressEntry] = Field(default_factory=list)
+    progress_dropped: int = 0
     files_touched: list[str] = Field(default_factory=list)
     acceptance: list[AcceptanceState] = Field(default_factory=list)
     resume_notes: str = ""
