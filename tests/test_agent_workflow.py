@@ -261,3 +261,13 @@ async def test_small_results_stay_inline(ts_client: Client, ledger_db: Path, siz
     async with keel_worker(ts_client, CATALOG) as queue:
         report = await run_plan(ts_client, queue, spec)
     assert report.steps[0].result == "x" * size and report.steps[0].result_ref is None
+
+
+async def test_long_plan_keeps_the_progress_log_bounded(ts_client: Client, ledger_db: Path) -> None:
+    steps = [StepSpec(title=f"s{i}", tool="big_result", args={"size": 1}) for i in range(120)]
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(ts_client, queue, plan(*steps))
+    assert report.status == "DONE" and all(s.done for s in report.steps)
+    assert len(report.progress) == 200
+    assert report.progress_dropped == 2 * 120 + 2 - 200  # plan + per step start/done + finish
+    assert report.progress[-1].message.startswith("DONE: all 120 steps completed")
