@@ -28,6 +28,8 @@ from activities.models.scripted import ScriptedPlanner
 from activities.tool import Tool
 from workflows.contracts import (
     AgentSpec,
+    ApprovalPolicy,
+    ArgsCheck,
     PlanRequest,
     PlanSpec,
     PreparedPlan,
@@ -135,11 +137,59 @@ class Catalog:
                 problems.append(f"{where}: invalid arguments for {name!r}: {explain(err)}")
                 continue
             used[name] = found.spec
+        for spec in list(used.values()):
+            problems += self._companions(spec, used)
+        for policy in agent.approvals.values():
+            problems += self._reminder(policy, used)
         return PreparedPlan(tools=used, problems=problems)
+
+    def _companions(self, spec: ToolSpec, used: dict[str, ToolSpec]) -> list[str]:
+        """The tools a tool relies on (its compensation, its reminder) must be registered too."""
+        problems = self._reminder(spec.approval, used) if spec.approval else []
+        if spec.compensation is None:
+            return problems
+        undo = self.tools.get(spec.compensation)
+        if undo is None or undo.spec.kind != "tool":
+            return [
+                *problems,
+                f"tool {spec.name!r}: compensation {spec.compensation!r} is not registered",
+            ]
+        if undo.spec.effect != "write" or "args" not in undo.args_model.model_fields:
+            return [
+                *problems,
+                f"tool {spec.name!r}: compensation {spec.compensation!r} must "
+                "be a write tool taking `args` (and optionally `result`)",
+            ]
+        used[undo.name] = undo.spec
+        return problems
+
+    def _reminder(self, policy: ApprovalPolicy, used: dict[str, ToolSpec]) -> list[str]:
+        if policy.reminder is None:
+            return []
+        found = self.tools.get(policy.reminder)
+        if found is None:
+            return [f"reminder tool {policy.reminder!r} is not registered"]
+        used[found.name] = found.spec
+        return []
+
+    def check_args(self, tool: str, args: dict[str, Any]) -> list[str]:
+        found = self.tools.get(tool)
+        if found is None:
+            return [f"unknown tool {tool!r}"]
+        try:
+            found.args_model.model_validate(args)
+        except ValidationError as err:
+            return [explain(err)]
+        return []
 
     def activities(self) -> list[Callable[..., Any]]:
         keel = KeelActivities(self)
-        return [keel.prepare_plan, keel.propose_plan, *(t.activity for t in self.tools.values())]
+        return [
+            keel.prepare_plan,
+            keel.propose_plan,
+            keel.check_args,
+            *(t.activity for t in self.tools.values()),
+        ]
 
 
 class KeelActivities:
@@ -151,6 +201,10 @@ class KeelActivities:
     @activity.defn(name="keel.prepare_plan")
     async def prepare_plan(self, request: PrepareRequest) -> PreparedPlan:
         return self.catalog.prepare(request.agent, request.plan)
+
+    @activity.defn(name="keel.check_args")
+    async def check_args(self, request: ArgsCheck) -> list[str]:
+        return self.catalog.check_args(request.tool, request.args)
 
     @activity.defn(name="keel.propose_plan")
     async def propose_plan(self, request: PlanRequest) -> PlanSpec:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, get_type_hints, overload
@@ -28,6 +28,8 @@ from activities.context import ToolContext, _current
 from activities.store import BlobStore, inline_limit
 from workflows.contracts import (
     TOOL_NAME,
+    ApprovalPolicy,
+    ArgRule,
     CheckResult,
     Effect,
     ResultRef,
@@ -39,6 +41,11 @@ from workflows.contracts import (
 )
 
 INVALID_ARGS = "InvalidToolArgs"
+IMPLAUSIBLE = "ImplausibleResult"
+# True: every call waits for a human; rules: only calls where one holds; or a full policy.
+Approval = bool | ApprovalPolicy | Sequence[ArgRule] | None
+# Looks at a result and its arguments; returns what is wrong with it, or None if plausible.
+Validator = Callable[[Any, dict[str, Any]], str | None]
 _ANY = TypeAdapter(Any)
 
 
@@ -77,6 +84,16 @@ def _as_retry(retry: RetrySpec | RetryPolicy | dict[str, Any] | None) -> RetrySp
     return RetrySpec.model_validate(retry)
 
 
+def _as_approval(value: Approval) -> ApprovalPolicy | None:
+    if value is False or value is None:
+        return None
+    if value is True:
+        return ApprovalPolicy()
+    if isinstance(value, ApprovalPolicy):
+        return value
+    return ApprovalPolicy(rules=tuple(value))
+
+
 def _as_timedelta(value: timedelta | float | None, what: str) -> timedelta | None:
     if value is None:
         return None
@@ -110,6 +127,8 @@ def _declare(
     retry: RetrySpec | RetryPolicy | dict[str, Any] | None,
     timeout: timedelta | float,
     heartbeat: timedelta | float | None,
+    requires_approval: Approval = False,
+    validator: Validator | None = None,
 ) -> Tool:
     tool_name = name or fn.__name__
     if not TOOL_NAME.match(tool_name):
@@ -128,11 +147,12 @@ def _declare(
         retry=_as_retry(retry),
         timeout=_as_timedelta(timeout, "timeout") or timedelta(seconds=30),
         heartbeat=_as_timedelta(heartbeat, "heartbeat"),
+        approval=_as_approval(requires_approval),
         parameters=args_model.model_json_schema(),
     )
 
     async def run_tool(call: ToolCall) -> ToolOutput:
-        return await _run(spec, fn, args_model, call)
+        return await _run(spec, fn, args_model, call, validator)
 
     run_tool.__name__ = f"tool_{tool_name}"
     return Tool(
@@ -147,7 +167,11 @@ async def _heartbeat_every(period: float) -> None:
 
 
 async def _run(
-    spec: ToolSpec, fn: Callable[..., Any], args_model: type[BaseModel], call: ToolCall
+    spec: ToolSpec,
+    fn: Callable[..., Any],
+    args_model: type[BaseModel],
+    call: ToolCall,
+    validator: Validator | None,
 ) -> ToolOutput:
     attempt = activity.info().attempt
     try:
@@ -170,6 +194,10 @@ async def _run(
             value = await fn(**kwargs)
         else:
             value = await asyncio.to_thread(fn, **kwargs)  # to_thread copies the context
+        problem = validator(value, call.args) if validator is not None else None
+        if problem:
+            # Retryable within the tool's bounded policy: a fresh read may be plausible again.
+            raise ApplicationError(f"implausible result: {problem}", type=IMPLAUSIBLE)
     except Exception as err:
         # Keep the exception's type name (non_retryable_error_types matches on it) and add the
         # attempt number, so the report can say how many attempts a failed step took.
@@ -214,6 +242,8 @@ def tool(
     retry: RetrySpec | RetryPolicy | dict[str, Any] | None = None,
     timeout: timedelta | float = 30.0,
     heartbeat: timedelta | float | None = None,
+    requires_approval: Approval = False,
+    validator: Validator | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -226,8 +256,13 @@ def tool(
     retry: RetrySpec | RetryPolicy | dict[str, Any] | None = None,
     timeout: timedelta | float = 30.0,
     heartbeat: timedelta | float | None = None,
+    requires_approval: Approval = False,
+    validator: Validator | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Declare a tool. Defaults: read effect, 3 attempts with exponential backoff, 30 s timeout."""
+    """Declare a tool. Defaults: read effect, 3 attempts with exponential backoff, 30 s timeout.
+
+    A compensation is a write tool taking `args` (the undone call's arguments) and `result`.
+    """
 
     def wrap(f: Callable[..., Any]) -> Tool:
         return _declare(
@@ -240,6 +275,8 @@ def tool(
             retry=retry,
             timeout=timeout,
             heartbeat=heartbeat,
+            requires_approval=requires_approval,
+            validator=validator,
         )
 
     return wrap(fn) if fn is not None else wrap

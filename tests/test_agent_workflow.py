@@ -128,7 +128,10 @@ async def test_failing_tool_stops_after_exactly_max_attempts(
     assert failed.error == f"RuntimeError: boom ({label})"
     assert report.reason.startswith("step 2 'doomed' (always_fails) failed after 3 attempt(s)")
     assert not report.steps[2].done and report.steps[2].attempts == 0
-    assert store.balances() == {"erin": 1}  # step 3 never ran
+    assert store.balances() == {"erin": 0}  # step 1 compensated, step 3 never ran
+    assert [(c.step, c.compensation, c.status) for c in report.compensations] == [
+        (1, "reverse_entry", "done")
+    ]
     assert "stopped at step 2" in report.resume_notes
 
 
@@ -252,7 +255,8 @@ async def test_report_is_queryable_mid_run_and_cancel_reports_not_done(
         sample_tools.GATES.setdefault(gate, asyncio.Event()).set()
     assert final.status == "NOT_DONE"
     assert final.reason == "cancelled before the plan finished"
-    assert store.balances() == {"gina": 7}
+    assert store.balances() == {"gina": 0}  # the completed write was compensated
+    assert [c.status for c in final.compensations] == ["done"]
 
 
 @pytest.mark.parametrize("size", [10, 4000])

@@ -3,10 +3,13 @@
     await client.execute_workflow(AgentWorkflow.run, AgentRunInput(...), id=..., task_queue="keel")
 
 The plan comes from the run's input or from a model activity; the worker checks it before any
-step runs; each step is one tool activity under the tool's own bounded retry policy; at the end
-the acceptance checks decide between DONE and NOT_DONE. The plan state lives in the workflow, so
+step runs; each step is one tool activity under the tool's own bounded retry policy, behind an
+approval gate when the tool or the agent asks for one; at the end the acceptance checks decide
+between DONE and NOT_DONE. Completed writes are a saga: when the plan fails, is rejected, aborted
+or cancelled, their compensations run in reverse order. The plan state lives in the workflow, so
 a crashed worker's successor rebuilds it from history and carries on at the first unchecked step
-without running a finished tool again. The `report` query returns that state at any moment.
+without running a finished tool again. The `report` query returns that state at any moment; the
+`decide` update (or signal) answers a pending approval or escalation.
 """
 
 from __future__ import annotations
@@ -16,78 +19,57 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import (
-    ActivityError,
-    ApplicationError,
-    RetryState,
-    TimeoutError,
-    is_cancelled_exception,
-)
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         PROGRESS_KEPT,
+        STATUS_ATTRIBUTE,
         AcceptanceState,
         AgentRunInput,
+        ApprovalPolicy,
+        ArgsCheck,
         CheckResult,
+        Decision,
         PlanRequest,
         PlanSpec,
         PreparedPlan,
         PrepareRequest,
         ProgressEntry,
-        RetrySpec,
         RunReport,
         RunStatus,
+        SagaEntry,
         StepState,
         ToolCall,
         ToolOutput,
         ToolSpec,
     )
+    from workflows.failures import attempts_made, describe_failure, retry_policy
+    from workflows.gate import DecisionRefused, HumanGate, needs_approval
+    from workflows.saga import Saga
 
-# Keel's own activities (planning, checking the plan) are cheap and idempotent.
+# Keel's own activities (planning, checking a plan or arguments) are cheap and idempotent.
 KEEL_ACTIVITY_TIMEOUT = timedelta(seconds=60)
 KEEL_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
 
 
-def retry_policy(spec: RetrySpec) -> RetryPolicy:
-    return RetryPolicy(
-        maximum_attempts=spec.max_attempts,
-        initial_interval=spec.initial_interval,
-        backoff_coefficient=spec.backoff_coefficient,
-        maximum_interval=spec.max_interval,
-        non_retryable_error_types=list(spec.non_retryable_error_types),
-    )
-
-
-def describe_failure(err: BaseException) -> str:
-    """The innermost cause of an activity failure, in one line."""
-    cause = err.cause if isinstance(err, ActivityError) and err.cause else err
-    if isinstance(cause, ApplicationError):
-        return f"{cause.type or 'Error'}: {cause.message}"
-    if isinstance(cause, TimeoutError):
-        return f"timed out ({cause.type.name.lower() if cause.type else 'timeout'})"
-    return f"{type(cause).__name__}: {cause}"
-
-
-def attempts_made(err: ActivityError, spec: ToolSpec) -> int:
-    cause = err.cause
-    if isinstance(cause, ApplicationError) and cause.details:
-        detail = cause.details[0]
-        if isinstance(detail, dict) and isinstance(detail.get("attempt"), int):
-            return detail["attempt"]
-    if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
-        return spec.retry.max_attempts
-    return 1
+class Unwind(Exception):
+    """The plan stops here and completed writes are compensated; the message is the reason."""
 
 
 @workflow.defn(name="AgentWorkflow")
 class AgentWorkflow:
     @workflow.init
     def __init__(self, run: AgentRunInput) -> None:
+        self._run = run
         self._report = RunReport(
             run_id=workflow.info().workflow_id, agent=run.agent.name, goal=run.goal
         )
+        self._gate = HumanGate(self._report, self._log, self._set_status)
+        self._saga = Saga(self._report.saga)
+        self._tools: dict[str, ToolSpec] = {}
 
     @workflow.query
     def report(self) -> RunReport:
@@ -95,8 +77,30 @@ class AgentWorkflow:
         self._report.resume_notes = self._resume_notes()
         return self._report
 
+    @workflow.update
+    async def decide(self, decision: Decision) -> str:
+        """Answer the pending request; refused at once (and nothing changes) if it does not fit."""
+        await self._check_edit(decision)
+        self._gate.accept(decision)  # validates again: the state may have moved meanwhile
+        return f"accepted: {decision.choice} for {decision.request_id}"
+
+    @decide.validator
+    def _validate_decision(self, decision: Decision) -> None:
+        self._gate.validate(decision)
+
+    @workflow.signal
+    async def decide_signal(self, decision: Decision) -> None:
+        """The same decision, fire and forget: a refusal is only logged in the progress log."""
+        try:
+            self._gate.validate(decision)
+            await self._check_edit(decision)
+            self._gate.accept(decision)
+        except (DecisionRefused, ApplicationError) as err:
+            self._log(f"refused decision on {decision.request_id}: {err}")
+
     @workflow.run
     async def run(self, run: AgentRunInput) -> RunReport:
+        self._set_status("RUNNING")
         try:
             plan = run.plan or await self._propose(run)
             plan = plan.model_copy(update={"acceptance": [*plan.acceptance, *run.agent.acceptance]})
@@ -104,14 +108,17 @@ class AgentWorkflow:
             prepared = await self._prepare(run, plan)
             if prepared.problems:
                 return self._finish("NOT_DONE", "plan refused: " + "; ".join(prepared.problems))
+            self._tools = prepared.tools
             for step in self._report.steps:
-                if not step.done and not await self._run_step(step, prepared.tools[step.tool]):
-                    return self.report()
-            return await self._verify(prepared)
+                if not step.done and not step.skipped:
+                    await self._run_step(step)
+            return await self._verify()
+        except Unwind as stop:
+            return await self._unwind(str(stop))
         except (ActivityError, asyncio.CancelledError) as err:
             if is_cancelled_exception(err):
-                # A cancelled run still ends with a report of what was done and what was not.
-                return self._finish("NOT_DONE", "cancelled before the plan finished")
+                # A cancelled run still undoes its writes and reports what was and wasn't done.
+                return await self._unwind("cancelled before the plan finished")
             return self._finish("NOT_DONE", f"planning failed: {describe_failure(err)}")
 
     # --- phases ------------------------------------------------------------------------------
@@ -146,61 +153,156 @@ class AgentWorkflow:
             retry_policy=KEEL_RETRY,
         )
 
-    async def _call(self, spec: ToolSpec, step: int, args: dict[str, Any]) -> ToolOutput:
+    def _key(self, suffix: str) -> str:
         info = workflow.info()
         # first_execution_run_id survives continue-as-new but differs when an id is reused,
         # so a new run with the same id never mistakes its writes for an earlier run's.
-        key = f"{info.workflow_id}:{info.first_execution_run_id}:{step}"
+        return f"{info.workflow_id}:{info.first_execution_run_id}:{suffix}"
+
+    async def _call(self, spec: ToolSpec, step: int, args: dict[str, Any]) -> ToolOutput:
         return await workflow.execute_activity(
             spec.name,
-            ToolCall(run_id=info.workflow_id, step=step, args=args, idempotency_key=key),
+            ToolCall(
+                run_id=workflow.info().workflow_id,
+                step=step,
+                args=args,
+                idempotency_key=self._key(str(step)),
+            ),
             result_type=ToolOutput,
             start_to_close_timeout=spec.timeout,
             heartbeat_timeout=spec.heartbeat,
             retry_policy=retry_policy(spec.retry),
         )
 
-    async def _run_step(self, step: StepState, spec: ToolSpec) -> bool:
-        step.started_at = workflow.now()
-        self._log(f"step {step.index} started: {step.title} ({step.tool})")
-        try:
-            out = await self._call(spec, step.index, step.args)
-        except ActivityError as err:
-            if is_cancelled_exception(err):
-                step.error = "cancelled"
-                raise
-            step.attempts = attempts_made(err, spec)
-            step.error = describe_failure(err)
-            step.finished_at = workflow.now()
-            self._finish(
-                "NOT_DONE",
-                f"step {step.index} '{step.title}' ({step.tool}) failed after "
-                f"{step.attempts} attempt(s): {step.error}",
-            )
+    def _gate_policy(self, spec: ToolSpec, args: dict[str, Any]) -> ApprovalPolicy | None:
+        policies = [spec.approval, self._run.agent.approvals.get(spec.name)]
+        return next((p for p in policies if p is not None and needs_approval(p, args)), None)
+
+    async def _approve(self, step: StepState, spec: ToolSpec) -> bool:
+        """False when the step is to be skipped; raises Unwind when the plan must stop."""
+        policy = self._gate_policy(spec, step.args)
+        if policy is None:
+            return True
+        decision = await self._gate.ask(
+            kind="approval",
+            step=step.index,
+            tool=spec.name,
+            args=step.args,
+            reason=f"approve step {step.index} '{step.title}' ({spec.name})",
+            choices=["approve", "reject", "edit"],
+            policy=policy,
+        )
+        if decision.choice == "edit" and decision.args is not None:
+            step.args = decision.args
+        if decision.choice == "skip":
             return False
-        step.done = True
-        step.attempts = out.attempt
-        step.result = out.value
-        step.result_ref = out.ref
+        if decision.choice in ("reject", "abort"):
+            raise Unwind(f"step {step.index} '{step.title}' {decision.choice}ed: {decision.reason}")
+        return True
+
+    async def _run_step(self, step: StepState) -> None:
+        spec = self._tools[step.tool]
+        if not await self._approve(step, spec):
+            return self._skip(step, "skipped at its approval deadline")
+        while True:
+            step.started_at = workflow.now()
+            self._log(f"step {step.index} started: {step.title} ({step.tool})")
+            try:
+                out = await self._call(spec, step.index, step.args)
+            except ActivityError as err:
+                if is_cancelled_exception(err):
+                    step.error = "cancelled"
+                    raise
+                step.attempts += attempts_made(err, spec)
+                step.error = describe_failure(err)
+                step.finished_at = workflow.now()
+                failure = (
+                    f"step {step.index} '{step.title}' ({step.tool}) failed after "
+                    f"{step.attempts} attempt(s): {step.error}"
+                )
+                if self._run.agent.on_failure != "ask":
+                    raise Unwind(failure) from err
+                if await self._escalate(step, failure):
+                    continue
+                return self._skip(step, "skipped by decision")
+            break
+        step.done, step.error = True, None
+        step.attempts += out.attempt
+        step.result, step.result_ref = out.value, out.ref
         step.finished_at = workflow.now()
         for path in out.files_touched:
             if path not in self._report.files_touched:
                 self._report.files_touched.append(path)
-        self._log(f"step {step.index} done after {out.attempt} attempt(s)")
-        return True
+        if spec.effect == "write" and spec.compensation:
+            self._saga.push(
+                SagaEntry(
+                    step=step.index,
+                    tool=spec.name,
+                    compensation=spec.compensation,
+                    args=step.args,
+                    result=out.value if out.ref is None else out.ref.model_dump(),
+                )
+            )
+        self._log(f"step {step.index} done after {step.attempts} attempt(s)")
 
-    async def _verify(self, prepared: PreparedPlan) -> RunReport:
+    async def _escalate(self, step: StepState, failure: str) -> bool:
+        """Ask a human about a failed step: True to run it again, False to skip it."""
+        decision = await self._gate.ask(
+            kind="escalation",
+            step=step.index,
+            tool=step.tool,
+            args=step.args,
+            reason=failure,
+            choices=["retry", "skip", "abort", "edit"],
+            policy=self._run.agent.escalation,
+        )
+        if decision.choice in ("abort", "reject"):
+            raise Unwind(f"{failure}; aborted: {decision.reason}")
+        if decision.choice == "edit" and decision.args is not None:
+            step.args = decision.args
+        return decision.choice in ("retry", "edit")
+
+    def _skip(self, step: StepState, why: str) -> None:
+        step.skipped = True
+        step.finished_at = workflow.now()
+        self._log(f"step {step.index} {why}")
+
+    async def _check_edit(self, decision: Decision) -> None:
+        """Edited arguments must fit the tool's schema before the edit is accepted."""
+        pending = self._report.pending
+        if decision.choice != "edit" or decision.args is None or pending is None:
+            return
+        problems = await workflow.execute_activity(
+            "keel.check_args",
+            ArgsCheck(tool=pending.tool, args=decision.args),
+            result_type=list[str],
+            start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+            retry_policy=KEEL_RETRY,
+        )
+        if problems:
+            raise ApplicationError(
+                f"edited arguments do not fit {pending.tool}: {'; '.join(problems)}",
+                type="InvalidEdit",
+                non_retryable=True,
+            )
+
+    async def _verify(self) -> RunReport:
         report = self._report
+        skipped = [s.index for s in report.steps if s.skipped]
+        settled = (
+            f"all {len(report.steps)} steps settled ({len(skipped)} skipped: steps {skipped})"
+            if skipped
+            else f"all {len(report.steps)} steps completed"
+        )
         if not report.acceptance:
             report.verified = False
             return self._finish(
                 "DONE",
-                f"all {len(report.steps)} steps completed; nothing verified the result "
-                "(no acceptance criteria)",
+                f"{settled}; nothing verified the result (no acceptance criteria)",
             )
         for index, criterion in enumerate(report.acceptance, 1):
             try:
-                out = await self._call(prepared.tools[criterion.check], -index, criterion.args)
+                out = await self._call(self._tools[criterion.check], -index, criterion.args)
                 verdict = CheckResult.model_validate(out.value)
             except ActivityError as err:
                 verdict = CheckResult(passed=False, detail=f"check failed: {describe_failure(err)}")
@@ -215,9 +317,44 @@ class AgentWorkflow:
         report.verified = True
         return self._finish(
             "DONE",
-            f"all {len(report.steps)} steps completed and "
-            f"{len(report.acceptance)} acceptance checks passed",
+            f"{settled} and {len(report.acceptance)} acceptance checks passed",
         )
+
+    async def _unwind(self, reason: str) -> RunReport:
+        """Compensate completed writes, newest first, then finish NOT_DONE with the reason."""
+        if self._saga.entries:
+            self._log(f"compensating {len(self._saga.entries)} write(s) in reverse order")
+            await self._saga.compensate(
+                key_prefix=self._key("saga"),
+                specs=self._tools,
+                on_failure=self._compensation_failed,
+                record=self._record_compensation,
+            )
+        failed = [c for c in self._report.compensations if c.status != "done"]
+        if failed:
+            reason += "; compensation failed: " + "; ".join(
+                f"step {c.step} {c.compensation} ({c.error}; {c.status})" for c in failed
+            )
+        return self._finish("NOT_DONE", reason)
+
+    async def _compensation_failed(self, entry: SagaEntry, state: Any) -> str:
+        decision = await self._gate.ask(
+            kind="escalation",
+            step=entry.step,
+            tool=entry.compensation,
+            args={"args": entry.args, "result": entry.result},
+            reason=(
+                f"compensation failed: {entry.compensation} for step {entry.step} after "
+                f"{state.attempts} attempt(s): {state.error}"
+            ),
+            choices=["retry", "skip"],
+            policy=self._run.agent.escalation.model_copy(update={"on_timeout": "skip"}),
+        )
+        return decision.choice
+
+    def _record_compensation(self, state: Any) -> None:
+        self._report.compensations.append(state)
+        self._log(f"compensation {state.compensation} for step {state.step}: {state.status}")
 
     # --- state -------------------------------------------------------------------------------
 
@@ -230,21 +367,28 @@ class AgentWorkflow:
             self._report.progress_dropped += 1
         workflow.logger.info(message)  # workflow.logger stays silent during replay
 
-    def _finish(self, status: RunStatus, reason: str) -> RunReport:
+    def _set_status(self, status: RunStatus) -> None:
         self._report.status = status
+        if self._run.status_attribute:
+            workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
+
+    def _finish(self, status: RunStatus, reason: str) -> RunReport:
+        self._set_status(status)
         self._report.reason = reason
         self._log(f"{status}: {reason}")
         return self.report()
 
     def _resume_notes(self) -> str:
         report = self._report
-        done = sum(s.done for s in report.steps)
+        done = f"{sum(s.done for s in report.steps)}/{len(report.steps)} steps done"
         nxt = report.next_step
         if report.status == "DONE":
-            return f"finished: {done}/{len(report.steps)} steps done; nothing to resume"
+            return f"finished: {done}; nothing to resume"
+        if report.pending is not None:
+            return f"{done}; waiting on {report.pending.request_id}"
         if nxt is None:
-            return f"{done}/{len(report.steps)} steps done; acceptance checks next"
+            return f"{done}; acceptance checks next"
         where = f"step {nxt.index} '{nxt.title}' ({nxt.tool})"
         if report.status == "NOT_DONE":
-            return f"{done}/{len(report.steps)} steps done; stopped at {where}"
-        return f"{done}/{len(report.steps)} steps done; resumes at {where}"
+            return f"{done}; stopped at {where}"
+        return f"{done}; resumes at {where}"

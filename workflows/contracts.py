@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Effect = Literal["read", "write"]
 ToolKind = Literal["tool", "check"]
 RunStatus = Literal["DONE", "NOT_DONE", "WAITING_ON_YOU", "RUNNING"]
+Choice = Literal["approve", "reject", "edit", "retry", "skip", "abort"]
+TimeoutAction = Literal["reject", "skip", "abort"]
+STATUS_ATTRIBUTE = "KeelStatus"  # a Keyword search attribute: `starter.py pending` lists by it
 
 TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 DEFAULT_TASK_QUEUE = "keel"
@@ -50,6 +53,40 @@ class RetrySpec(_Strict):
         return self
 
 
+class ArgRule(_Strict):
+    """A condition on one argument, checked in the workflow: `amount > 100`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arg: str
+    op: Literal[">", ">=", "<", "<=", "==", "!=", "in", "not in"]
+    value: Any
+
+
+class ApprovalPolicy(_Strict):
+    """When a human must approve a call, how long they have, and what happens if they don't.
+
+    `rules` empty means every call; otherwise a call needs approval when any rule holds.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: tuple[ArgRule, ...] = ()
+    timeout: timedelta = timedelta(days=1)
+    on_timeout: TimeoutAction = "reject"
+    remind_after: timedelta | None = None
+    reminder: str | None = None  # a tool called with {"request": ...} when remind_after passes
+    approvers: tuple[str, ...] = ()  # empty: anyone who can reach the run
+
+    @model_validator(mode="after")
+    def _positive(self) -> ApprovalPolicy:
+        if self.timeout <= timedelta(0):
+            raise ValueError("timeout must be positive")
+        if self.remind_after is not None and not timedelta(0) < self.remind_after < self.timeout:
+            raise ValueError("remind_after must fall between 0 and timeout")
+        return self
+
+
 class ToolSpec(_Strict):
     """What the workflow needs to know to schedule a tool: its policy and its argument schema."""
 
@@ -63,6 +100,7 @@ class ToolSpec(_Strict):
     retry: RetrySpec = RetrySpec()
     timeout: timedelta = timedelta(seconds=30)
     heartbeat: timedelta | None = None
+    approval: ApprovalPolicy | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -110,6 +148,11 @@ class AgentSpec(_Strict):
     tools: tuple[str, ...] = ()
     prompt: str = ""
     acceptance: tuple[AcceptanceSpec, ...] = ()
+    # Gates of the agent's own, by tool name, on top of the tools' declared ones.
+    approvals: dict[str, ApprovalPolicy] = Field(default_factory=dict)
+    # What a failed step does once its retries are spent: fail the run, or ask a human.
+    on_failure: Literal["fail", "ask"] = "fail"
+    escalation: ApprovalPolicy = ApprovalPolicy(on_timeout="abort")
 
 
 # The agent of a run whose plan is given up front: no model, any registered tool.
@@ -122,9 +165,18 @@ class AgentRunInput(_Strict):
     agent: AgentSpec
     goal: str = Field(min_length=1)
     plan: PlanSpec | None = None
+    # Upsert the KeelStatus search attribute (the namespace must have it registered).
+    status_attribute: bool = False
 
 
 # --- activity boundaries -------------------------------------------------------------------
+
+
+class ArgsCheck(_Strict):
+    """Arguments to validate against a tool's schema (an edit from a human)."""
+
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
 
 
 class ToolCall(_Strict):
@@ -185,12 +237,68 @@ class PreparedPlan(_Strict):
 # --- durable plan state and the report -------------------------------------------------------
 
 
+class PendingRequest(_Strict):
+    """What a waiting run waits for: a human's decision on one call."""
+
+    request_id: str
+    kind: Literal["approval", "escalation"]
+    step: int
+    tool: str
+    args_summary: dict[str, Any] = Field(default_factory=dict)
+    args_hash: str
+    reason: str
+    asked_at: datetime
+    deadline: datetime
+    choices: list[Choice]
+    on_timeout: TimeoutAction
+    approvers: list[str] = Field(default_factory=list)
+
+
+class Decision(_Strict):
+    """A human's answer, by update (acknowledged) or by signal (fire and forget)."""
+
+    request_id: str
+    choice: Choice
+    reason: str = ""
+    args: dict[str, Any] | None = None  # with "edit": the arguments to use instead
+    args_hash: str | None = None  # with "approve": binds the approval to the exact call
+    approver: str = ""
+
+
+class DecisionRecord(_Strict):
+    request_id: str
+    choice: Choice | Literal["timeout"]
+    reason: str = ""
+    approver: str = ""
+    at: datetime
+
+
+class SagaEntry(_Strict):
+    """A completed write and what undoes it."""
+
+    step: int
+    tool: str
+    compensation: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+
+
+class CompensationState(_Strict):
+    step: int
+    tool: str
+    compensation: str
+    status: Literal["done", "failed", "skipped"]
+    attempts: int = 0
+    error: str | None = None
+
+
 class StepState(_Strict):
     index: int
     title: str
     tool: str
     args: dict[str, Any] = Field(default_factory=dict)
     done: bool = False
+    skipped: bool = False
     attempts: int = 0
     result: Any = None
     result_ref: ResultRef | None = None
@@ -226,8 +334,12 @@ class RunReport(_Strict):
     progress_dropped: int = 0
     files_touched: list[str] = Field(default_factory=list)
     acceptance: list[AcceptanceState] = Field(default_factory=list)
+    pending: PendingRequest | None = None
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+    saga: list[SagaEntry] = Field(default_factory=list)
+    compensations: list[CompensationState] = Field(default_factory=list)
     resume_notes: str = ""
 
     @property
     def next_step(self) -> StepState | None:
-        return next((s for s in self.steps if not s.done), None)
+        return next((s for s in self.steps if not s.done and not s.skipped), None)

@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from activities import CheckResult, RetrySpec, check, scripted_planner, tool, tool_context
 from examples.ledger import store
@@ -40,12 +40,32 @@ def post_entry(
     return {"account": account, "balance": store.balance(account), "duplicate": not new}
 
 
+class EntryArgs(BaseModel):
+    """The arguments of the post_entry call being undone."""
+
+    account: str
+    amount: int
+    memo: str = ""
+
+
 @tool(effect="write", retry=RetrySpec(max_attempts=5), timeout=10)
-def reverse_entry(account: str, amount: int, memo: str = "") -> dict[str, object]:
-    """Undo a post_entry by posting the opposite amount (the compensation of post_entry)."""
+def reverse_entry(args: EntryArgs, result: dict[str, object] | None = None) -> dict[str, object]:
+    """Undo a post_entry by posting the opposite amount (post_entry's compensation).
+
+    Keyed by its own idempotency key, so a reversal delivered twice reverses once.
+    """
     ctx = tool_context()
-    new = store.post(ctx.idempotency_key, ctx.run_id, account, -amount, memo, ctx.attempt)
-    return {"account": account, "balance": store.balance(account), "duplicate": not new}
+    memo = f"reversal: {args.memo}"[:120]
+    new = store.post(
+        ctx.idempotency_key,
+        ctx.run_id,
+        args.account,
+        -args.amount,
+        memo,
+        ctx.attempt,
+        tool="reverse_entry",
+    )
+    return {"account": args.account, "balance": store.balance(args.account), "duplicate": not new}
 
 
 @tool(effect="read", timeout=5)

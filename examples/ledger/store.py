@@ -36,13 +36,21 @@ def connect() -> sqlite3.Connection:
     return conn
 
 
-def post(key: str, run_id: str, account: str, amount: int, memo: str, attempt: int) -> bool:
+def post(
+    key: str,
+    run_id: str,
+    account: str,
+    amount: int,
+    memo: str,
+    attempt: int,
+    tool: str = "post_entry",
+) -> bool:
     """Record the execution and the entry in one transaction; False if the key was seen."""
     with closing(connect()) as conn:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
-            "INSERT INTO executions (key, tool, attempt) VALUES (?, 'post_entry', ?)",
-            (key, attempt),
+            "INSERT INTO executions (key, tool, attempt) VALUES (?, ?, ?)",
+            (key, tool, attempt),
         )
         cur = conn.execute(
             "INSERT OR IGNORE INTO entries (key, run_id, account, amount, memo) "

@@ -1,0 +1,43 @@
+"""How a failed activity is described in a report, and a RetrySpec as temporalio's RetryPolicy.
+
+Pure helpers shared by the agent workflow and the saga; workflow code imports them through
+``imports_passed_through``.
+"""
+
+from __future__ import annotations
+
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
+
+from workflows.contracts import RetrySpec, ToolSpec
+
+
+def retry_policy(spec: RetrySpec) -> RetryPolicy:
+    return RetryPolicy(
+        maximum_attempts=spec.max_attempts,
+        initial_interval=spec.initial_interval,
+        backoff_coefficient=spec.backoff_coefficient,
+        maximum_interval=spec.max_interval,
+        non_retryable_error_types=list(spec.non_retryable_error_types),
+    )
+
+
+def describe_failure(err: BaseException) -> str:
+    """The innermost cause of an activity failure, in one line."""
+    cause = err.cause if isinstance(err, ActivityError) and err.cause else err
+    if isinstance(cause, ApplicationError):
+        return f"{cause.type or 'Error'}: {cause.message}"
+    if isinstance(cause, TimeoutError):
+        return f"timed out ({cause.type.name.lower() if cause.type else 'timeout'})"
+    return f"{type(cause).__name__}: {cause}"
+
+
+def attempts_made(err: ActivityError, spec: ToolSpec) -> int:
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.details:
+        detail = cause.details[0]
+        if isinstance(detail, dict) and isinstance(detail.get("attempt"), int):
+            return detail["attempt"]
+    if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
+        return spec.retry.max_attempts
+    return 1

@@ -1,0 +1,243 @@
+"""HumanGate: a run waits, durably and for free, until a human decides or the deadline passes.
+
+    decision = await gate.ask(kind="approval", step=2, tool="pay", args=args,
+                              reason="pay above 100", choices=["approve", "reject", "edit"],
+                              policy=ApprovalPolicy(timeout=timedelta(days=3)))
+
+While it waits the run reports WAITING_ON_YOU with the pending request. A decision names the
+request it answers; an approval also carries the hash of the exact call (tool and arguments)
+it approves, so it cannot approve a call that changed. `validate` refuses, without changing
+anything, a decision for an unknown, expired or already decided request, a choice not offered,
+or an approver not on the list. At the deadline the policy's default action is taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Literal
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.contracts import (
+        ApprovalPolicy,
+        ArgRule,
+        Choice,
+        Decision,
+        DecisionRecord,
+        PendingRequest,
+        RunReport,
+        ToolCall,
+    )
+
+SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "authorization", "credential")
+SUMMARY_CHARS = 80
+OPS: dict[str, Callable[[Any, Any], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "in": lambda a, b: a in b,
+    "not in": lambda a, b: a not in b,
+}
+
+
+def call_hash(tool: str, args: dict[str, Any]) -> str:
+    """A stable hash of one call: the same tool and arguments always give the same hash."""
+    text = json.dumps({"tool": tool, "args": args}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def summarize(args: dict[str, Any]) -> dict[str, Any]:
+    """Arguments as a human should see them: secret-looking keys hidden, long values cut."""
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        if any(word in key.lower() for word in SECRET_WORDS):
+            out[key] = "***"
+        elif isinstance(value, str) and len(value) > SUMMARY_CHARS:
+            out[key] = value[:SUMMARY_CHARS] + "..."
+        elif isinstance(value, dict):
+            out[key] = summarize(value)
+        else:
+            out[key] = value
+    return out
+
+
+def rule_holds(rule: ArgRule, args: dict[str, Any]) -> bool:
+    if rule.arg not in args:
+        return False
+    try:
+        return bool(OPS[rule.op](args[rule.arg], rule.value))
+    except TypeError:
+        return True  # a value the rule cannot compare is one a human should see
+
+
+def needs_approval(policy: ApprovalPolicy, args: dict[str, Any]) -> bool:
+    return not policy.rules or any(rule_holds(rule, args) for rule in policy.rules)
+
+
+class DecisionRefused(ValueError):
+    """A decision that does not apply; the message says why. Nothing was changed."""
+
+
+class HumanGate:
+    def __init__(
+        self,
+        report: RunReport,
+        log: Callable[[str], None],
+        on_status: Callable[[Literal["RUNNING", "WAITING_ON_YOU"]], None],
+    ) -> None:
+        self._report = report
+        self._log = log
+        self._on_status = on_status
+        self._answer: Decision | None = None
+        self._asked = 0
+
+    def validate(self, decision: Decision) -> None:
+        """Raise DecisionRefused unless `decision` answers the pending request as offered."""
+        pending = self._report.pending
+        earlier = next(
+            (d for d in self._report.decisions if d.request_id == decision.request_id), None
+        )
+        if earlier is not None:
+            raise DecisionRefused(
+                f"request {decision.request_id!r} was already decided ({earlier.choice})"
+            )
+        if pending is None:
+            if self._report.status in ("DONE", "NOT_DONE"):
+                raise DecisionRefused("the run has finished; nothing waits for a decision")
+            raise DecisionRefused(f"unknown request {decision.request_id!r}: nothing is waiting")
+        if decision.request_id != pending.request_id:
+            raise DecisionRefused(
+                f"unknown request {decision.request_id!r} (waiting on {pending.request_id!r})"
+            )
+        if self._answer is not None:
+            raise DecisionRefused(f"request {pending.request_id!r} was already decided")
+        if workflow.now() > pending.deadline:
+            raise DecisionRefused(f"request {pending.request_id!r} expired at {pending.deadline}")
+        if decision.choice not in pending.choices:
+            raise DecisionRefused(
+                f"choice {decision.choice!r} is not offered for {pending.request_id!r} "
+                f"(choices: {', '.join(pending.choices)})"
+            )
+        if pending.approvers and decision.approver not in pending.approvers:
+            raise DecisionRefused(
+                f"approver {decision.approver!r} may not decide {pending.request_id!r}"
+            )
+        if decision.args_hash is not None and decision.args_hash != pending.args_hash:
+            raise DecisionRefused(
+                f"the decision is for a different call (hash {decision.args_hash}, "
+                f"pending {pending.args_hash}): the call changed since it was asked"
+            )
+        if decision.choice == "edit" and decision.args is None:
+            raise DecisionRefused("edit needs the new arguments")
+        if decision.choice in ("reject", "abort") and not decision.reason.strip():
+            raise DecisionRefused(f"{decision.choice} needs a reason")
+
+    def accept(self, decision: Decision) -> None:
+        self.validate(decision)
+        self._answer = decision
+
+    async def ask(
+        self,
+        *,
+        kind: Literal["approval", "escalation"],
+        step: int,
+        tool: str,
+        args: dict[str, Any],
+        reason: str,
+        choices: list[Choice],
+        policy: ApprovalPolicy,
+    ) -> Decision:
+        """Wait for a decision on this call, or take the policy's default at the deadline."""
+        self._asked += 1
+        now = workflow.now()
+        pending = PendingRequest(
+            request_id=f"{kind}-{step}-{self._asked}",
+            kind=kind,
+            step=step,
+            tool=tool,
+            args_summary=summarize(args),
+            args_hash=call_hash(tool, args),
+            reason=reason,
+            asked_at=now,
+            deadline=now + policy.timeout,
+            choices=choices,
+            on_timeout=policy.on_timeout,
+            approvers=list(policy.approvers),
+        )
+        self._answer = None
+        self._report.pending = pending
+        self._on_status("WAITING_ON_YOU")
+        self._log(
+            f"waiting on you: {reason} (request {pending.request_id}, until {pending.deadline})"
+        )
+        decision = await self._wait(pending, policy)
+        self._report.decisions.append(
+            DecisionRecord(
+                request_id=pending.request_id,
+                choice="timeout" if decision.approver == "keel:deadline" else decision.choice,
+                reason=decision.reason,
+                approver=decision.approver,
+                at=workflow.now(),
+            )
+        )
+        self._report.pending = None
+        self._answer = None
+        self._on_status("RUNNING")
+        self._log(f"decision on {pending.request_id}: {decision.choice} {decision.reason}".strip())
+        return decision
+
+    async def _wait(self, pending: PendingRequest, policy: ApprovalPolicy) -> Decision:
+        remaining = policy.timeout
+        if policy.remind_after is not None:
+            if await self._answered_within(policy.remind_after):
+                return self._take()
+            remaining -= policy.remind_after
+            await self._remind(pending, policy)
+        if await self._answered_within(remaining):
+            return self._take()
+        return Decision(
+            request_id=pending.request_id,
+            choice=policy.on_timeout,
+            reason=f"no decision by the deadline {pending.deadline}: {policy.on_timeout}",
+            approver="keel:deadline",
+        )
+
+    async def _answered_within(self, timeout: timedelta) -> bool:
+        try:
+            await workflow.wait_condition(lambda: self._answer is not None, timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _take(self) -> Decision:
+        assert self._answer is not None
+        return self._answer
+
+    async def _remind(self, pending: PendingRequest, policy: ApprovalPolicy) -> None:
+        self._log(f"reminder: {pending.request_id} still waits (deadline {pending.deadline})")
+        if policy.reminder is None:
+            return
+        try:
+            await workflow.execute_activity(
+                policy.reminder,
+                ToolCall(
+                    run_id=workflow.info().workflow_id,
+                    step=pending.step,
+                    args={"request": pending.model_dump(mode="json")},
+                    idempotency_key=f"{workflow.info().workflow_id}:{pending.request_id}:remind",
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+        except ActivityError as err:  # a failed reminder must not cost the run its decision
+            self._log(f"reminder {policy.reminder} failed: {err}")
