@@ -7,6 +7,9 @@ import asyncio
 from activities import RetrySpec, tool, tool_context
 
 FAST_RETRY = RetrySpec(max_attempts=3, initial_interval=1)
+# For tests that poll while a run retries: the time-skipping clock only skips while a client
+# awaits a result, so these backoffs cost real (short) time.
+QUICK_RETRY = RetrySpec(max_attempts=3, initial_interval=0.05, backoff_coefficient=1)
 GATES: dict[str, asyncio.Event] = {}
 CALLS: dict[str, int] = {}
 
@@ -57,3 +60,57 @@ def touch(path: str) -> str:
     """Records a touched file without writing it."""
     tool_context().touched(path)
     return path
+
+
+@tool(effect="write", compensation="undo_fails", retry=QUICK_RETRY)
+def write_with_bad_undo(label: str) -> str:
+    """A write whose compensation always fails."""
+    return label
+
+
+@tool(effect="write", retry=QUICK_RETRY)
+def undo_fails(args: dict, result: object = None) -> None:
+    """A compensation that fails on every attempt."""
+    _count(f"undo_fails:{args['label']}")
+    raise RuntimeError("the undo service is down")
+
+
+@tool(effect="write", compensation="undo_after_human_retry", retry=QUICK_RETRY)
+def write_with_slow_undo(label: str) -> str:
+    """A write whose compensation succeeds only once a human asked for a retry."""
+    return label
+
+
+@tool(effect="write", retry=QUICK_RETRY)
+def undo_after_human_retry(args: dict, result: object = None) -> str:
+    """Fails its first three attempts (one bounded retry budget), then succeeds."""
+    key = f"undo_after_human_retry:{args['label']}"
+    _count(key)
+    if CALLS[key] <= 3:
+        raise RuntimeError("not yet")
+    return "undone"
+
+
+@tool
+def notify(request: dict) -> None:
+    """A reminder hook: counts reminders per request."""
+    _count(f"notify:{request['request_id']}")
+
+
+@tool(effect="write", requires_approval=True)
+def send_email(to: str, body: str, api_token: str = "") -> str:
+    """Needs a human's approval for every call."""
+    return f"sent to {to}"
+
+
+@tool(retry=FAST_RETRY, validator=lambda price, args: "negative price" if price < 0 else None)
+def quote(sku: str, price: int) -> int:
+    """Returns the price it is given; its validator calls a negative price implausible."""
+    return price
+
+
+@tool(retry=QUICK_RETRY)
+def fails_quickly(label: str) -> str:
+    """Fails on every attempt, with short backoffs."""
+    _count(f"fails_quickly:{label}")
+    raise RuntimeError(f"boom ({label})")
