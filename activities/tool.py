@@ -166,6 +166,24 @@ async def _heartbeat_every(period: float) -> None:
         await asyncio.sleep(period)
 
 
+async def _finish_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """Run a plain function in a thread and report its true outcome, even when cancelled.
+
+    A thread cannot be stopped: if the activity reported "cancelled" while the thread went on
+    to commit a write, the workflow would never compensate that write. So a cancellation
+    waits for the function and reports what it did; the workflow then unwinds the saga.
+    """
+    running = asyncio.ensure_future(asyncio.to_thread(fn, **kwargs))  # copies the context
+    while True:
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            if running.done():
+                return running.result()
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()
+
+
 async def _run(
     spec: ToolSpec,
     fn: Callable[..., Any],
@@ -193,7 +211,7 @@ async def _run(
         if inspect.iscoroutinefunction(fn):
             value = await fn(**kwargs)
         else:
-            value = await asyncio.to_thread(fn, **kwargs)  # to_thread copies the context
+            value = await _finish_in_thread(fn, kwargs)
         problem = validator(value, call.args) if validator is not None else None
         if problem:
             # Retryable within the tool's bounded policy: a fresh read may be plausible again.

@@ -28,11 +28,11 @@ from workflows.contracts import (
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 
 
-def pay(account: str, amount: int) -> StepSpec:
+def pay(account: str, amount: int, **extra: object) -> StepSpec:
     return StepSpec(
         title=f"Pay {account} {amount}",
         tool="post_entry",
-        args={"account": account, "amount": amount},
+        args={"account": account, "amount": amount, **extra},
     )
 
 
@@ -251,12 +251,43 @@ async def test_report_is_queryable_mid_run_and_cancel_reports_not_done(
         assert [s.done for s in report.steps] == [True, False, False]
         assert report.resume_notes == "1/3 steps done; resumes at step 2 'wait' (wait_for_gate)"
         await handle.cancel()
-        final = await handle.result()
+        # The wait_for_gate call does not heartbeat, so it cannot hear the cancel: the run
+        # waits for it to finish rather than leave a call running behind its compensations.
+        await asyncio.sleep(0.3)
+        assert (await handle.query(AgentWorkflow.report)).status == "RUNNING"
         sample_tools.GATES.setdefault(gate, asyncio.Event()).set()
+        final = await handle.result()
     assert final.status == "NOT_DONE"
     assert final.reason == "cancelled before the plan finished"
+    assert [s.done for s in final.steps] == [True, True, False]  # step 3 never started
     assert store.balances() == {"gina": 0}  # the completed write was compensated
     assert [c.status for c in final.compensations] == ["done"]
+
+
+async def test_cancel_during_a_write_compensates_it_once_it_lands(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    # post_entry heartbeats, so it hears the cancel while its thread is still inside; the
+    # thread cannot be stopped, so the call reports the write it made and the run undoes it.
+    spec = plan(pay("hal", 3), pay("hal", 4, pause_s=1.5), pay("hal", 5))
+    async with keel_worker(ts_client, CATALOG) as queue:
+        handle = await ts_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=PLAN_RUNNER, goal="slow write", plan=spec),
+            id=f"test-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+        for _ in range(200):
+            if store.balances().get("hal") == 7:  # step 2 committed, still inside its pause
+                break
+            await asyncio.sleep(0.02)
+        await handle.cancel()
+        final = await handle.result()
+    assert final.status == "NOT_DONE"
+    assert final.reason == "cancelled before the plan finished"
+    assert [s.done for s in final.steps] == [True, True, False]
+    assert [(c.step, c.status) for c in final.compensations] == [(2, "done"), (1, "done")]
+    assert store.balances() == {"hal": 0}
 
 
 @pytest.mark.parametrize("size", [10, 4000])
