@@ -4,8 +4,13 @@
     python starter.py run [AGENT] --plan FILE.json [--id ID] [--wait] [--json]
     python starter.py status RUN_ID [--json]
     python starter.py cancel RUN_ID
+    python starter.py approve RUN_ID [--request ID] [--reason TEXT] [--approver NAME] [--signal]
+    python starter.py reject RUN_ID --reason TEXT [--request ID] [--approver NAME] [--signal]
+    python starter.py decide RUN_ID --choice retry|skip|abort|edit [--args JSON] [...]
+    python starter.py pending [--json]
 
-Exit codes (run --wait and status): 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING;
+Exit codes: run --wait and status: 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING (run --wait
+returns as soon as the run waits on a human). approve, reject, decide: 0 accepted, 6 refused.
 1 for an error (bad input, unknown run, unreachable server), 2 for bad usage. Errors are one
 line on stderr, never a traceback (set KEEL_DEBUG=1 to see one).
 """
@@ -19,13 +24,16 @@ import os
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.catalog import Catalog, CatalogError, explain
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import exit_now, tool_modules
+from keel.humans import DecisionRefused, StatusAttributeMissing, decide, pending_runs
 from keel.runs import (
     RunAlreadyRunning,
     RunNotFound,
@@ -37,6 +45,7 @@ from keel.runs import (
 from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport
 
 EXIT_CODES = {"DONE": 0, "NOT_DONE": 3, "WAITING_ON_YOU": 4, "RUNNING": 5}
+EXIT_REFUSED = 6
 
 
 class UserError(Exception):
@@ -60,6 +69,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     status.add_argument("--json", action="store_true", help="print JSON")
     cancel = sub.add_parser("cancel", help="cancel a run")
     cancel.add_argument("run_id")
+    for name, text in (
+        ("approve", "approve the pending request"),
+        ("reject", "reject the pending request"),
+        ("decide", "answer the pending request or escalation"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("run_id")
+        cmd.add_argument("--request", help="request id (default: the one pending)")
+        cmd.add_argument("--reason", default="", required=name == "reject")
+        cmd.add_argument("--approver", default=os.environ.get("USER", ""), help="who decides")
+        cmd.add_argument(
+            "--signal",
+            action="store_true",
+            help="send as a signal: no answer, applied when a worker runs",
+        )
+        if name == "decide":
+            cmd.add_argument(
+                "--choice",
+                required=True,
+                choices=["approve", "reject", "edit", "retry", "skip", "abort"],
+            )
+            cmd.add_argument("--args", help="with --choice edit: the new arguments as JSON")
+    pending = sub.add_parser("pending", help="list the runs waiting on a human")
+    pending.add_argument("--json", action="store_true", help="print JSON")
     return parser.parse_args(argv)
 
 
@@ -89,7 +122,8 @@ def build_run(args: argparse.Namespace) -> AgentRunInput:
         problems = catalog.prepare(agent, plan).problems
         if problems:
             raise UserError("plan refused: " + "; ".join(problems))
-    return AgentRunInput(agent=agent, goal=goal, plan=plan)
+    status_attribute = os.environ.get("KEEL_STATUS_ATTRIBUTE", "1") != "0"
+    return AgentRunInput(agent=agent, goal=goal, plan=plan, status_attribute=status_attribute)
 
 
 def emit(report: RunReport, as_json: bool) -> int:
@@ -97,9 +131,61 @@ def emit(report: RunReport, as_json: bool) -> int:
     return EXIT_CODES[report.status]
 
 
+def edit_args(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--args is not JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise UserError("--args must be a JSON object of argument names to values")
+    return value
+
+
+async def send_decision(client: Client, args: argparse.Namespace) -> int:
+    choice = {"approve": "approve", "reject": "reject"}.get(args.command) or args.choice
+    try:
+        answer = await decide(
+            client,
+            args.run_id,
+            choice=choice,
+            request_id=args.request,
+            reason=args.reason,
+            args=edit_args(getattr(args, "args", None)),
+            approver=args.approver,
+            by_signal=args.signal,
+        )
+    except DecisionRefused as err:
+        print(f"starter.py: refused: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(answer)
+    return 0
+
+
+async def list_pending(client: Client, as_json: bool) -> int:
+    waiting = await pending_runs(client)
+    if as_json:
+        rows = [{"run_id": run_id, "pending": p.model_dump(mode="json")} for run_id, p in waiting]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not waiting:
+        print("no run is waiting on a human")
+    for run_id, p in waiting:
+        print(
+            f"{run_id}  {p.request_id}  since {p.asked_at:%Y-%m-%d %H:%M:%S}  "
+            f"deadline {p.deadline:%Y-%m-%d %H:%M:%S}  {p.reason}"
+        )
+    return 0
+
+
 async def command(args: argparse.Namespace) -> int:
     run = build_run(args) if args.command == "run" else None
     client = await connect(plugins=[KeelPlugin()])
+    if args.command in ("approve", "reject", "decide"):
+        return await send_decision(client, args)
+    if args.command == "pending":
+        return await list_pending(client, args.json)
     if args.command == "status":
         return emit(await get_report(client, args.run_id), args.json)
     if args.command == "cancel":
@@ -129,7 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return asyncio.run(command(args))
-    except (UserError, CatalogError, ConnectionFailed, RunNotFound, RunAlreadyRunning) as err:
+    except (
+        UserError,
+        CatalogError,
+        ConnectionFailed,
+        RunNotFound,
+        RunAlreadyRunning,
+        StatusAttributeMissing,
+    ) as err:
         print(f"starter.py: error: {err}", file=sys.stderr)
         return 1
     except Exception as err:

@@ -9,8 +9,10 @@ timed out) still gets one here: NOT_DONE with the cause in `reason`, so nothing 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -23,7 +25,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.agent import AgentWorkflow
-from workflows.contracts import AgentRunInput, RunReport
+from workflows.contracts import STATUS_ATTRIBUTE, AgentRunInput, RunReport
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 
@@ -36,9 +38,24 @@ class RunAlreadyRunning(Exception):
     """A run with that id is still running."""
 
 
+async def status_attribute_registered(client: Client) -> bool:
+    """Whether the namespace has the KeelStatus search attribute that `pending` lists by."""
+    try:
+        answer = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace)
+        )
+    except RPCError:
+        return False  # e.g. a Cloud API key without operator rights: run without it
+    return STATUS_ATTRIBUTE in answer.custom_attributes
+
+
 async def start_run(
     client: Client, run: AgentRunInput, *, run_id: str, task_queue: str
 ) -> WorkflowHandle[AgentWorkflow, RunReport]:
+    """Start a run. A status attribute the namespace lacks is dropped, never upserted: the
+    server would refuse every workflow task of the run and it would never move."""
+    if run.status_attribute and not await status_attribute_registered(client):
+        run = run.model_copy(update={"status_attribute": False})
     try:
         return await client.start_workflow(
             AgentWorkflow.run,
@@ -89,16 +106,26 @@ async def get_report(client: Client, run_id: str) -> RunReport:
     return skeleton
 
 
-async def wait_report(client: Client, run_id: str) -> RunReport:
+async def wait_report(client: Client, run_id: str, poll: float = 1.0) -> RunReport:
+    """Wait until the run ends or waits on a human, and return its report."""
     handle = client.get_workflow_handle(run_id, result_type=RunReport)
+    result = asyncio.ensure_future(handle.result())
     try:
-        return await handle.result()
+        while True:
+            done, _ = await asyncio.wait({result}, timeout=poll)
+            if done:
+                return result.result()
+            memo = await (await handle.describe()).memo()
+            if memo.get("pending"):
+                return await get_report(client, run_id)
     except WorkflowFailureError:
         return await get_report(client, run_id)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise RunNotFound(f"no run with id {run_id!r}") from err
         raise
+    finally:
+        result.cancel()
 
 
 def format_report(report: RunReport) -> str:
@@ -119,6 +146,20 @@ def format_report(report: RunReport) -> str:
         for c in report.acceptance:
             mark = {True: "pass", False: "FAIL", None: "----"}[c.passed]
             lines.append(f"    [{mark}] {c.criterion}  {c.detail}".rstrip())
+    if report.pending is not None:
+        p = report.pending
+        lines.append(f"  waiting on you: {p.reason}")
+        lines.append(f"    request {p.request_id} ({p.kind}), step {p.step}, tool {p.tool}")
+        lines.append(f"    args: {p.args_summary}")
+        lines.append(f"    asked {p.asked_at}, deadline {p.deadline} (then: {p.on_timeout})")
+        lines.append(f"    choices: {', '.join(p.choices)}")
+    if report.compensations:
+        lines.append("  compensations:")
+        for c in report.compensations:
+            lines.append(
+                f"    step {c.step} {c.compensation}: {c.status}"
+                + (f" ({c.error})" if c.error else "")
+            )
     if report.files_touched:
         lines.append("  files touched: " + ", ".join(report.files_touched))
     if report.resume_notes:

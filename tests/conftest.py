@@ -32,12 +32,14 @@ from temporalio.client import (
     StartWorkflowInput,
     WorkflowHandle,
 )
+from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from activities.catalog import Catalog
 from keel import KeelPlugin
+from workflows.contracts import STATUS_ATTRIBUTE
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -110,6 +112,7 @@ async def dev_client() -> AsyncIterator[Client]:
     else:
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=binary("temporal"),
+            search_attributes=[SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)],
             data_converter=pydantic_data_converter,
             interceptors=[recorder],
         )

@@ -110,8 +110,10 @@ class AgentWorkflow:
                 return self._finish("NOT_DONE", "plan refused: " + "; ".join(prepared.problems))
             self._tools = prepared.tools
             for step in self._report.steps:
+                self._stop_if_cancelled()
                 if not step.done and not step.skipped:
                     await self._run_step(step)
+            self._stop_if_cancelled()
             return await self._verify()
         except Unwind as stop:
             return await self._unwind(str(stop))
@@ -122,6 +124,14 @@ class AgentWorkflow:
             return self._finish("NOT_DONE", f"planning failed: {describe_failure(err)}")
 
     # --- phases ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _stop_if_cancelled() -> None:
+        # A tool call waits for its activity to stop when the run is cancelled; one that
+        # finished anyway returns normally (its write is on the saga stack), so the run has to
+        # notice the cancel request itself rather than start the next step.
+        if workflow.cancellation_reason() is not None:
+            raise asyncio.CancelledError
 
     async def _propose(self, run: AgentRunInput) -> PlanSpec:
         self._log(f"asking model {run.agent.model!r} for a plan")
@@ -172,6 +182,9 @@ class AgentWorkflow:
             start_to_close_timeout=spec.timeout,
             heartbeat_timeout=spec.heartbeat,
             retry_policy=retry_policy(spec.retry),
+            # A cancelled run compensates only once the in-flight call has stopped: with
+            # TRY_CANCEL a write still running could land after its compensation.
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
 
     def _gate_policy(self, spec: ToolSpec, args: dict[str, Any]) -> ApprovalPolicy | None:
@@ -369,6 +382,9 @@ class AgentWorkflow:
 
     def _set_status(self, status: RunStatus) -> None:
         self._report.status = status
+        pending = self._report.pending
+        # The memo says what the run waits for, readable with no worker running (describe).
+        workflow.upsert_memo({"pending": pending.model_dump(mode="json") if pending else None})
         if self._run.status_attribute:
             workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
 

@@ -10,13 +10,21 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from activities import CheckResult, RetrySpec, check, scripted_planner, tool, tool_context
 from examples.ledger import store
-from workflows.contracts import AcceptanceSpec, AgentSpec, PlanSpec, StepSpec
+from workflows.contracts import (
+    AcceptanceSpec,
+    AgentSpec,
+    ApprovalPolicy,
+    ArgRule,
+    PlanSpec,
+    StepSpec,
+)
 
 
 @tool(
@@ -98,6 +106,13 @@ ledger_clerk = AgentSpec(
     name="ledger-clerk",
     description="Posts payments to the ledger and writes a statement.",
     tools=("post_entry", "get_balance", "write_statement"),
+    # A payment above 100 waits for a human; with no decision in a day it is rejected and the
+    # payments already made are reversed.
+    approvals={
+        "post_entry": ApprovalPolicy(
+            rules=(ArgRule(arg="amount", op=">", value=100),), timeout=timedelta(days=1)
+        )
+    },
 )
 
 PAYMENT = re.compile(r"\b([A-Za-z][A-Za-z_]*)\s+(\d+)\b")

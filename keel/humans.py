@@ -1,0 +1,108 @@
+"""Deciding for a waiting run, and listing the runs that wait, from scripts.
+
+    outcome = await decide(client, "pay-1", choice="approve", approver="me")   # by update
+    waiting = await pending_runs(client)                                       # [(run_id, request)]
+
+A decision names the request it answers and, for an approval, the hash of the exact call; both
+are read from the run's memo, so deciding needs no worker when sent as a signal. By update the
+caller learns at once whether the run accepted it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from keel.runs import RunNotFound, status_attribute_registered
+from workflows.agent import AgentWorkflow
+from workflows.contracts import STATUS_ATTRIBUTE, Choice, Decision, PendingRequest
+
+UPDATE_TIMEOUT = timedelta(seconds=30)
+
+
+class StatusAttributeMissing(Exception):
+    """The namespace lacks the KeelStatus search attribute, so waiting runs cannot be listed."""
+
+
+class DecisionRefused(Exception):
+    """The run did not accept the decision; the message says why. Nothing changed."""
+
+
+async def pending_request(client: Client, run_id: str) -> PendingRequest | None:
+    try:
+        desc = await client.get_workflow_handle(run_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise RunNotFound(f"no run with id {run_id!r}") from err
+        raise
+    memo = await desc.memo()
+    return PendingRequest.model_validate(memo["pending"]) if memo.get("pending") else None
+
+
+async def decide(
+    client: Client,
+    run_id: str,
+    *,
+    choice: Choice,
+    request_id: str | None = None,
+    reason: str = "",
+    args: dict[str, Any] | None = None,
+    approver: str = "",
+    by_signal: bool = False,
+) -> str:
+    """Send a decision; returns what the run answered (or that the signal was sent)."""
+    pending = await pending_request(client, run_id)
+    if request_id is None:
+        if pending is None:
+            raise DecisionRefused(f"run {run_id!r} is not waiting on a decision")
+        request_id = pending.request_id
+    bound = pending is not None and pending.request_id == request_id and choice == "approve"
+    decision = Decision(
+        request_id=request_id,
+        choice=choice,
+        reason=reason,
+        args=args,
+        args_hash=pending.args_hash if bound and pending else None,
+        approver=approver,
+    )
+    handle = client.get_workflow_handle(run_id)
+    if by_signal:
+        await handle.signal(AgentWorkflow.decide_signal, decision)
+        return f"sent {choice} for {request_id} as a signal; it applies when a worker runs"
+    try:
+        return await asyncio.wait_for(
+            handle.execute_update(AgentWorkflow.decide, decision),
+            UPDATE_TIMEOUT.total_seconds(),
+        )
+    except WorkflowUpdateFailedError as err:
+        raise DecisionRefused(str(err.cause or err)) from err
+    except TimeoutError as err:
+        raise DecisionRefused(
+            f"no worker answered within {UPDATE_TIMEOUT.seconds} s; "
+            "send it with --signal to have it applied when a worker runs"
+        ) from err
+    except RPCError as err:
+        if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+            raise DecisionRefused(f"run {run_id!r} has finished; nothing waits") from err
+        raise
+
+
+async def pending_runs(client: Client) -> list[tuple[str, PendingRequest]]:
+    """Every run in the namespace waiting on a human, oldest request first."""
+    if not await status_attribute_registered(client):
+        raise StatusAttributeMissing(
+            f"the namespace has no {STATUS_ATTRIBUTE} search attribute, so waiting runs cannot "
+            f"be listed; register it: temporal operator search-attribute create "
+            f"--name {STATUS_ATTRIBUTE} --type Keyword (./temporal-dev up does it)"
+        )
+    query = f'{STATUS_ATTRIBUTE} = "WAITING_ON_YOU" AND ExecutionStatus = "Running"'
+    found: list[tuple[str, PendingRequest]] = []
+    async for execution in client.list_workflows(query):
+        memo = await execution.memo()
+        if memo.get("pending"):
+            found.append((execution.id, PendingRequest.model_validate(memo["pending"])))
+    return sorted(found, key=lambda item: item[1].asked_at)
