@@ -11,17 +11,25 @@ caller learns at once whether the run accepted it.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import os
 from typing import Any
 
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from keel.runs import RunNotFound, status_attribute_registered
 from workflows.agent import AgentWorkflow
 from workflows.contracts import STATUS_ATTRIBUTE, Choice, Decision, PendingRequest
 
-UPDATE_TIMEOUT = timedelta(seconds=30)
+
+def update_timeout() -> float:
+    """Seconds to wait for a worker to answer a decision (KEEL_DECISION_TIMEOUT, default 30)."""
+    return float(os.environ.get("KEEL_DECISION_TIMEOUT", "30"))
 
 
 class StatusAttributeMissing(Exception):
@@ -73,17 +81,18 @@ async def decide(
     if by_signal:
         await handle.signal(AgentWorkflow.decide_signal, decision)
         return f"sent {choice} for {request_id} as a signal; it applies when a worker runs"
+    wait = update_timeout()
     try:
-        return await asyncio.wait_for(
-            handle.execute_update(AgentWorkflow.decide, decision),
-            UPDATE_TIMEOUT.total_seconds(),
-        )
+        return await asyncio.wait_for(handle.execute_update(AgentWorkflow.decide, decision), wait)
     except WorkflowUpdateFailedError as err:
-        raise DecisionRefused(str(err.cause or err)) from err
-    except TimeoutError as err:
+        cause = err.cause
+        text = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+        raise DecisionRefused(text) from err
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
+        # The server may still hold the update for a worker that comes back; say so.
         raise DecisionRefused(
-            f"no worker answered within {UPDATE_TIMEOUT.seconds} s; "
-            "send it with --signal to have it applied when a worker runs"
+            f"no worker answered within {wait:g} s; it may still apply when a worker returns "
+            "(check with status), or send it with --signal to be sure it does"
         ) from err
     except RPCError as err:
         if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):

@@ -25,7 +25,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.agent import AgentWorkflow
-from workflows.contracts import STATUS_ATTRIBUTE, AgentRunInput, RunReport
+from workflows.contracts import STATUS_ATTRIBUTE, AgentRunInput, PendingRequest, RunReport
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 
@@ -94,7 +94,16 @@ async def get_report(client: Client, run_id: str) -> RunReport:
         try:
             return await handle.query(AgentWorkflow.report, rpc_timeout=QUERY_TIMEOUT)
         except (RPCError, WorkflowQueryFailedError) as err:
-            skeleton.reason = f"running; no worker answered the status query ({err})"
+            # No worker to answer: the memo still says what the run waits for.
+            if memo.get("pending"):
+                skeleton.pending = PendingRequest.model_validate(memo["pending"])
+                skeleton.status = "WAITING_ON_YOU"
+                skeleton.reason = (
+                    f"{skeleton.pending.reason}; no worker is running, a decision sent with "
+                    "--signal applies when one returns"
+                )
+            else:
+                skeleton.reason = f"running; no worker answered the status query ({err})"
             return skeleton
     status = desc.status.name.lower() if desc.status else "closed"
     try:
