@@ -20,11 +20,13 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import (
     Client,
     Interceptor,
@@ -128,6 +130,14 @@ async def dev_client() -> AsyncIterator[Client]:
     finally:
         if env is not None:
             await env.shutdown()
+
+
+async def skip_time(client: Client, duration: timedelta) -> None:
+    """Move the time-skipping server's clock on by `duration` (it only skips on its own while
+    a client waits on a result)."""
+    request = SleepRequest()
+    request.duration.FromTimedelta(duration)
+    await client.test_service.unlock_time_skipping_with_sleep(request)
 
 
 def dev_address(client: Client) -> str:

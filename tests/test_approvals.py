@@ -16,7 +16,7 @@ import examples.ledger as ledger
 from activities import Catalog
 from examples.ledger import store
 from tests import sample_tools
-from tests.conftest import keel_worker
+from tests.conftest import keel_worker, skip_time
 from workflows import AgentWorkflow
 from workflows.contracts import (
     PLAN_RUNNER,
@@ -130,15 +130,26 @@ async def test_three_day_deadline_passes_in_test_time_and_rejects(
 async def test_deadline_default_skip_and_reminder(ts_client: Client, ledger_db: Path) -> None:
     spec = agent(on_timeout="skip", remind_after=timedelta(days=1), reminder="notify")
     async with keel_worker(ts_client, CATALOG) as queue:
-        handle = await start(ts_client, queue, [pay("ed", 500), pay("fay", 1)], spec)
+        handle = await start(ts_client, queue, [pay("ed", 500), pay("fay", 600)], spec)
         request = (await waiting(handle)).pending.request_id
+        await skip_time(ts_client, timedelta(days=3, minutes=1))  # past reminder and deadline
+        for _ in range(400):  # step 2 then waits on a request of its own
+            second = (await handle.query(AgentWorkflow.report)).pending
+            if second is not None and second.request_id != request:
+                break
+            await asyncio.sleep(0.025)
+        late = Decision(request_id=request, choice="approve")
+        await refused(handle, late, f"request {request!r} was already decided (timeout)")
+        await handle.execute_update(
+            AgentWorkflow.decide, Decision(request_id=second.request_id, choice="approve")
+        )
         final = await handle.result()
     assert final.status == "DONE"
     assert "1 skipped: steps [1]" in final.reason
+    assert store.balances() == {"fay": 600}
     assert final.steps[0].skipped and not final.steps[0].done
     assert sample_tools.CALLS[f"notify:{request}"] == 1
     assert any(p.message.startswith(f"reminder: {request}") for p in final.progress)
-    assert store.balances() == {"fay": 1}
 
 
 async def test_refused_decisions_change_nothing(ts_client: Client, ledger_db: Path) -> None:
