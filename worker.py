@@ -42,7 +42,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds a workflow task waits for this worker's cache before any worker takes it; "
         "bounds the resume delay after a crash (default 3; the SDK's default is 10)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--max-cached-workflows",
+        type=int,
+        default=int(os.environ.get("KEEL_MAX_CACHED_WORKFLOWS", "1000")),
+        help="runs kept in memory between their tasks; a run evicted from the cache is replayed "
+        "from its history when it wakes, so this bounds memory, not what can wait (default 1000)",
+    )
+    args = parser.parse_args(argv)
+    if args.max_cached_workflows < 0:
+        parser.error("--max-cached-workflows must be 0 or more")
+    return args
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -53,6 +63,7 @@ async def serve(args: argparse.Namespace) -> None:
         client,
         task_queue=queue,
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=args.sticky_timeout),
+        max_cached_workflows=args.max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=5),
     )
     stop = asyncio.Event()

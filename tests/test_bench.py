@@ -1,0 +1,25 @@
+"""The benchmarks' --quick modes still run: a benchmark nobody can run measures nothing.
+
+Figures are printed, never asserted (timings belong in bench/README.md, not in unit tests);
+what is asserted is that each finishes and that its table has a row of numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.processes import run
+
+
+@pytest.mark.parametrize(
+    ("script", "row_start"),
+    [("bench/overhead.py", "   20 "), ("bench/approvals.py", "  1000   100 ")],
+)
+async def test_quick_mode_runs(script: str, row_start: str) -> None:
+    result = await run(sys.executable, script, "--quick", env={}, timeout=170)
+    assert result.code == 0, result.err[-2000:]
+    rows = [line for line in result.out.splitlines() if line.startswith(row_start)]
+    assert len(rows) == 1, result.out
+    print(f"\n{script} --quick:\n{result.out}")
