@@ -5,7 +5,7 @@ from activities import tool, check, tool_context, RetrySpec
 
 from activities.catalog import Catalog, CatalogError
 from activities.context import ToolContext, tool_context
-from activities.models import ScriptedPlanner, scripted_planner
+from activities.models import ScriptedModel, ScriptedPlanner, scripted_model, scripted_planner
 from activities.store import BlobStore
 from activities.tool import Tool, check, tool
 from workflows.contracts import CheckResult, RetrySpec
@@ -16,10 +16,12 @@ __all__ = [
     "CatalogError",
     "CheckResult",
     "RetrySpec",
+    "ScriptedModel",
     "ScriptedPlanner",
     "Tool",
     "ToolContext",
     "check",
+    "scripted_model",
     "scripted_planner",
     "tool",
     "tool_context",

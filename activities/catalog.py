@@ -24,7 +24,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.checks import BUILTIN_CHECKS
-from activities.models.scripted import ScriptedPlanner
+from activities.models.providers import PROVIDERS
+from activities.models.scripted import ScriptedModel, ScriptedPlanner
 from activities.tool import Tool
 from workflows.contracts import (
     AgentSpec,
@@ -36,6 +37,7 @@ from workflows.contracts import (
     PrepareRequest,
     ToolSpec,
 )
+from workflows.model_contracts import ModelReply, ModelRequest
 
 
 def explain(err: ValidationError) -> str:
@@ -74,9 +76,12 @@ class Catalog:
     tools: dict[str, Tool] = field(default_factory=dict)
     agents: dict[str, AgentSpec] = field(default_factory=dict)
     planners: dict[str, ScriptedPlanner] = field(default_factory=dict)
+    models: dict[str, ScriptedModel] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, items: Iterable[Tool | AgentSpec | ScriptedPlanner] = ()) -> Catalog:
+    def of(
+        cls, items: Iterable[Tool | AgentSpec | ScriptedPlanner | ScriptedModel] = ()
+    ) -> Catalog:
         catalog = cls()
         for item in (*BUILTIN_CHECKS, *items):
             catalog.add(item)
@@ -90,11 +95,11 @@ class Catalog:
             items.extend(
                 value
                 for value in vars(module).values()
-                if isinstance(value, Tool | AgentSpec | ScriptedPlanner)
+                if isinstance(value, Tool | AgentSpec | ScriptedPlanner | ScriptedModel)
             )
         return cls.of(items)
 
-    def add(self, item: Tool | AgentSpec | ScriptedPlanner) -> None:
+    def add(self, item: Tool | AgentSpec | ScriptedPlanner | ScriptedModel) -> None:
         if isinstance(item, Tool):
             known = self.tools.get(item.name)
             if known is not None and known is not item:
@@ -104,6 +109,8 @@ class Catalog:
             if self.agents.get(item.name, item) != item:
                 raise CatalogError(f"two agents are named {item.name!r}")
             self.agents[item.name] = item
+        elif isinstance(item, ScriptedModel):
+            self.models[item.name] = item
         else:
             self.planners[item.agent] = item
 
@@ -137,6 +144,35 @@ class Catalog:
                 problems.append(f"{where}: invalid arguments for {name!r}: {explain(err)}")
                 continue
             used[name] = found.spec
+        for spec in list(used.values()):
+            problems += self._companions(spec, used)
+        for policy in agent.approvals.values():
+            problems += self._reminder(policy, used)
+        return PreparedPlan(tools=used, problems=problems)
+
+    def prepare_agent(self, agent: AgentSpec) -> PreparedPlan:
+        """For an agent that acts step by step: the specs of every tool it may call and of its
+        acceptance checks, or why it cannot run."""
+        if not agent.tools:
+            return PreparedPlan(
+                problems=[f"agent {agent.name!r} acts step by step and must list its tools"]
+            )
+        problems: list[str] = []
+        used: dict[str, ToolSpec] = {}
+        for name in agent.tools:
+            found = self.tools.get(name)
+            if found is None or found.spec.kind != "tool":
+                problems.append(f"agent {agent.name!r}: unknown tool {name!r}")
+            else:
+                used[name] = found.spec
+        for criterion in agent.acceptance:
+            found = self.tools.get(criterion.check)
+            if found is None or found.spec.kind != "check":
+                problems.append(
+                    f"acceptance {criterion.criterion!r}: unknown check {criterion.check!r}"
+                )
+            else:
+                used[criterion.check] = found.spec
         for spec in list(used.values()):
             problems += self._companions(spec, used)
         for policy in agent.approvals.values():
@@ -187,6 +223,7 @@ class Catalog:
         return [
             keel.prepare_plan,
             keel.propose_plan,
+            keel.model_call,
             keel.check_args,
             *(t.activity for t in self.tools.values()),
         ]
@@ -200,7 +237,28 @@ class KeelActivities:
 
     @activity.defn(name="keel.prepare_plan")
     async def prepare_plan(self, request: PrepareRequest) -> PreparedPlan:
+        if request.plan is None:
+            return self.catalog.prepare_agent(request.agent)
         return self.catalog.prepare(request.agent, request.plan)
+
+    @activity.defn(name="keel.model_call")
+    async def model_call(self, request: ModelRequest) -> ModelReply:
+        """One model call. Its recorded reply is what a replay sees: the model is never asked
+        twice for the same turn."""
+        ref = request.model
+        if ref.provider != "scripted":
+            return await PROVIDERS[ref.provider](request)
+        scripted = self.catalog.models.get(ref.model)
+        if scripted is None:
+            raise ApplicationError(
+                f"no scripted model {ref.model!r} on this worker",
+                non_retryable=True,
+                type="UnknownModel",
+            )
+        try:
+            return scripted.answer(request)
+        except Exception as err:
+            raise ApplicationError(str(err), non_retryable=True, type="ScriptedModelError") from err
 
     @activity.defn(name="keel.check_args")
     async def check_args(self, request: ArgsCheck) -> list[str]:

@@ -15,6 +15,7 @@ without running a finished tool again. The `report` query returns that state at 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -49,6 +50,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.gate import DecisionRefused, HumanGate, needs_approval
     from workflows.saga import Saga
 
+from workflows.acting import ActingMixin, Stop, extended
+
 # Keel's own activities (planning, checking a plan or arguments) are cheap and idempotent.
 KEEL_ACTIVITY_TIMEOUT = timedelta(seconds=60)
 KEEL_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
@@ -60,13 +63,18 @@ class Unwind(Exception):
 
 
 @workflow.defn(name="AgentWorkflow")
-class AgentWorkflow:
+class AgentWorkflow(ActingMixin):
     @workflow.init
     def __init__(self, run: AgentRunInput) -> None:
         self._run = run
         self._report = RunReport(
-            run_id=workflow.info().workflow_id, agent=run.agent.name, goal=run.goal
+            run_id=workflow.info().workflow_id,
+            agent=run.agent.name,
+            goal=run.goal,
+            budget=run.agent.budget,
         )
+        self._turns = []
+        self._repeats = Counter()
         self._gate = HumanGate(self._report, self._log, self._set_status)
         self._saga = Saga(self._report.saga)
         self._tools: dict[str, ToolSpec] = {}
@@ -102,6 +110,8 @@ class AgentWorkflow:
     async def run(self, run: AgentRunInput) -> RunReport:
         self._set_status("RUNNING")
         try:
+            if run.plan is None and run.agent.routes.act is not None:
+                return await self._run_loop(run)
             plan = run.plan or await self._propose(run)
             plan = plan.model_copy(update={"acceptance": [*plan.acceptance, *run.agent.acceptance]})
             self._load(plan)
@@ -115,7 +125,7 @@ class AgentWorkflow:
                     await self._run_step(step)
             self._stop_if_cancelled()
             return await self._verify()
-        except Unwind as stop:
+        except (Unwind, Stop) as stop:
             return await self._unwind(str(stop))
         except (ActivityError, asyncio.CancelledError) as err:
             if is_cancelled_exception(err):
@@ -124,6 +134,27 @@ class AgentWorkflow:
             return self._finish("NOT_DONE", f"planning failed: {describe_failure(err)}")
 
     # --- phases ------------------------------------------------------------------------------
+
+    async def _run_loop(self, run: AgentRunInput) -> RunReport:
+        """An agent that acts step by step: its tools are checked up front, the model chooses
+        each call, and the acceptance checks decide at the end as for a plan."""
+        self._report.acceptance = [
+            AcceptanceState(criterion=c.criterion, check=c.check, args=c.args)
+            for c in run.agent.acceptance
+        ]
+        prepared = await workflow.execute_activity(
+            "keel.prepare_plan",
+            PrepareRequest(agent=run.agent),
+            result_type=PreparedPlan,
+            start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+            retry_policy=KEEL_RETRY,
+        )
+        if prepared.problems:
+            return self._finish("NOT_DONE", "agent refused: " + "; ".join(prepared.problems))
+        self._tools = prepared.tools
+        await self._act()
+        self._stop_if_cancelled()
+        return await self._verify()
 
     @staticmethod
     def _stop_if_cancelled() -> None:
@@ -213,11 +244,18 @@ class AgentWorkflow:
             raise Unwind(f"step {step.index} '{step.title}' {decision.choice}ed: {decision.reason}")
         return True
 
-    async def _run_step(self, step: StepState) -> None:
+    async def _run_step(self, step: StepState, key: str | None = None) -> None:
+        """Run one step. `key` (the loop's call key) turns on loop detection and feeds a failed
+        call back to the model instead of failing the run."""
         spec = self._tools[step.tool]
         if not await self._approve(step, spec):
             return self._skip(step, "skipped at its approval deadline")
+        self._report.used.steps += 1
         while True:
+            await self._pay("tool", key)
+            self._report.used.tool_calls += 1
+            if key is not None:
+                self._repeats[key] += 1
             step.started_at = workflow.now()
             self._log(f"step {step.index} started: {step.title} ({step.tool})")
             try:
@@ -234,6 +272,8 @@ class AgentWorkflow:
                     f"{step.attempts} attempt(s): {step.error}"
                 )
                 if self._run.agent.on_failure != "ask":
+                    if key is not None:
+                        return self._skip(step, f"failed, the model is told: {failure}")
                     raise Unwind(failure) from err
                 if await self._escalate(step, failure):
                     continue
@@ -281,8 +321,12 @@ class AgentWorkflow:
         self._log(f"step {step.index} {why}")
 
     async def _check_edit(self, decision: Decision) -> None:
-        """Edited arguments must fit the tool's schema before the edit is accepted."""
+        """Edited arguments must fit the tool's schema (new limits, the budget's) before the
+        decision is accepted."""
         pending = self._report.pending
+        if decision.choice == "extend" and decision.args:
+            extended(self._report.budget, decision.args)  # raises ApplicationError if invalid
+            return
         if decision.choice != "edit" or decision.args is None or pending is None:
             return
         problems = await workflow.execute_activity(

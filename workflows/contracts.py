@@ -14,10 +14,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from workflows.model_contracts import (
+    AgentLoop,
+    Budget,
+    BudgetUsed,
+    ModelCallRecord,
+    Routes,
+)
+
 Effect = Literal["read", "write"]
 ToolKind = Literal["tool", "check"]
 RunStatus = Literal["DONE", "NOT_DONE", "WAITING_ON_YOU", "RUNNING"]
-Choice = Literal["approve", "reject", "edit", "retry", "skip", "abort"]
+Choice = Literal["approve", "reject", "edit", "retry", "skip", "abort", "extend", "answer"]
 TimeoutAction = Literal["reject", "skip", "abort"]
 STATUS_ATTRIBUTE = "KeelStatus"  # a Keyword search attribute: `starter.py pending` lists by it
 
@@ -153,6 +161,13 @@ class AgentSpec(_Strict):
     # What a failed step does once its retries are spent: fail the run, or ask a human.
     on_failure: Literal["fail", "ask"] = "fail"
     escalation: ApprovalPolicy = ApprovalPolicy(on_timeout="abort")
+    # Models by step kind, each with its fallback chain. With an `act` route and no plan given,
+    # the agent acts step by step: a model call chooses each tool call (see AgentLoop).
+    routes: Routes = Routes()
+    loop: AgentLoop = AgentLoop()
+    budget: Budget = Budget()
+    # A spent budget ends the run (compensating writes), or asks a human who may extend it.
+    on_budget: Literal["fail", "ask"] = "fail"
 
 
 # The agent of a run whose plan is given up front: no model, any registered tool.
@@ -221,10 +236,11 @@ class PlanRequest(_Strict):
 
 
 class PrepareRequest(_Strict):
-    """A plan to check against what the worker has registered, for this agent."""
+    """A plan to check against what the worker has registered, for this agent; with no plan,
+    the agent's own tools and checks (an agent that acts step by step)."""
 
     agent: AgentSpec
-    plan: PlanSpec
+    plan: PlanSpec | None = None
 
 
 class PreparedPlan(_Strict):
@@ -241,7 +257,7 @@ class PendingRequest(_Strict):
     """What a waiting run waits for: a human's decision on one call."""
 
     request_id: str
-    kind: Literal["approval", "escalation"]
+    kind: Literal["approval", "escalation", "question"]
     step: int
     tool: str
     args_summary: dict[str, Any] = Field(default_factory=dict)
@@ -338,6 +354,10 @@ class RunReport(_Strict):
     decisions: list[DecisionRecord] = Field(default_factory=list)
     saga: list[SagaEntry] = Field(default_factory=list)
     compensations: list[CompensationState] = Field(default_factory=list)
+    budget: Budget = Budget()
+    used: BudgetUsed = Field(default_factory=BudgetUsed)
+    model_calls: list[ModelCallRecord] = Field(default_factory=list)  # the newest PROGRESS_KEPT
+    summary: str = ""  # what the model said when it finished
     resume_notes: str = ""
 
     @property

@@ -141,6 +141,12 @@ class HumanGate:
             raise DecisionRefused("edit needs the new arguments")
         if decision.choice in ("reject", "abort") and not decision.reason.strip():
             raise DecisionRefused(f"{decision.choice} needs a reason")
+        if decision.choice == "answer" and not decision.reason.strip():
+            raise DecisionRefused("answer needs the answer, in reason")
+        if decision.choice == "extend" and not decision.args:
+            raise DecisionRefused(
+                "extend needs the new limits in args, e.g. {'max_tool_calls': 20}"
+            )
 
     def accept(self, decision: Decision) -> None:
         self.validate(decision)
@@ -149,7 +155,7 @@ class HumanGate:
     async def ask(
         self,
         *,
-        kind: Literal["approval", "escalation"],
+        kind: Literal["approval", "escalation", "question"],
         step: int,
         tool: str,
         args: dict[str, Any],

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from workflows.contracts import PlanSpec
+from workflows.model_contracts import ModelReply, ModelRequest
 
 
 @dataclass(frozen=True)
@@ -26,5 +27,22 @@ def scripted_planner(agent: str) -> Callable[[Callable[[str], PlanSpec]], Script
 
     def wrap(fn: Callable[[str], PlanSpec]) -> ScriptedPlanner:
         return ScriptedPlanner(agent=agent, plan=fn)
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class ScriptedModel:
+    name: str
+    answer: Callable[[ModelRequest], ModelReply]
+
+
+def scripted_model(name: str) -> Callable[[Callable[[ModelRequest], ModelReply]], ScriptedModel]:
+    """Declare an offline model for agents that act step by step: a function from the request
+    (the context built from plan state) to the reply. Route to it with
+    ModelRef(provider="scripted", model=name)."""
+
+    def wrap(fn: Callable[[ModelRequest], ModelReply]) -> ScriptedModel:
+        return ScriptedModel(name=name, answer=fn)
 
     return wrap

@@ -1,0 +1,255 @@
+"""Model providers behind the `keel.model_call` activity: OpenAI-compatible Chat Completions and
+Anthropic Messages, over httpx.
+
+The activity is the only place a key exists: it reads the variable named by `api_key_env` at
+call time, sends it in a header, and never puts it in a result, an error or a log line. Errors
+are typed for the retry policy: a 429, a 5xx, a timeout or a refused connection is retryable
+(`ModelUnavailable`; a Retry-After is honoured); other 4xx answers are not
+(`ModelRequestRejected`), and the route moves to its next model either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from temporalio.exceptions import ApplicationError
+
+from workflows.model_contracts import (
+    Message,
+    ModelReply,
+    ModelRequest,
+    ToolCallRequest,
+    Usage,
+)
+
+UNAVAILABLE, REJECTED, NO_KEY = "ModelUnavailable", "ModelRequestRejected", "ModelKeyMissing"
+OPENAI_URL, ANTHROPIC_URL = "https://api.openai.com/v1", "https://api.anthropic.com"
+ANTHROPIC_VERSION = "2023-06-01"
+THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
+ERROR_BODY_CHARS = 300
+
+
+def api_key(request: ModelRequest) -> str | None:
+    name = request.model.api_key_env
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise ApplicationError(
+            f"{name} is not set on this worker (the key for {request.model.label})",
+            type=NO_KEY,
+            non_retryable=True,
+        )
+    return value
+
+
+def scrub(text: str, secret: str | None) -> str:
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+async def post(
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    request: ModelRequest,
+    secret: str | None,
+) -> dict[str, Any]:
+    timeout = request.model.timeout.total_seconds()
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.post(url, json=body, headers=headers)
+    except httpx.TimeoutException:
+        raise ApplicationError(
+            f"{request.model.label}: no answer within {timeout:g} s", type=UNAVAILABLE
+        ) from None
+    except httpx.TransportError as err:
+        raise ApplicationError(
+            f"{request.model.label}: cannot reach {url}: {type(err).__name__}", type=UNAVAILABLE
+        ) from None
+    if response.status_code == 429 or response.status_code >= 500:
+        retry_after = response.headers.get("retry-after", "")
+        delay = timedelta(seconds=float(retry_after)) if retry_after.isdigit() else None
+        raise ApplicationError(
+            f"{request.model.label}: HTTP {response.status_code}: "
+            + scrub(response.text[:ERROR_BODY_CHARS], secret),
+            type=UNAVAILABLE,
+            next_retry_delay=delay,
+        )
+    if response.status_code >= 400:
+        raise ApplicationError(
+            f"{request.model.label}: HTTP {response.status_code}: "
+            + scrub(response.text[:ERROR_BODY_CHARS], secret),
+            type=REJECTED,
+            non_retryable=True,
+        )
+    try:
+        data = response.json()
+    except ValueError:
+        raise ApplicationError(
+            f"{request.model.label}: the answer is not JSON", type=UNAVAILABLE
+        ) from None
+    if not isinstance(data, dict):
+        raise ApplicationError(f"{request.model.label}: unexpected answer", type=UNAVAILABLE)
+    return data
+
+
+# --- OpenAI-compatible Chat Completions --------------------------------------------------------
+
+
+def openai_message(message: Message) -> dict[str, Any]:
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["content"] = message.content or None
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    return out
+
+
+async def openai_chat(request: ModelRequest) -> ModelReply:
+    model = request.model
+    secret = api_key(request)
+    body: dict[str, Any] = {
+        "model": model.model,
+        "messages": [openai_message(m) for m in request.messages],
+        "max_tokens": model.max_output_tokens,
+    }
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters,
+                },
+            }
+            for t in request.tools
+        ]
+    if model.reasoning_effort:
+        body["reasoning_effort"] = model.reasoning_effort
+    headers = {"authorization": f"Bearer {secret}"} if secret else {}
+    url = (model.base_url or OPENAI_URL).rstrip("/") + "/chat/completions"
+    started = time.monotonic()
+    data = await post(url, body, headers, request, secret)
+    try:
+        message = data["choices"][0]["message"]
+        calls = tuple(
+            ToolCallRequest(
+                id=c["id"],
+                name=c["function"]["name"],
+                arguments=c["function"].get("arguments") or "{}",
+            )
+            for c in message.get("tool_calls") or ()
+        )
+        usage = data.get("usage") or {}
+        return ModelReply(
+            text=message.get("content") or "",
+            tool_calls=calls,
+            usage=Usage(
+                input_tokens=int(usage.get("prompt_tokens", 0)),
+                output_tokens=int(usage.get("completion_tokens", 0)),
+            ),
+            latency_ms=int((time.monotonic() - started) * 1000),
+            model=str(data.get("model") or model.model),
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise ApplicationError(
+            f"{model.label}: unexpected answer shape ({type(err).__name__}: {err})",
+            type=UNAVAILABLE,
+        ) from None
+
+
+# --- Anthropic Messages ------------------------------------------------------------------------
+
+
+def anthropic_messages(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, Any]]]:
+    system = "\n\n".join(m.content for m in messages if m.role == "system")
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "system":
+            continue
+        if m.role == "tool":
+            block = {"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}
+            # Results of one assistant turn go back together in one user message.
+            if out and out[-1]["role"] == "user" and isinstance(out[-1]["content"], list):
+                out[-1]["content"].append(block)
+            else:
+                out.append({"role": "user", "content": [block]})
+            continue
+        if m.role == "assistant" and m.tool_calls:
+            blocks: list[dict[str, Any]] = (
+                [{"type": "text", "text": m.content}] if m.content else []
+            )
+            for c in m.tool_calls:
+                try:
+                    arguments = json.loads(c.arguments or "{}")
+                except json.JSONDecodeError:
+                    arguments = {"_unparsed": c.arguments}
+                blocks.append({"type": "tool_use", "id": c.id, "name": c.name, "input": arguments})
+            out.append({"role": "assistant", "content": blocks})
+            continue
+        out.append({"role": m.role, "content": m.content})
+    return system, out
+
+
+async def anthropic_chat(request: ModelRequest) -> ModelReply:
+    model = request.model
+    secret = api_key(request)
+    system, messages = anthropic_messages(request.messages)
+    body: dict[str, Any] = {
+        "model": model.model,
+        "max_tokens": model.max_output_tokens,
+        "messages": messages,
+    }
+    if system:
+        body["system"] = system
+    if request.tools:
+        body["tools"] = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in request.tools
+        ]
+    if model.reasoning_effort:
+        budget = THINKING_BUDGET[model.reasoning_effort]
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        body["max_tokens"] = max(model.max_output_tokens, budget + 1024)
+    headers = {"anthropic-version": ANTHROPIC_VERSION}
+    if secret:
+        headers["x-api-key"] = secret
+    url = (model.base_url or ANTHROPIC_URL).rstrip("/") + "/v1/messages"
+    started = time.monotonic()
+    data = await post(url, body, headers, request, secret)
+    try:
+        text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
+        calls = tuple(
+            ToolCallRequest(id=b["id"], name=b["name"], arguments=json.dumps(b.get("input", {})))
+            for b in data["content"]
+            if b.get("type") == "tool_use"
+        )
+        usage = data.get("usage") or {}
+        return ModelReply(
+            text=text,
+            tool_calls=calls,
+            usage=Usage(
+                input_tokens=int(usage.get("input_tokens", 0)),
+                output_tokens=int(usage.get("output_tokens", 0)),
+            ),
+            latency_ms=int((time.monotonic() - started) * 1000),
+            model=str(data.get("model") or model.model),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ApplicationError(
+            f"{model.label}: unexpected answer shape ({type(err).__name__}: {err})",
+            type=UNAVAILABLE,
+        ) from None
+
+
+PROVIDERS = {"openai": openai_chat, "anthropic": anthropic_chat}

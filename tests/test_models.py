@@ -1,0 +1,406 @@
+"""The model layer against a real local HTTP server speaking both APIs: tool-calling
+conversations, 429s, 5xx until fallback, timeouts, malformed answers and a runaway model that
+the budget stops. The model's answers are scripted; HTTP, adapters and Temporal are real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowUpdateFailedError
+
+import examples.ledger as ledger
+from activities import Catalog
+from examples.ledger import store
+from tests.conftest import keel_worker
+from tests.model_server import (
+    ANTHROPIC,
+    OPENAI,
+    ModelServer,
+    Reply,
+    anthropic_call,
+    openai_call,
+    openai_calls,
+    openai_text,
+)
+from workflows import AgentWorkflow
+from workflows.contracts import AcceptanceSpec, AgentRunInput, AgentSpec, Decision, RunReport
+from workflows.model_contracts import Budget, ModelRef, ModelRetry, Route, Routes
+
+CATALOG = Catalog.from_modules([ledger])
+KEY_ENV = "KEEL_TEST_MODEL_KEY"
+KEY = f"sk-test-{uuid.uuid4().hex}"  # scanned for in every history and log line at the end
+FAST = ModelRetry(max_attempts=2, initial_interval=timedelta(milliseconds=100))
+RUN_IDS: list[str] = []
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+LOGS = Collect()
+
+
+@pytest.fixture(autouse=True)
+def model_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(LOGS)
+    root.setLevel(logging.DEBUG)  # every line any library writes, for the scan at the end
+    yield
+    root.removeHandler(LOGS)
+    root.setLevel(level)
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    with ModelServer() as s:
+        yield s
+
+
+def openai_ref(server: ModelServer, **extra: Any) -> ModelRef:
+    settings: dict[str, Any] = {
+        "provider": "openai",
+        "model": "gpt-test",
+        "base_url": server.url + "/openai/v1",
+        "api_key_env": KEY_ENV,
+        "retry": FAST,
+        "input_price": 2.0,
+        "output_price": 8.0,
+    } | extra
+    return ModelRef(**settings)
+
+
+def anthropic_ref(server: ModelServer, **extra: Any) -> ModelRef:
+    settings: dict[str, Any] = {
+        "provider": "anthropic",
+        "model": "claude-test",
+        "base_url": server.url + "/anthropic",
+        "api_key_env": KEY_ENV,
+        "retry": FAST,
+        "input_price": 3.0,
+        "output_price": 15.0,
+    } | extra
+    return ModelRef(**settings)
+
+
+def clerk(*models: ModelRef, **extra: Any) -> AgentSpec:
+    settings: dict[str, Any] = {
+        "name": "loop-clerk",
+        "tools": ("get_balance", "post_entry"),
+        "routes": Routes(act=Route(models=models)),
+    } | extra
+    return AgentSpec(**settings)
+
+
+async def run_agent(client: Client, agent: AgentSpec, goal: str = "pay ann 5") -> RunReport:
+    async with keel_worker(client, CATALOG) as queue:
+        run_id = f"model-{uuid.uuid4().hex[:8]}"
+        RUN_IDS.append(run_id)
+        return await client.execute_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=agent, goal=goal),
+            id=run_id,
+            task_queue=queue,
+        )
+
+
+def tool_messages(body: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
+
+
+async def test_openai_tool_calling_conversation(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    server.script(
+        OPENAI,
+        [
+            openai_call("get_balance", account="ann"),
+            openai_call("post_entry", account="ann", amount=5),
+            openai_call("finish", summary="paid ann 5"),
+        ],
+    )
+    accept = AcceptanceSpec(
+        criterion="ann got 5", check="run_posted", args={"account": "ann", "expected": 5}
+    )
+    report = await run_agent(
+        ts_client, clerk(openai_ref(server), acceptance=(accept,), prompt="You are a clerk.")
+    )
+    assert report.status == "DONE", report.reason
+    assert report.verified and report.summary == "paid ann 5"
+    assert [(s.tool, s.args, s.done) for s in report.steps] == [
+        ("get_balance", {"account": "ann"}, True),
+        ("post_entry", {"account": "ann", "amount": 5}, True),
+    ]
+    assert store.balances() == {"ann": 5}
+    assert (report.used.model_calls, report.used.tool_calls) == (3, 2)
+    assert (report.used.input_tokens, report.used.output_tokens) == (300, 60)
+    assert report.used.cost == pytest.approx(3 * (100 * 2.0 + 20 * 8.0) / 1e6)
+    assert [c.model for c in report.model_calls] == ["openai:gpt-test"] * 3
+
+    seen = server.requests(OPENAI)
+    assert all(s.headers["authorization"] == f"Bearer {KEY}" for s in seen)
+    first = seen[0].body
+    assert first["model"] == "gpt-test" and first["max_tokens"] == 1024
+    assert first["messages"][0]["role"] == "system"
+    assert first["messages"][0]["content"].startswith("You are a clerk.")
+    assert first["messages"][1] == {"role": "user", "content": "pay ann 5"}
+    names = [t["function"]["name"] for t in first["tools"]]
+    assert names == ["get_balance", "post_entry", "finish", "ask_human"]
+    third = seen[2].body
+    assert tool_messages(third) == ["0", json.dumps(report.steps[1].result)]
+    calls = [m for m in third["messages"] if m.get("tool_calls")]
+    assert [m["tool_calls"][0]["function"]["name"] for m in calls] == ["get_balance", "post_entry"]
+
+
+async def test_anthropic_tool_use_conversation(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    server.script(
+        ANTHROPIC,
+        [
+            anthropic_call("post_entry", account="bea", amount=7),
+            anthropic_call("finish", summary="paid bea 7"),
+        ],
+    )
+    report = await run_agent(
+        ts_client, clerk(anthropic_ref(server, reasoning_effort="low")), goal="pay bea 7"
+    )
+    assert report.status == "DONE", report.reason
+    assert store.balances() == {"bea": 7}
+    assert report.used.cost == pytest.approx(2 * (80 * 3.0 + 15 * 15.0) / 1e6)
+    seen = server.requests(ANTHROPIC)
+    assert all(s.headers["x-api-key"] == KEY for s in seen)
+    assert all(s.headers["anthropic-version"] == "2023-06-01" for s in seen)
+    first, second = seen[0].body, seen[1].body
+    assert first["system"].startswith("Goal: pay bea 7")
+    assert first["messages"] == [{"role": "user", "content": "pay bea 7"}]
+    assert first["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert [t["name"] for t in first["tools"]][-2:] == ["finish", "ask_human"]
+    assert "input_schema" in first["tools"][0]
+    assistant, results = second["messages"][1], second["messages"][2]
+    assert [b["type"] for b in assistant["content"]] == ["text", "tool_use"]
+    use = assistant["content"][1]
+    assert (use["name"], use["input"]) == ("post_entry", {"account": "bea", "amount": 7})
+    assert results["role"] == "user"
+    assert results["content"][0]["type"] == "tool_result"
+    assert results["content"][0]["tool_use_id"] == use["id"]
+
+
+async def test_429_then_success_stays_on_the_same_model(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    server.script(
+        OPENAI,
+        [
+            Reply(429, {"error": "slow down"}, headers={"retry-after": "0"}),
+            openai_call("finish", summary="nothing to do"),
+        ],
+    )
+    report = await run_agent(ts_client, clerk(openai_ref(server), anthropic_ref(server)))
+    assert report.status == "DONE", report.reason
+    assert len(server.requests(OPENAI)) == 2 and not server.requests(ANTHROPIC)
+    assert report.model_calls[0].fallbacks == []
+
+
+async def test_5xx_until_fallback_then_timeout_fallback(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    # First model: 500 on every attempt (2). Second: slower than its timeout. Third answers.
+    server.script(OPENAI, lambda body: Reply(500, {"error": "overloaded"}))
+    server.script(ANTHROPIC, lambda body: Reply(delay=2.0, body={}))
+    local = openai_ref(server, model="local-llm", base_url=server.url + "/local/v1")
+    server.script("/local/v1/chat/completions", [openai_call("finish", summary="ok")])
+    report = await run_agent(
+        ts_client,
+        clerk(
+            openai_ref(server),
+            anthropic_ref(server, timeout=timedelta(seconds=0.5), retry=ModelRetry(max_attempts=1)),
+            local,
+        ),
+    )
+    assert report.status == "DONE", report.reason
+    assert len(server.requests(OPENAI)) == 2  # exactly its max attempts, never more
+    assert len(server.requests(ANTHROPIC)) == 1
+    fallbacks = report.model_calls[0].fallbacks
+    assert report.model_calls[0].model == "openai:local-llm"
+    assert fallbacks[0].startswith("openai:gpt-test: ModelUnavailable: openai:gpt-test: HTTP 500")
+    assert fallbacks[1] == (
+        "anthropic:claude-test: ModelUnavailable: anthropic:claude-test: no answer within 0.5 s"
+    )
+
+
+async def test_every_model_failing_ends_not_done_naming_each(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    server.script(OPENAI, lambda body: Reply(401, {"error": "bad key"}))
+    report = await run_agent(ts_client, clerk(openai_ref(server)))
+    assert report.status == "NOT_DONE"
+    assert report.reason == (
+        "every model of the route gave up: openai:gpt-test: ModelRequestRejected: "
+        'openai:gpt-test: HTTP 401: {"error": "bad key"}'
+    )
+    assert len(server.requests(OPENAI)) == 1  # a rejected request is not retried
+
+
+async def test_malformed_answers_are_fed_back_then_the_run_goes_on(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    server.script(
+        OPENAI,
+        [
+            openai_text("I think I should pay ann."),
+            openai_call("transfer_all", to="me"),
+            openai_calls(("post_entry", '{"account": "ann", "amount": ')),
+            openai_call("post_entry", account="ann", amount="five"),
+            openai_call("post_entry", account="ann", amount=5),
+            openai_call("finish", summary="done"),
+        ],
+    )
+    report = await run_agent(ts_client, clerk(openai_ref(server), budget=Budget(max_malformed=4)))
+    assert report.status == "DONE", report.reason
+    assert [s.args for s in report.steps] == [{"account": "ann", "amount": 5}]  # one real call
+    assert store.balances() == {"ann": 5}
+    seen = [s.body for s in server.requests(OPENAI)]
+    assert seen[1]["messages"][-1] == {
+        "role": "user",
+        "content": "Answer with a tool call. Call finish with a summary when the goal is met.",
+    }
+    assert tool_messages(seen[2])[-1].startswith("unknown tool 'transfer_all'; the tools are: ")
+    assert tool_messages(seen[3])[-1].startswith("arguments of post_entry are not JSON")
+    assert tool_messages(seen[4])[-1] == (
+        "invalid arguments for post_entry: argument 'amount' must be integer"
+    )
+
+
+async def test_a_model_that_keeps_answering_badly_stops(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    server.script(OPENAI, lambda body: openai_text("no"))
+    report = await run_agent(ts_client, clerk(openai_ref(server), budget=Budget(max_malformed=2)))
+    assert report.status == "NOT_DONE"
+    assert report.reason.startswith("the model answered malformed 3 times in a row")
+    assert len(server.requests(OPENAI)) == 3
+
+
+def runaway(body: dict[str, Any]) -> Reply:
+    """A model that never finishes: one more payment every turn."""
+    turn = sum(1 for m in body["messages"] if m["role"] == "tool") + 1
+    return openai_call("post_entry", account="cy", amount=turn)
+
+
+async def test_runaway_model_stops_at_the_tool_budget_and_compensates(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    server.script(OPENAI, runaway)
+    report = await run_agent(ts_client, clerk(openai_ref(server), budget=Budget(max_tool_calls=3)))
+    assert report.status == "NOT_DONE"
+    assert report.reason == "budget exhausted: max_tool_calls 3 reached (3 used)"
+    assert report.used.tool_calls == 3 and report.budget.max_tool_calls == 3
+    assert [c.step for c in report.compensations] == [3, 2, 1]
+    assert store.balances() == {"cy": 0}
+
+
+async def test_the_same_call_again_and_again_is_a_loop(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    server.script(OPENAI, lambda body: openai_call("get_balance", account="dee"))
+    report = await run_agent(ts_client, clerk(openai_ref(server)))
+    assert report.status == "NOT_DONE"
+    assert report.reason == (
+        "budget exhausted: max_repeats 3 reached: get_balance asked for with the same "
+        "arguments 3 times (a loop, not progress)"
+    )
+    assert len(report.steps) == 3 and [s.done for s in report.steps] == [True, True, False]
+
+
+async def test_token_and_cost_budgets_stop_before_the_next_call(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    server.script(OPENAI, lambda body: openai_call("get_balance", account=f"x{len(body)}"))
+    report = await run_agent(
+        ts_client, clerk(openai_ref(server), budget=Budget(max_input_tokens=250, max_repeats=None))
+    )
+    assert report.reason == "budget exhausted: max_input_tokens 250 reached (300 used)"
+    server.script(OPENAI, runaway)
+    report = await run_agent(ts_client, clerk(openai_ref(server), budget=Budget(max_cost=0.0005)))
+    assert report.reason == "budget exhausted: max_cost 0.0005 reached (0.0007 used)"
+
+
+async def test_a_human_extends_the_budget_and_answers_a_question(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    replies = [
+        openai_call("get_balance", account="eve"),
+        openai_call("ask_human", question="How much should eve get?"),
+        openai_call("post_entry", account="eve", amount=9),
+        openai_call("finish", summary="paid eve 9"),
+    ]
+    server.script(OPENAI, replies)
+    agent = clerk(openai_ref(server), budget=Budget(max_model_calls=2), on_budget="ask")
+    async with keel_worker(ts_client, CATALOG) as queue:
+        run_id = f"model-{uuid.uuid4().hex[:8]}"
+        RUN_IDS.append(run_id)
+        handle = await ts_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=agent, goal="pay eve"),
+            id=run_id,
+            task_queue=queue,
+        )
+        question = await next_pending(handle)
+        assert (question.kind, question.reason, question.choices) == (
+            "question",
+            "the model asks: How much should eve get?",
+            ["answer", "abort"],
+        )
+        await handle.execute_update(
+            AgentWorkflow.decide,
+            Decision(request_id=question.request_id, choice="answer", reason="9"),
+        )
+        pending = await next_pending(handle, after=question.request_id)
+        assert pending.reason == "budget exhausted: max_model_calls 2 reached (2 used)"
+        assert pending.choices == ["extend", "abort"]
+        with pytest.raises(WorkflowUpdateFailedError):  # not a budget: refused, nothing changes
+            await handle.execute_update(
+                AgentWorkflow.decide,
+                Decision(request_id=pending.request_id, choice="extend", args={"max_cost": -1}),
+            )
+        await handle.execute_update(
+            AgentWorkflow.decide,
+            Decision(request_id=pending.request_id, choice="extend", args={"max_model_calls": 5}),
+        )
+        report = await handle.result()
+    assert report.status == "DONE", report.reason
+    assert report.budget.max_model_calls == 5 and report.used.model_calls == 4
+    assert store.balances() == {"eve": 9}
+    assert tool_messages(server.requests(OPENAI)[2].body)[-1] == "the human answers: 9"
+
+
+async def next_pending(handle: Any, after: str | None = None) -> Any:
+    for _ in range(400):
+        pending = (await handle.query(AgentWorkflow.report)).pending
+        if pending is not None and pending.request_id != after:
+            return pending
+        await asyncio.sleep(0.025)
+    raise AssertionError("the run never waited")
+
+
+async def test_the_key_is_in_no_history_and_no_log_line(ts_client: Client) -> None:
+    assert len(RUN_IDS) >= 10  # the runs of this module, all on the time-skipping server
+    for run_id in RUN_IDS:
+        history = await ts_client.get_workflow_handle(run_id).fetch_history()
+        assert KEY not in history.to_json()
+    assert LOGS.lines and not [line for line in LOGS.lines if KEY in line]

@@ -1,0 +1,214 @@
+"""The parts of AgentWorkflow that act step by step and keep budgets: a model call chooses each
+tool call, its answer is checked before anything runs, and every call is paid for in advance.
+
+A mixin so agent.py stays readable; it relies on AgentWorkflow's state (`_run`, `_report`,
+`_tools`, `_gate`) and steps (`_run_step`, `_log`). Everything here is deterministic: the
+context is built from plan state, the budgets are checked against workflow time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ValidationError
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.contracts import PROGRESS_KEPT, AgentRunInput, Decision, StepState
+    from workflows.loop import Action, budget_problem, call_key, context, parse_actions
+    from workflows.loop import tool_schemas as loop_tool_schemas
+    from workflows.model_contracts import (
+        ASK_HUMAN,
+        Budget,
+        Message,
+        ModelCallRecord,
+        ModelRef,
+        ModelReply,
+        ModelRequest,
+        StepKind,
+        ToolSchema,
+    )
+    from workflows.routing import ModelsExhausted, ask_route
+
+if TYPE_CHECKING:
+    from workflows.gate import HumanGate
+
+
+class Stop(Exception):
+    """The run must stop here and unwind; the message is the reason (AgentWorkflow maps it)."""
+
+
+class ActingMixin:
+    _run: AgentRunInput
+    _gate: HumanGate
+    _turns: list[Message]
+    _repeats: Counter[str]
+
+    # --- budgets -----------------------------------------------------------------------------
+
+    async def _pay(self, next_call: Literal["model", "tool"], key: str | None = None) -> None:
+        """Raise Stop (or wait for a human to extend the budget) unless the call may run."""
+        report = self._report  # type: ignore[attr-defined]
+        while True:
+            elapsed = workflow.now() - workflow.info().start_time
+            problem = budget_problem(
+                report.budget,
+                report.used,
+                elapsed,
+                next_call=next_call,
+                repeats=self._repeats,
+                key=key,
+            )
+            if problem is None:
+                return
+            self._log(f"budget check: {problem}")  # type: ignore[attr-defined]
+            if self._run.agent.on_budget != "ask":
+                raise Stop(f"budget exhausted: {problem}")
+            decision = await self._gate.ask(
+                kind="escalation",
+                step=len(report.steps) + 1,
+                tool="budget",
+                args=report.budget.model_dump(mode="json", exclude_none=True),
+                reason=f"budget exhausted: {problem}",
+                choices=["extend", "abort"],
+                policy=self._run.agent.escalation,
+            )
+            if decision.choice != "extend" or decision.args is None:
+                raise Stop(f"budget exhausted: {problem}; {decision.choice}: {decision.reason}")
+            report.budget = extended(report.budget, decision.args)
+            if problem.startswith("max_repeats"):
+                self._repeats[key or ""] = 0  # the human says the repetition is intended
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def _act(self) -> None:
+        """Ask the model for the next action until it finishes; raise Stop if it cannot."""
+        agent = self._run.agent
+        schemas = loop_tool_schemas(self._tools, agent.tools)  # type: ignore[attr-defined]
+        self._turns.append(Message(role="user", content=self._run.goal))
+        malformed = 0
+        for _ in range(agent.loop.max_turns):
+            reply = await self._ask_model("act", schemas)
+            self._turns.append(
+                Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls)
+            )
+            actions, problems = parse_actions(reply, schemas)
+            if problems:
+                malformed += 1
+                self._feed_back(problems)
+                self._log(  # type: ignore[attr-defined]
+                    f"model answer refused ({malformed} in a row): {problems[0][1]}"
+                )
+                if malformed > agent.budget.max_malformed:
+                    raise Stop(
+                        f"the model answered malformed {malformed} times in a row "
+                        f"(max_malformed {agent.budget.max_malformed}): {problems[0][1]}"
+                    )
+                continue
+            malformed = 0
+            for action in actions:
+                if action.kind == "finish":
+                    self._report.summary = action.text  # type: ignore[attr-defined]
+                    self._log(f"model finished: {action.text}")  # type: ignore[attr-defined]
+                    return
+                text = await (self._ask_human(action) if action.kind == "ask" else self._do(action))
+                self._turns.append(
+                    Message(
+                        role="tool", content=text, tool_call_id=action.call_id, name=action.tool
+                    )
+                )
+        raise Stop(f"the model did not finish within max_turns {agent.loop.max_turns}")
+
+    async def _ask_model(self, kind: StepKind, tools: tuple[ToolSchema, ...]) -> ModelReply:
+        report = self._report  # type: ignore[attr-defined]
+        agent = self._run.agent
+        route = getattr(agent.routes, kind) or agent.routes.act
+        assert route is not None
+        await self._pay("model")
+        messages = context(self._run.goal, agent.prompt, self._turns, agent.loop)
+
+        def request_for(ref: ModelRef) -> ModelRequest:
+            return ModelRequest(
+                agent=agent.name, kind=kind, model=ref, messages=messages, tools=tools
+            )
+
+        try:
+            reply, ref, fallbacks = await ask_route(route, request_for)
+        except ModelsExhausted as err:
+            raise Stop(str(err)) from None
+        used = report.used
+        cost = ref.cost(reply.usage.input_tokens, reply.usage.output_tokens)
+        used.model_calls += 1
+        used.input_tokens += reply.usage.input_tokens
+        used.output_tokens += reply.usage.output_tokens
+        used.cost = round(used.cost + cost, 6)
+        report.model_calls.append(
+            ModelCallRecord(
+                kind=kind,
+                model=ref.label,
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
+                cost=round(cost, 6),
+                latency_ms=reply.latency_ms,
+                fallbacks=fallbacks,
+            )
+        )
+        del report.model_calls[:-PROGRESS_KEPT]
+        return reply
+
+    def _feed_back(self, problems: list[tuple[str, str]]) -> None:
+        for call_id, message in problems:
+            if call_id:
+                self._turns.append(Message(role="tool", content=message, tool_call_id=call_id))
+            else:
+                self._turns.append(Message(role="user", content=message))
+
+    async def _do(self, action: Action) -> str:
+        """Run one tool call as a new step of the plan; its result (or failure) as text."""
+        report = self._report  # type: ignore[attr-defined]
+        key = call_key(action.tool, action.args)
+        step = StepState(
+            index=len(report.steps) + 1,
+            title=f"{action.tool}({compact(action.args)})"[:120],
+            tool=action.tool,
+            args=action.args,
+        )
+        report.steps.append(step)
+        await self._run_step(step, key=key)  # type: ignore[attr-defined]
+        if step.done:
+            value = step.result if step.result_ref is None else step.result_ref.preview
+            return json.dumps(value, default=str)
+        return f"error: {step.error or 'the step did not run'}"
+
+    async def _ask_human(self, action: Action) -> str:
+        report = self._report  # type: ignore[attr-defined]
+        decision: Decision = await self._gate.ask(
+            kind="question",
+            step=len(report.steps) + 1,
+            tool=ASK_HUMAN,
+            args={"question": action.text},
+            reason=f"the model asks: {action.text}",
+            choices=["answer", "abort"],
+            policy=self._run.agent.escalation,
+        )
+        if decision.choice != "answer":
+            raise Stop(f"question {action.text!r}: {decision.choice}: {decision.reason}")
+        return f"the human answers: {decision.reason}"
+
+
+def extended(budget: Budget, changes: dict[str, Any]) -> Budget:
+    try:
+        return Budget.model_validate({**budget.model_dump(), **changes})
+    except ValidationError as err:
+        raise ApplicationError(
+            f"the budget cannot be extended that way: {err.errors()[0]['msg']}",
+            type="InvalidBudget",
+            non_retryable=True,
+        ) from None
+
+
+def compact(args: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items())

@@ -1,0 +1,215 @@
+"""The agent loop's pure parts: the context a model sees, how its answer becomes typed actions,
+and the budget checks. No I/O, no clocks (the caller passes workflow time), so the workflow
+imports it through ``imports_passed_through`` and a replay computes exactly the same.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from workflows.contracts import ToolSpec
+from workflows.model_contracts import (
+    ASK_HUMAN,
+    FINISH,
+    AgentLoop,
+    Budget,
+    BudgetUsed,
+    Message,
+    ModelReply,
+    ToolSchema,
+)
+
+ACTION_SCHEMAS = (
+    ToolSchema(
+        name=FINISH,
+        description="Call when the goal is met (or cannot be): a short summary of what was done.",
+        parameters={
+            "type": "object",
+            "properties": {"summary": {"type": "string"}},
+            "required": ["summary"],
+        },
+    ),
+    ToolSchema(
+        name=ASK_HUMAN,
+        description="Ask the human operator a question and wait for the answer.",
+        parameters={
+            "type": "object",
+            "properties": {"question": {"type": "string"}},
+            "required": ["question"],
+        },
+    ),
+)
+JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "object": dict,
+    "array": list,
+}
+
+
+class Action(BaseModel):
+    """One thing the model asked for: a tool call, finishing, or a question to the human."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["tool", "finish", "ask"]
+    call_id: str
+    tool: str = ""
+    args: dict[str, Any] = {}
+    text: str = ""  # the summary (finish) or the question (ask)
+
+
+def tool_schemas(tools: dict[str, ToolSpec], allowed: tuple[str, ...]) -> tuple[ToolSchema, ...]:
+    own = tuple(
+        ToolSchema(
+            name=name, description=tools[name].description, parameters=tools[name].parameters
+        )
+        for name in allowed
+    )
+    return own + ACTION_SCHEMAS
+
+
+def system_prompt(goal: str, prompt: str) -> str:
+    return (f"{prompt}\n\n" if prompt else "") + (
+        f"Goal: {goal}\n"
+        "Work step by step: call one of the tools, read its result, decide the next call. "
+        f"Call {FINISH} with a summary when the goal is met; call {ASK_HUMAN} if you need a "
+        "decision only a human can make."
+    )
+
+
+def context(goal: str, prompt: str, turns: list[Message], policy: AgentLoop) -> tuple[Message, ...]:
+    """The messages for the next model call. The newest `keep_results` tool results go in full
+    (cut at `result_chars`); older ones become a one-line summary, so a long run does not drown
+    the model in old output and the request stays small."""
+    results = [i for i, m in enumerate(turns) if m.role == "tool"]
+    old = set(results[: max(0, len(results) - policy.keep_results)])
+    shown: list[Message] = [Message(role="system", content=system_prompt(goal, prompt))]
+    for i, message in enumerate(turns):
+        if message.role != "tool":
+            shown.append(message)
+            continue
+        text = message.content
+        if i in old:
+            line = " ".join(text.split())
+            text = f"[older result, trimmed] {line[: policy.summary_chars]}"
+        elif len(text) > policy.result_chars:
+            text = text[: policy.result_chars] + f" [... {len(text) - policy.result_chars} more]"
+        shown.append(message.model_copy(update={"content": text}))
+    return tuple(shown)
+
+
+def schema_problems(parameters: dict[str, Any], args: dict[str, Any]) -> list[str]:
+    """A first, deterministic check of arguments against a tool's JSON schema: required and
+    unknown names and top-level types. The tool's own pydantic model checks the rest."""
+    props: dict[str, Any] = parameters.get("properties", {})
+    problems = [
+        f"missing argument {name!r}" for name in parameters.get("required", []) if name not in args
+    ]
+    for name, value in args.items():
+        if name not in props:
+            problems.append(f"unknown argument {name!r}")
+            continue
+        expected = props[name].get("type")
+        kind = JSON_TYPES.get(expected) if isinstance(expected, str) else None
+        if kind is not None and (
+            not isinstance(value, kind) or (expected != "boolean" and isinstance(value, bool))
+        ):
+            problems.append(f"argument {name!r} must be {expected}")
+    return problems
+
+
+def parse_actions(
+    reply: ModelReply, schemas: tuple[ToolSchema, ...]
+) -> tuple[list[Action], list[tuple[str, str]]]:
+    """The reply as actions, or the problems to feed back: (call id, message) pairs, one per
+    call the model made (every call must be answered), or ("", message) for a reply with none."""
+    if not reply.tool_calls:
+        return [], [
+            ("", f"Answer with a tool call. Call {FINISH} with a summary when the goal is met.")
+        ]
+    by_name = {s.name: s for s in schemas}
+    actions: list[Action] = []
+    problems: list[tuple[str, str]] = []
+    for call in reply.tool_calls:
+        schema = by_name.get(call.name)
+        if schema is None:
+            allowed = ", ".join(by_name)
+            problems.append((call.id, f"unknown tool {call.name!r}; the tools are: {allowed}"))
+            continue
+        try:
+            args = json.loads(call.arguments or "{}")
+        except json.JSONDecodeError as err:
+            problems.append((call.id, f"arguments of {call.name} are not JSON: {err.msg}"))
+            continue
+        if not isinstance(args, dict):
+            problems.append((call.id, f"arguments of {call.name} must be a JSON object"))
+            continue
+        wrong = schema_problems(schema.parameters, args)
+        if wrong:
+            problems.append((call.id, f"invalid arguments for {call.name}: {'; '.join(wrong)}"))
+            continue
+        if call.name == FINISH:
+            actions.append(Action(kind="finish", call_id=call.id, text=str(args["summary"])))
+        elif call.name == ASK_HUMAN:
+            actions.append(Action(kind="ask", call_id=call.id, text=str(args["question"])))
+        else:
+            actions.append(Action(kind="tool", call_id=call.id, tool=call.name, args=args))
+    if problems:
+        # All or nothing: a half-valid answer is fed back whole, so no call runs on a guess.
+        ok = {a.call_id for a in actions}
+        problems += [(i, "not run: another call in this answer was invalid") for i in ok]
+    return (actions if not problems else []), problems
+
+
+def call_key(tool: str, args: dict[str, Any]) -> str:
+    return f"{tool}:{json.dumps(args, sort_keys=True, separators=(',', ':'))}"
+
+
+def budget_problem(
+    budget: Budget,
+    used: BudgetUsed,
+    elapsed: timedelta,
+    *,
+    next_call: Literal["model", "tool"],
+    repeats: Counter[str] | None = None,
+    key: str | None = None,
+) -> str | None:
+    """Why the next call may not run, naming the budget; None when it may."""
+    limits: list[tuple[int | float | None, int | float, str]] = [
+        (budget.max_input_tokens, used.input_tokens, "max_input_tokens"),
+        (budget.max_output_tokens, used.output_tokens, "max_output_tokens"),
+        (budget.max_cost, used.cost, "max_cost"),
+    ]
+    if next_call == "model":
+        limits.append((budget.max_model_calls, used.model_calls, "max_model_calls"))
+    else:
+        limits.append((budget.max_tool_calls, used.tool_calls, "max_tool_calls"))
+        limits.append((budget.max_steps, used.steps, "max_steps"))
+    for limit, spent, name in limits:
+        if limit is not None and spent >= limit:
+            shown = f"{spent:.4f}" if isinstance(spent, float) else str(spent)
+            return f"{name} {limit} reached ({shown} used)"
+    if budget.max_duration is not None and elapsed >= budget.max_duration:
+        return f"max_duration {budget.max_duration} reached"
+    looping = (
+        next_call == "tool"
+        and repeats is not None
+        and key is not None
+        and budget.max_repeats is not None
+        and repeats[key] + 1 >= budget.max_repeats
+    )
+    if looping:
+        assert repeats is not None and key is not None
+        return (
+            f"max_repeats {budget.max_repeats} reached: {key.split(':', 1)[0]} asked for with "
+            f"the same arguments {repeats[key] + 1} times (a loop, not progress)"
+        )
+    return None

@@ -1,0 +1,180 @@
+"""Contracts of the model layer: which model answers (routes with fallback), what it is sent,
+what comes back, what it costs, and the budgets that stop a runaway agent.
+
+Pure like contracts.py: workflow code imports it through ``imports_passed_through``. No secret
+is ever a field here: a model names the environment variable that holds its key (`api_key_env`),
+and only the model activity reads it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Provider = Literal["scripted", "openai", "anthropic"]
+StepKind = Literal["plan", "act", "verify"]
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+FINISH, ASK_HUMAN = "finish", "ask_human"  # the two actions a model takes besides tool calls
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRetry(_Frozen):
+    """Retries of one model before the route falls back to the next (bounded, like a tool's)."""
+
+    max_attempts: int = Field(3, ge=1, le=20)
+    initial_interval: timedelta = timedelta(seconds=1)
+    backoff_coefficient: float = Field(2.0, ge=1.0, le=10.0)
+    max_interval: timedelta = timedelta(seconds=30)
+
+
+class ModelRef(_Frozen):
+    """One model at one provider, with its settings and its price."""
+
+    provider: Provider
+    model: str = Field(min_length=1)
+    # OpenAI-compatible servers (vLLM, Ollama, llama.cpp) differ only by this; None: the
+    # provider's public endpoint.
+    base_url: str | None = None
+    api_key_env: str | None = None  # the NAME of the variable holding the key, never the key
+    max_output_tokens: int = Field(1024, ge=1, le=200_000)
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    timeout: timedelta = timedelta(seconds=60)
+    retry: ModelRetry = ModelRetry()
+    # US dollars per million tokens, for the cost in the report and the cost budget.
+    input_price: float = Field(0.0, ge=0)
+    output_price: float = Field(0.0, ge=0)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME.match(value):
+            # A key pasted here by mistake would otherwise travel in the workflow input.
+            raise ValueError("api_key_env names an environment variable (e.g. OPENAI_API_KEY)")
+        return value
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_price + output_tokens * self.output_price) / 1e6
+
+
+class Route(_Frozen):
+    """Models to try in order: the next one answers when the previous one's retries run out."""
+
+    models: tuple[ModelRef, ...] = Field(min_length=1, max_length=8)
+
+
+class Routes(_Frozen):
+    plan: Route | None = None
+    act: Route | None = None
+    verify: Route | None = None
+
+
+class Budget(_Frozen):
+    """Per-run limits, checked in the workflow before every call. None: no limit."""
+
+    max_tool_calls: int | None = Field(None, ge=0)
+    max_model_calls: int | None = Field(None, ge=0)
+    max_input_tokens: int | None = Field(None, ge=0)
+    max_output_tokens: int | None = Field(None, ge=0)
+    max_cost: float | None = Field(None, ge=0)
+    max_duration: timedelta | None = None  # from the run's start, in workflow time
+    max_steps: int | None = Field(None, ge=0)
+    # The same tool with the same args this many times is a loop, not progress.
+    max_repeats: int | None = Field(3, ge=2)
+    # Malformed answers fed back to the model in a row before the run escalates or stops.
+    max_malformed: int = Field(3, ge=0, le=20)
+
+
+class BudgetUsed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tool_calls: int = 0
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    steps: int = 0
+
+
+class ToolCallRequest(_Frozen):
+    """A tool call as the model asked for it (arguments as the model wrote them)."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text: parsing it is the workflow's job, so bad JSON is fed back
+
+
+class Message(_Frozen):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    tool_call_id: str | None = None  # role "tool": which call this answers
+    name: str | None = None  # role "tool": the tool's name
+
+
+class ToolSchema(_Frozen):
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelRequest(_Frozen):
+    """What the model activity receives: built deterministically from the plan state."""
+
+    agent: str
+    kind: StepKind
+    model: ModelRef
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSchema, ...] = ()
+
+
+class Usage(_Frozen):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class ModelReply(_Frozen):
+    text: str = ""
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    usage: Usage = Usage()
+    latency_ms: int = 0
+    model: str = ""
+
+
+class ModelCallRecord(BaseModel):
+    """One model call in the report: who answered, what it cost, what was tried first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: StepKind
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    latency_ms: int = 0
+    fallbacks: list[str] = Field(default_factory=list)  # "model: why it gave up", in order
+
+
+class AgentLoop(_Frozen):
+    """How an agent acts step by step (a model call per step) instead of from a fixed plan."""
+
+    max_turns: int = Field(50, ge=1, le=1000)
+    # Context policy: the newest results in full, older ones as a one-line summary each.
+    keep_results: int = Field(5, ge=0, le=100)
+    summary_chars: int = Field(120, ge=20, le=2000)
+    result_chars: int = Field(4000, ge=100, le=100_000)
+
+    @model_validator(mode="after")
+    def _sane(self) -> AgentLoop:
+        if self.summary_chars > self.result_chars:
+            raise ValueError("summary_chars must not exceed result_chars")
+        return self
