@@ -137,6 +137,24 @@ async def wait_report(client: Client, run_id: str, poll: float = 1.0) -> RunRepo
         result.cancel()
 
 
+def budget_line(report: RunReport) -> str:
+    used, budget = report.used, report.budget
+
+    def pair(spent: float, limit: float | None, money: bool = False) -> str:
+        show = (lambda v: f"${v:.4f}") if money else (lambda v: f"{v:g}")
+        return f"{show(spent)}/{'-' if limit is None else show(limit)}"
+
+    return ", ".join(
+        [
+            f"tool calls {pair(used.tool_calls, budget.max_tool_calls)}",
+            f"model calls {pair(used.model_calls, budget.max_model_calls)}",
+            f"tokens in {pair(used.input_tokens, budget.max_input_tokens)}",
+            f"out {pair(used.output_tokens, budget.max_output_tokens)}",
+            f"cost {pair(used.cost, budget.max_cost, money=True)}",
+        ]
+    )
+
+
 def format_report(report: RunReport) -> str:
     """The report for a terminal: status first, then steps, acceptance and progress."""
     lines = [f"run {report.run_id}  {report.status}", f"  agent: {report.agent}"]
@@ -155,6 +173,9 @@ def format_report(report: RunReport) -> str:
         for c in report.acceptance:
             mark = {True: "pass", False: "FAIL", None: "----"}[c.passed]
             lines.append(f"    [{mark}] {c.criterion}  {c.detail}".rstrip())
+    if report.summary:
+        lines.append(f"  model's summary: {report.summary}")
+    lines.append("  budget (used / allowed): " + budget_line(report))
     if report.pending is not None:
         p = report.pending
         lines.append(f"  waiting on you: {p.reason}")

@@ -398,6 +398,21 @@ async def next_pending(handle: Any, after: str | None = None) -> Any:
     raise AssertionError("the run never waited")
 
 
+async def test_the_offline_scripted_model_acts_step_by_step(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    report = await run_agent(ts_client, ledger.ledger_agent, goal="Pay ann 3 and bo 4")
+    assert report.status == "DONE", report.reason
+    assert report.summary == "paid ann 3, bo 4"
+    assert [(s.tool, s.args["account"], s.args["amount"]) for s in report.steps] == [
+        ("post_entry", "ann", 3),
+        ("post_entry", "bo", 4),
+    ]
+    assert report.used.model_calls == 3 and report.used.tool_calls == 2
+    assert [c.model for c in report.model_calls] == ["scripted:ledger-react"] * 3
+    assert store.balances() == {"ann": 3, "bo": 4}
+
+
 async def test_the_key_is_in_no_history_and_no_log_line(ts_client: Client) -> None:
     assert len(RUN_IDS) >= 10  # the runs of this module, all on the time-skipping server
     for run_id in RUN_IDS:

@@ -15,7 +15,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from activities import CheckResult, RetrySpec, check, scripted_planner, tool, tool_context
+from activities import (
+    CheckResult,
+    RetrySpec,
+    check,
+    scripted_model,
+    scripted_planner,
+    tool,
+    tool_context,
+)
 from examples.ledger import store
 from workflows.contracts import (
     AcceptanceSpec,
@@ -24,6 +32,16 @@ from workflows.contracts import (
     ArgRule,
     PlanSpec,
     StepSpec,
+)
+from workflows.model_contracts import (
+    Budget,
+    ModelRef,
+    ModelReply,
+    ModelRequest,
+    Route,
+    Routes,
+    ToolCallRequest,
+    Usage,
 )
 
 
@@ -159,3 +177,38 @@ def plan_payments(goal: str) -> PlanSpec:
             )
         )
     return PlanSpec(goal=goal, steps=steps, acceptance=acceptance)
+
+
+# --- the same clerk, acting step by step: a model call chooses each payment -------------------
+
+ledger_agent = AgentSpec(
+    name="ledger-agent",
+    description="Pays what the goal asks, one model-chosen tool call at a time.",
+    tools=("post_entry", "get_balance"),
+    routes=Routes(act=Route(models=(ModelRef(provider="scripted", model="ledger-react"),))),
+    budget=Budget(max_tool_calls=20, max_model_calls=25),
+    approvals=ledger_clerk.approvals,
+)
+
+
+@scripted_model("ledger-react")
+def pay_one_at_a_time(request: ModelRequest) -> ModelReply:
+    """What an LLM would answer, turn by turn: the next unpaid payment of the goal, then finish.
+
+    Swap the route's ModelRef for `provider="openai"` (or "anthropic") to let a real model
+    answer the same requests.
+    """
+    goal = next(m.content for m in request.messages if m.role == "user")
+    payments = [(name.lower(), int(amount)) for name, amount in PAYMENT.findall(goal)]
+    paid = sum(1 for m in request.messages if m.role == "tool")
+    usage = Usage(input_tokens=sum(len(m.content) for m in request.messages) // 4, output_tokens=12)
+    if paid < len(payments):
+        account, amount = payments[paid]
+        arguments = json.dumps({"account": account, "amount": amount, "memo": goal[:80]})
+        call = ToolCallRequest(id=f"call-{paid + 1}", name="post_entry", arguments=arguments)
+        return ModelReply(tool_calls=(call,), usage=usage, model="ledger-react")
+    summary = ", ".join(f"{a} {n}" for a, n in payments) or "nothing to pay"
+    finish = ToolCallRequest(
+        id=f"call-{paid + 1}", name="finish", arguments=json.dumps({"summary": f"paid {summary}"})
+    )
+    return ModelReply(tool_calls=(finish,), usage=usage, model="ledger-react")
