@@ -101,8 +101,9 @@ def clerk(*models: ModelRef, **extra: Any) -> AgentSpec:
     settings: dict[str, Any] = {
         "name": "loop-clerk",
         "tools": ("get_balance", "post_entry"),
-        "routes": Routes(act=Route(models=models)),
     } | extra
+    if models:
+        settings.setdefault("routes", Routes(act=Route(models=models)))
     return AgentSpec(**settings)
 
 
@@ -411,6 +412,64 @@ async def test_the_offline_scripted_model_acts_step_by_step(
     assert report.used.model_calls == 3 and report.used.tool_calls == 2
     assert [c.model for c in report.model_calls] == ["scripted:ledger-react"] * 3
     assert store.balances() == {"ann": 3, "bo": 4}
+
+
+async def test_the_plan_route_plans_then_the_plan_runs(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    pay = {"title": "Pay fay", "tool": "post_entry", "args": {"account": "fay", "amount": 6}}
+    bad = {"steps": [{"title": "Beam money", "tool": "teleport", "args": {}}]}
+    good = {
+        "steps": [pay],
+        "acceptance": [
+            {
+                "criterion": "fay got 6",
+                "check": "run_posted",
+                "args": {"account": "fay", "expected": 6},
+            }
+        ],
+    }
+    server.script(OPENAI, [openai_call("submit_plan", **bad), openai_call("submit_plan", **good)])
+    agent = clerk(openai_ref(server), routes=Routes(plan=Route(models=(openai_ref(server),))))
+    report = await run_agent(ts_client, agent, goal="pay fay 6")
+    assert report.status == "DONE", report.reason
+    assert report.verified and [a.criterion for a in report.acceptance] == ["fay got 6"]
+    assert [s.title for s in report.steps] == ["Pay fay"]
+    assert store.balances() == {"fay": 6}
+    first, second = (s.body for s in server.requests(OPENAI))
+    assert [t["function"]["name"] for t in first["tools"]] == ["submit_plan"]
+    assert "- post_entry: Post `amount` to `account`." in first["messages"][0]["content"]
+    assert tool_messages(second) == ["steps use tools the agent does not have: ['teleport']"]
+    assert [c.kind for c in report.model_calls] == ["plan", "plan"]
+
+
+async def test_the_verify_route_can_refuse_done(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    server.script(
+        OPENAI,
+        [openai_call("post_entry", account="gil", amount=2), openai_call("finish", summary="ok")],
+    )
+    server.script(
+        ANTHROPIC,
+        [
+            anthropic_call("verdict", passed="maybe"),
+            anthropic_call("verdict", passed=False, reason="gil was to get 20, not 2"),
+        ],
+    )
+    routes = Routes(
+        act=Route(models=(openai_ref(server),)), verify=Route(models=(anthropic_ref(server),))
+    )
+    report = await run_agent(ts_client, clerk(routes=routes), goal="pay gil 20")
+    assert report.status == "NOT_DONE"
+    assert report.reason == (
+        "acceptance failed: a model's review of the result (gil was to get 20, not 2)"
+    )
+    assert store.balances() == {"gil": 2}  # a failed acceptance does not compensate
+    first, second = (s.body for s in server.requests(ANTHROPIC))
+    facts = json.loads(first["messages"][0]["content"])
+    assert facts["steps"][0]["args"] == {"account": "gil", "amount": 2}
+    assert second["messages"][-1]["content"][0]["content"].startswith("invalid verdict: passed")
 
 
 async def test_the_key_is_in_no_history_and_no_log_line(ts_client: Client) -> None:

@@ -17,8 +17,30 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import PROGRESS_KEPT, AgentRunInput, Decision, StepState
-    from workflows.loop import Action, budget_problem, call_key, context, parse_actions
+    from workflows.contracts import (
+        PROGRESS_KEPT,
+        AcceptanceState,
+        AgentRunInput,
+        Decision,
+        PlanSpec,
+        StepState,
+        ToolSpec,
+    )
+    from workflows.loop import (
+        PLAN_SCHEMA,
+        VERDICT_SCHEMA,
+        Action,
+        PlanDraft,
+        Verdict,
+        budget_problem,
+        call_key,
+        context,
+        parse_actions,
+        plan_prompt,
+        review_prompt,
+        single_call,
+        system_prompt,
+    )
     from workflows.loop import tool_schemas as loop_tool_schemas
     from workflows.model_contracts import (
         ASK_HUMAN,
@@ -90,8 +112,9 @@ class ActingMixin:
         schemas = loop_tool_schemas(self._tools, agent.tools)  # type: ignore[attr-defined]
         self._turns.append(Message(role="user", content=self._run.goal))
         malformed = 0
+        system = system_prompt(self._run.goal, agent.prompt)
         for _ in range(agent.loop.max_turns):
-            reply = await self._ask_model("act", schemas)
+            reply = await self._ask_model("act", schemas, system, self._turns)
             self._turns.append(
                 Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls)
             )
@@ -122,13 +145,15 @@ class ActingMixin:
                 )
         raise Stop(f"the model did not finish within max_turns {agent.loop.max_turns}")
 
-    async def _ask_model(self, kind: StepKind, tools: tuple[ToolSchema, ...]) -> ModelReply:
+    async def _ask_model(
+        self, kind: StepKind, tools: tuple[ToolSchema, ...], system: str, turns: list[Message]
+    ) -> ModelReply:
         report = self._report  # type: ignore[attr-defined]
         agent = self._run.agent
         route = getattr(agent.routes, kind) or agent.routes.act
         assert route is not None
         await self._pay("model")
-        messages = context(self._run.goal, agent.prompt, self._turns, agent.loop)
+        messages = context(system, turns, agent.loop)
 
         def request_for(ref: ModelRef) -> ModelRequest:
             return ModelRequest(
@@ -159,12 +184,60 @@ class ActingMixin:
         del report.model_calls[:-PROGRESS_KEPT]
         return reply
 
-    def _feed_back(self, problems: list[tuple[str, str]]) -> None:
+    def _feed_back(
+        self, problems: list[tuple[str, str]], turns: list[Message] | None = None
+    ) -> None:
+        into = self._turns if turns is None else turns
         for call_id, message in problems:
             if call_id:
-                self._turns.append(Message(role="tool", content=message, tool_call_id=call_id))
+                into.append(Message(role="tool", content=message, tool_call_id=call_id))
             else:
-                self._turns.append(Message(role="user", content=message))
+                into.append(Message(role="user", content=message))
+
+    async def _plan_with_model(self, tools: dict[str, ToolSpec]) -> PlanSpec:
+        """The plan route: the model submits the whole plan, checked here before it is used."""
+        agent, goal = self._run.agent, self._run.goal
+        offered = [tools[name] for name in agent.tools if name in tools]
+        system = plan_prompt(goal, agent.prompt, offered)
+        turns = [Message(role="user", content=goal)]
+        for _ in range(agent.budget.max_malformed + 1):
+            reply = await self._ask_model("plan", (PLAN_SCHEMA,), system, turns)
+            turns.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
+            draft, problems = single_call(reply, PLAN_SCHEMA, PlanDraft)
+            if draft is not None:
+                unknown = sorted({s.tool for s in draft.steps} - set(agent.tools))
+                if not unknown:
+                    self._log(f"model planned {len(draft.steps)} step(s)")  # type: ignore[attr-defined]
+                    return PlanSpec(goal=goal, steps=draft.steps, acceptance=draft.acceptance)
+                call_id = reply.tool_calls[0].id
+                problems = [(call_id, f"steps use tools the agent does not have: {unknown}")]
+            self._log(f"plan refused: {problems[0][1]}")  # type: ignore[attr-defined]
+            self._feed_back(problems, turns)
+        raise Stop(f"the model gave no valid plan in {agent.budget.max_malformed + 1} answers")
+
+    async def _review_with_model(self) -> AcceptanceState:
+        """The verify route: a model reads what was done and says whether the goal is met."""
+        report = self._report  # type: ignore[attr-defined]
+        agent = self._run.agent
+        done = [
+            {"step": s.index, "tool": s.tool, "args": s.args, "done": s.done, "result": s.result}
+            for s in report.steps
+        ]
+        checks = [{"criterion": c.criterion, "passed": c.passed} for c in report.acceptance]
+        facts = json.dumps({"steps": done, "acceptance": checks}, default=str)
+        system = review_prompt(self._run.goal, agent.prompt)
+        turns = [Message(role="user", content=facts[: agent.loop.result_chars])]
+        state = AcceptanceState(criterion="a model's review of the result", check="model:verify")
+        for _ in range(agent.budget.max_malformed + 1):
+            reply = await self._ask_model("verify", (VERDICT_SCHEMA,), system, turns)
+            turns.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
+            verdict, problems = single_call(reply, VERDICT_SCHEMA, Verdict)
+            if verdict is not None:
+                state.passed, state.detail = verdict.passed, verdict.reason
+                return state
+            self._feed_back(problems, turns)
+        state.passed, state.detail = False, "the reviewing model gave no valid verdict"
+        return state
 
     async def _do(self, action: Action) -> str:
         """Run one tool call as a new step of the plan; its result (or failure) as text."""

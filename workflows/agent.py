@@ -142,13 +142,7 @@ class AgentWorkflow(ActingMixin):
             AcceptanceState(criterion=c.criterion, check=c.check, args=c.args)
             for c in run.agent.acceptance
         ]
-        prepared = await workflow.execute_activity(
-            "keel.prepare_plan",
-            PrepareRequest(agent=run.agent),
-            result_type=PreparedPlan,
-            start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
-            retry_policy=KEEL_RETRY,
-        )
+        prepared = await self._prepare(run, None)
         if prepared.problems:
             return self._finish("NOT_DONE", "agent refused: " + "; ".join(prepared.problems))
         self._tools = prepared.tools
@@ -165,6 +159,11 @@ class AgentWorkflow(ActingMixin):
             raise asyncio.CancelledError
 
     async def _propose(self, run: AgentRunInput) -> PlanSpec:
+        if run.agent.routes.plan is not None:
+            prepared = await self._prepare(run, None)
+            if prepared.problems:
+                raise Stop("agent refused: " + "; ".join(prepared.problems))
+            return await self._plan_with_model(prepared.tools)
         self._log(f"asking model {run.agent.model!r} for a plan")
         return await workflow.execute_activity(
             "keel.propose_plan",
@@ -185,7 +184,7 @@ class AgentWorkflow(ActingMixin):
         ]
         self._log(f"plan has {len(plan.steps)} steps and {len(plan.acceptance)} acceptance checks")
 
-    async def _prepare(self, run: AgentRunInput, plan: PlanSpec) -> PreparedPlan:
+    async def _prepare(self, run: AgentRunInput, plan: PlanSpec | None) -> PreparedPlan:
         return await workflow.execute_activity(
             "keel.prepare_plan",
             PrepareRequest(agent=run.agent, plan=plan),
@@ -343,8 +342,23 @@ class AgentWorkflow(ActingMixin):
                 non_retryable=True,
             )
 
+    async def _check_acceptance(self) -> None:
+        for index, criterion in enumerate(self._report.acceptance, 1):
+            try:
+                out = await self._call(self._tools[criterion.check], -index, criterion.args)
+                verdict = CheckResult.model_validate(out.value)
+            except ActivityError as err:
+                verdict = CheckResult(passed=False, detail=f"check failed: {describe_failure(err)}")
+            criterion.passed, criterion.detail = verdict.passed, verdict.detail
+            self._log(f"acceptance {criterion.criterion!r}: {'pass' if verdict.passed else 'FAIL'}")
+
     async def _verify(self) -> RunReport:
         report = self._report
+        await self._check_acceptance()
+        if self._run.agent.routes.verify is not None:
+            review = await self._review_with_model()
+            report.acceptance.append(review)
+            self._log(f"model review: {'pass' if review.passed else 'FAIL'}: {review.detail}")
         skipped = [s.index for s in report.steps if s.skipped]
         settled = (
             f"all {len(report.steps)} steps settled ({len(skipped)} skipped: steps {skipped})"
@@ -357,14 +371,6 @@ class AgentWorkflow(ActingMixin):
                 "DONE",
                 f"{settled}; nothing verified the result (no acceptance criteria)",
             )
-        for index, criterion in enumerate(report.acceptance, 1):
-            try:
-                out = await self._call(self._tools[criterion.check], -index, criterion.args)
-                verdict = CheckResult.model_validate(out.value)
-            except ActivityError as err:
-                verdict = CheckResult(passed=False, detail=f"check failed: {describe_failure(err)}")
-            criterion.passed, criterion.detail = verdict.passed, verdict.detail
-            self._log(f"acceptance {criterion.criterion!r}: {'pass' if verdict.passed else 'FAIL'}")
         failed = [c for c in report.acceptance if not c.passed]
         if failed:
             return self._finish(

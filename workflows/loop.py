@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workflows.contracts import ToolSpec
+from workflows.contracts import MAX_STEPS, AcceptanceSpec, StepSpec, ToolSpec
 from workflows.model_contracts import (
     ASK_HUMAN,
     FINISH,
@@ -43,6 +43,36 @@ ACTION_SCHEMAS = (
             "required": ["question"],
         },
     ),
+)
+SUBMIT_PLAN, VERDICT = "submit_plan", "verdict"
+T = TypeVar("T", bound=BaseModel)
+
+
+class PlanDraft(BaseModel):
+    """What a planning model submits: the steps in order and optional acceptance checks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[StepSpec] = Field(min_length=1, max_length=MAX_STEPS)
+    acceptance: list[AcceptanceSpec] = Field(default_factory=list)
+
+
+class Verdict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    passed: bool
+    reason: str = Field(min_length=1)
+
+
+PLAN_SCHEMA = ToolSchema(
+    name=SUBMIT_PLAN,
+    description="Submit the plan: the tool calls to make in order, and acceptance checks.",
+    parameters=PlanDraft.model_json_schema(),
+)
+VERDICT_SCHEMA = ToolSchema(
+    name=VERDICT,
+    description="Say whether the goal is met, and why.",
+    parameters=Verdict.model_json_schema(),
 )
 JSON_TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str,
@@ -85,13 +115,31 @@ def system_prompt(goal: str, prompt: str) -> str:
     )
 
 
-def context(goal: str, prompt: str, turns: list[Message], policy: AgentLoop) -> tuple[Message, ...]:
+def plan_prompt(goal: str, prompt: str, tools: list[ToolSpec]) -> str:
+    listing = "\n".join(
+        f"- {t.name}: {t.description} parameters: {json.dumps(t.parameters, sort_keys=True)}"
+        for t in tools
+    )
+    return (f"{prompt}\n\n" if prompt else "") + (
+        f"Goal: {goal}\nPlan the work as steps, each one call of these tools:\n{listing}\n"
+        f"Answer by calling {SUBMIT_PLAN} once with the steps in order."
+    )
+
+
+def review_prompt(goal: str, prompt: str) -> str:
+    return (f"{prompt}\n\n" if prompt else "") + (
+        f"You review whether an agent met its goal: {goal}\nRead what it did and call "
+        f"{VERDICT} with passed true only if the goal is met, and the reason."
+    )
+
+
+def context(system: str, turns: list[Message], policy: AgentLoop) -> tuple[Message, ...]:
     """The messages for the next model call. The newest `keep_results` tool results go in full
     (cut at `result_chars`); older ones become a one-line summary, so a long run does not drown
     the model in old output and the request stays small."""
     results = [i for i, m in enumerate(turns) if m.role == "tool"]
     old = set(results[: max(0, len(results) - policy.keep_results)])
-    shown: list[Message] = [Message(role="system", content=system_prompt(goal, prompt))]
+    shown: list[Message] = [Message(role="system", content=system)]
     for i, message in enumerate(turns):
         if message.role != "tool":
             shown.append(message)
@@ -213,3 +261,24 @@ def budget_problem(
             f"the same arguments {repeats[key] + 1} times (a loop, not progress)"
         )
     return None
+
+
+def single_call(
+    reply: ModelReply, schema: ToolSchema, model: type[T]
+) -> tuple[T | None, list[tuple[str, str]]]:
+    """A plan or a verdict: the reply's one call to `schema`, parsed, or the problems to feed
+    back (every call the model made is answered)."""
+    if not reply.tool_calls:
+        return None, [("", f"Answer by calling {schema.name}.")]
+    first, *rest = reply.tool_calls
+    others = [(c.id, f"ignored: only one call, to {schema.name}, is expected") for c in rest]
+    if first.name != schema.name:
+        return None, [(first.id, f"unknown tool {first.name!r}; call {schema.name}"), *others]
+    try:
+        value = model.model_validate_json(first.arguments or "{}")
+    except ValidationError as err:
+        where = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in err.errors()[:5]
+        )
+        return None, [(first.id, f"invalid {schema.name}: {where}"), *others]
+    return value, []
