@@ -6,7 +6,8 @@
     python starter.py cancel RUN_ID
     python starter.py approve RUN_ID [--request ID] [--reason TEXT] [--approver NAME] [--signal]
     python starter.py reject RUN_ID --reason TEXT [--request ID] [--approver NAME] [--signal]
-    python starter.py decide RUN_ID --choice retry|skip|abort|edit [--args JSON] [...]
+    python starter.py decide RUN_ID --choice retry|skip|abort|edit|extend|answer [--args JSON]
+        (edit: the new arguments; extend: new budget limits; answer: the answer in --reason)
     python starter.py pending [--json]
 
 Exit codes: run --wait and status: 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING (run --wait
@@ -88,9 +89,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             cmd.add_argument(
                 "--choice",
                 required=True,
-                choices=["approve", "reject", "edit", "retry", "skip", "abort"],
+                choices=["approve", "reject", "edit", "retry", "skip", "abort", "extend", "answer"],
             )
-            cmd.add_argument("--args", help="with --choice edit: the new arguments as JSON")
+            cmd.add_argument(
+                "--args", help="JSON: the new arguments (edit) or budget limits (extend)"
+            )
     pending = sub.add_parser("pending", help="list the runs waiting on a human")
     pending.add_argument("--json", action="store_true", help="print JSON")
     return parser.parse_args(argv)

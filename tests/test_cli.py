@@ -123,7 +123,10 @@ async def test_cancel_a_running_run(cli_env: dict, tmp_path: Path, dev_client: C
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["run", "nobody", "--goal", "x"], "unknown agent 'nobody' (known: ledger-agent, ledger-clerk)"),
+        (
+            ["run", "nobody", "--goal", "x"],
+            "unknown agent 'nobody' (known: ledger-agent, ledger-clerk)",
+        ),
         (["run", "ledger-clerk"], "agent 'ledger-clerk' needs a --goal"),
         (["run"], "name an agent or give --plan FILE.json"),
         (["run", "--plan", "/nonexistent/plan.json"], "cannot read plan file"),
