@@ -19,7 +19,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 import examples.ledger as ledger
 from activities import Catalog
 from examples.ledger import store
-from tests.conftest import keel_worker
+from tests.conftest import keel_worker, skip_time
 from tests.model_server import (
     ANTHROPIC,
     OPENAI,
@@ -208,12 +208,16 @@ async def test_429_then_success_stays_on_the_same_model(
         OPENAI,
         [
             Reply(429, {"error": "slow down"}, headers={"retry-after": "0"}),
+            Reply(200, "<html>proxy error</html>"),  # not JSON: retried like a 5xx
             openai_call("finish", summary="nothing to do"),
         ],
     )
-    report = await run_agent(ts_client, clerk(openai_ref(server), anthropic_ref(server)))
+    patient = openai_ref(
+        server, retry=ModelRetry(max_attempts=3, initial_interval=FAST.initial_interval)
+    )
+    report = await run_agent(ts_client, clerk(patient, anthropic_ref(server)))
     assert report.status == "DONE", report.reason
-    assert len(server.requests(OPENAI)) == 2 and not server.requests(ANTHROPIC)
+    assert len(server.requests(OPENAI)) == 3 and not server.requests(ANTHROPIC)
     assert report.model_calls[0].fallbacks == []
 
 
@@ -470,6 +474,32 @@ async def test_the_verify_route_can_refuse_done(
     facts = json.loads(first["messages"][0]["content"])
     assert facts["steps"][0]["args"] == {"account": "gil", "amount": 2}
     assert second["messages"][-1]["content"][0]["content"].startswith("invalid verdict: passed")
+
+
+async def test_the_deadline_budget_counts_workflow_time_spent_waiting(
+    ts_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    server.script(
+        OPENAI,
+        [openai_call("ask_human", question="Which account?"), openai_call("finish", summary="x")],
+    )
+    agent = clerk(openai_ref(server), budget=Budget(max_duration=timedelta(hours=1)))
+    async with keel_worker(ts_client, CATALOG) as queue:
+        run_id = f"model-{uuid.uuid4().hex[:8]}"
+        RUN_IDS.append(run_id)
+        handle = await ts_client.start_workflow(
+            AgentWorkflow.run, AgentRunInput(agent=agent, goal="pay"), id=run_id, task_queue=queue
+        )
+        question = await next_pending(handle)
+        await skip_time(ts_client, timedelta(hours=2))  # the human takes two hours to answer
+        await handle.execute_update(
+            AgentWorkflow.decide,
+            Decision(request_id=question.request_id, choice="answer", reason="ann"),
+        )
+        report = await handle.result()
+    assert report.status == "NOT_DONE"
+    assert report.reason.startswith("budget exhausted: max_duration 1:00:00 reached")
+    assert len(server.requests(OPENAI)) == 1  # the second model call never went out
 
 
 async def test_the_key_is_in_no_history_and_no_log_line(ts_client: Client) -> None:
