@@ -32,7 +32,17 @@ from tests.model_server import (
 )
 from workflows import AgentWorkflow
 from workflows.contracts import AcceptanceSpec, AgentRunInput, AgentSpec, Decision, RunReport
-from workflows.model_contracts import Budget, ModelRef, ModelRetry, Route, Routes
+from workflows.loop import context
+from workflows.model_contracts import (
+    AgentLoop,
+    Budget,
+    Message,
+    ModelRef,
+    ModelRetry,
+    Route,
+    Routes,
+    ToolCallRequest,
+)
 
 CATALOG = Catalog.from_modules([ledger])
 KEY_ENV = "KEEL_TEST_MODEL_KEY"
@@ -252,11 +262,13 @@ async def test_every_model_failing_ends_not_done_naming_each(
     ts_client: Client, ledger_db: Path, server: ModelServer
 ) -> None:
     server.script(OPENAI, lambda body: Reply(401, {"error": "bad key"}))
-    report = await run_agent(ts_client, clerk(openai_ref(server)))
+    nowhere = openai_ref(server, model="gone", base_url="http://127.0.0.1:9/v1")
+    report = await run_agent(ts_client, clerk(nowhere, openai_ref(server)))
     assert report.status == "NOT_DONE"
     assert report.reason == (
-        "every model of the route gave up: openai:gpt-test: ModelRequestRejected: "
-        'openai:gpt-test: HTTP 401: {"error": "bad key"}'
+        "every model of the route gave up: openai:gone: ModelUnavailable: openai:gone: cannot "
+        "reach http://127.0.0.1:9/v1/chat/completions: ConnectError; openai:gpt-test: "
+        'ModelRequestRejected: openai:gpt-test: HTTP 401: {"error": "bad key"}'
     )
     assert len(server.requests(OPENAI)) == 1  # a rejected request is not retried
 
@@ -500,6 +512,30 @@ async def test_the_deadline_budget_counts_workflow_time_spent_waiting(
     assert report.status == "NOT_DONE"
     assert report.reason.startswith("budget exhausted: max_duration 1:00:00 reached")
     assert len(server.requests(OPENAI)) == 1  # the second model call never went out
+
+
+def test_context_keeps_the_newest_results_in_full_and_summarizes_older_ones() -> None:
+    turns = []
+    for i in range(1, 5):
+        call = ToolCallRequest(id=f"c{i}", name="get_balance", arguments="{}")
+        turns.append(Message(role="assistant", tool_calls=(call,)))
+        turns.append(
+            Message(role="tool", tool_call_id=f"c{i}", content=f"result {i}\n" + "x" * 141)
+        )
+    policy = AgentLoop(keep_results=2, summary_chars=20, result_chars=100)
+    shown = context("system text", turns, policy)
+    assert shown[0] == Message(role="system", content="system text")
+    results = [m.content for m in shown if m.role == "tool"]
+    assert results[:2] == [
+        "[older result, trimmed] result 1 xxxxxxxxxxx",
+        "[older result, trimmed] result 2 xxxxxxxxxxx",
+    ]
+    assert results[2:] == [
+        "result 3\n" + "x" * 91 + " [... 50 more]",
+        "result 4\n" + "x" * 91 + " [... 50 more]",
+    ]
+    assert [m.tool_call_id for m in shown if m.role == "tool"] == ["c1", "c2", "c3", "c4"]
+    assert context("system text", turns, policy) == shown  # deterministic
 
 
 async def test_the_key_is_in_no_history_and_no_log_line(ts_client: Client) -> None:
