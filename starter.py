@@ -9,6 +9,7 @@
     python starter.py decide RUN_ID --choice retry|skip|abort|edit|extend|answer [--args JSON]
         (edit: the new arguments; extend: new budget limits; answer: the answer in --reason)
     python starter.py pending [--json]
+    python starter.py show RUN_ID [--json]      (the run's timeline, from its event history)
 
 Exit codes: run --wait and status: 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING (run --wait
 returns as soon as the run waits on a human). approve, reject, decide: 0 accepted, 6 refused.
@@ -35,6 +36,7 @@ from activities.catalog import Catalog, CatalogError, explain
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import exit_now, tool_modules
 from keel.humans import DecisionRefused, StatusAttributeMissing, decide, pending_runs
+from keel.logs import add_logging_args, configure_logging
 from keel.runs import (
     RunAlreadyRunning,
     RunNotFound,
@@ -43,6 +45,7 @@ from keel.runs import (
     start_run,
     wait_report,
 )
+from keel.timeline import format_timeline, timeline
 from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport
 
 EXIT_CODES = {"DONE": 0, "NOT_DONE": 3, "WAITING_ON_YOU": 4, "RUNNING": 5}
@@ -94,8 +97,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             cmd.add_argument(
                 "--args", help="JSON: the new arguments (edit) or budget limits (extend)"
             )
+    show = sub.add_parser("show", help="a run's timeline from its event history")
+    show.add_argument("run_id")
+    show.add_argument("--json", action="store_true", help="print JSON")
     pending = sub.add_parser("pending", help="list the runs waiting on a human")
     pending.add_argument("--json", action="store_true", help="print JSON")
+    for command_parser in sub.choices.values():
+        add_logging_args(command_parser)
     return parser.parse_args(argv)
 
 
@@ -189,6 +197,13 @@ async def command(args: argparse.Namespace) -> int:
         return await send_decision(client, args)
     if args.command == "pending":
         return await list_pending(client, args.json)
+    if args.command == "show":
+        entries = await timeline(client, args.run_id)
+        if args.json:
+            print(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
+        else:
+            print(format_timeline(args.run_id, entries))
+        return 0
     if args.command == "status":
         return emit(await get_report(client, args.run_id), args.json)
     if args.command == "cancel":
@@ -216,6 +231,7 @@ async def command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    configure_logging(args.log_level, args.log_format, default_level="warning")
     try:
         return asyncio.run(command(args))
     except (

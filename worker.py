@@ -22,6 +22,10 @@ from temporalio.worker import Worker
 from activities.catalog import Catalog, CatalogError
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import DEFAULT_TOOLS, exit_now, tool_modules
+from keel.logs import add_logging_args, configure_logging
+
+LOG = logging.getLogger("keel.worker")
+LOG.setLevel(logging.INFO)  # "ready" and "stopping" show at any --log-level: scripts wait on them
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="runs kept in memory between their tasks; a run evicted from the cache is replayed "
         "from its history when it wakes, so this bounds memory, not what can wait (default 1000)",
     )
+    add_logging_args(parser)
     args = parser.parse_args(argv)
     if args.max_cached_workflows < 0:
         parser.error("--max-cached-workflows must be 0 or more")
@@ -72,16 +77,14 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with worker:
         tools = ", ".join(sorted(catalog.tools))
-        print(
-            f"keel worker ready: task queue {queue!r}, tools: {tools}", file=sys.stderr, flush=True
-        )
+        LOG.info(f"keel worker ready: task queue {queue!r}, tools: {tools}")
         await stop.wait()
-        print("keel worker stopping", file=sys.stderr, flush=True)
+        LOG.info("keel worker stopping")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=os.environ.get("KEEL_LOG_LEVEL", "WARNING"))
+    configure_logging(args.log_level, args.log_format)
     try:
         asyncio.run(serve(args))
     except (CatalogError, ConnectionFailed) as err:

@@ -202,3 +202,35 @@ async def test_pending_request_survives_a_dev_server_restart(tmp_path: Path) -> 
     finally:
         await worker.stop()
         await run("./temporal-dev", "down", env=env)
+
+
+async def test_show_a_timeline_while_waiting_and_when_finished(
+    cli_env: dict, dev_client: Client
+) -> None:
+    run_id, report = await start_gated(cli_env)
+    waiting = await starter("show", run_id, "--json", env=cli_env)
+    assert waiting.code == 0, waiting
+    entries = json.loads(waiting.out)
+    kinds = [(e["kind"], e["name"], e["step"], e["outcome"]) for e in entries]
+    assert kinds[0] == ("run", "started", None, "ok")
+    assert ("step", "post_entry", 1, "ok") in kinds
+    assert kinds[-1][0] == "wait" and kinds[-1][3] == "running"  # the approval, still open
+    assert not [k for k in kinds if k[0] == "run" and k[1] == "finished"]
+
+    await starter("approve", run_id, "--approver", "ops", env=cli_env)
+    await dev_client.get_workflow_handle(run_id).result()
+    shown = await starter("show", run_id, env=cli_env)
+    assert shown.code == 0, shown
+    lines = shown.out.splitlines()
+    assert lines[0].startswith(f"run {run_id}: ")
+    decision = next(line for line in lines if " decision " in line)
+    assert f"approve {report['pending']['request_id']} by ops" in decision
+    step2 = next(line for line in lines if " step " in line and "    2  post_entry" in line)
+    assert step2.split()[-1] == "ok"
+    assert "answered" in next(line for line in lines if " wait " in line)
+    assert lines[-1].split()[1:3] == ["run", "finished"] and " DONE " in lines[-1]
+    assert len([line for line in lines if " check " in line]) == 2  # alice and zed received
+
+    unknown = await starter("show", "no-such-run", env=cli_env)
+    assert unknown.code == 1
+    assert unknown.err.strip() == "starter.py: error: no run with id 'no-such-run'"

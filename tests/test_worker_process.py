@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from temporalio.client import Client
 
 from tests.conftest import dev_address
-from tests.processes import WorkerProcess, run
+from tests.processes import WorkerProcess, run, starter
 
 
 async def test_sigterm_stops_the_worker_gracefully(dev_client: Client, tmp_path: Path) -> None:
@@ -26,7 +27,7 @@ async def test_sigterm_stops_the_worker_gracefully(dev_client: Client, tmp_path:
     assert worker.proc is not None
     ready = log.read_text()
     # Both modules' tools are registered; a long list is shortened in the middle.
-    assert ready.startswith("keel worker ready: task queue 'keel', tools: always_fails, big_")
+    assert "keel worker ready: task queue 'keel', tools: always_fails, big_" in ready
     assert ready.rstrip().endswith("write_with_bad_undo, write_with_slow_undo")
     worker.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(worker.proc.wait(), 30) == 0
@@ -47,3 +48,44 @@ async def test_unreachable_server_is_one_line() -> None:
     assert result.code == 1
     assert result.err.startswith("worker.py: error: cannot reach Temporal at 127.0.0.1:1")
     assert "Traceback" not in result.err
+
+
+async def test_json_logs_one_object_per_line_with_the_run(
+    dev_client: Client, tmp_path: Path
+) -> None:
+    log = tmp_path / "worker.log"
+    env = {
+        "TEMPORAL_ADDRESS": dev_address(dev_client),
+        "KEEL_TASK_QUEUE": f"json-{tmp_path.name[-12:]}",
+        "KEEL_LEDGER_DB": str(tmp_path / "ledger.sqlite"),
+        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
+    }
+    worker = WorkerProcess(env, log, "--log-format", "json", "--log-level", "info")
+    await worker.start()
+    try:
+        run_id = f"json-{tmp_path.name[-12:]}"
+        done = await starter(
+            "run",
+            "ledger-clerk",
+            "--goal",
+            "Pay jo 3",
+            "--id",
+            run_id,
+            "--wait",
+            "--log-format",
+            "json",
+            env=env,
+        )
+        assert done.code == 0, done
+        assert all(json.loads(line) for line in done.err.splitlines())  # the starter's, too
+    finally:
+        await worker.stop()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # each one parses
+    assert lines[0]["message"].startswith("keel worker ready: task queue")
+    about_run = [line for line in lines if line.get("run_id") == run_id]
+    events = {(line.get("event"), line.get("step")) for line in about_run}
+    assert {("step_started", 1), ("step_done", 1), ("acceptance", None), ("final", None)} <= events
+    final = next(line for line in about_run if line.get("event") == "final")
+    assert final["outcome"] == "DONE" and final["level"] == "info"
+    workflow_lines = [line for line in lines if line["logger"] == "temporalio.workflow"]
+    assert workflow_lines and all(line.get("run_id") == run_id for line in workflow_lines)

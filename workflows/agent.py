@@ -256,7 +256,12 @@ class AgentWorkflow(ActingMixin):
             if key is not None:
                 self._repeats[key] += 1
             step.started_at = workflow.now()
-            self._log(f"step {step.index} started: {step.title} ({step.tool})")
+            self._log(
+                f"step {step.index} started: {step.title} ({step.tool})",
+                step=step.index,
+                tool=step.tool,
+                event="step_started",
+            )
             try:
                 out = await self._call(spec, step.index, step.args)
             except ActivityError as err:
@@ -295,7 +300,13 @@ class AgentWorkflow(ActingMixin):
                     result=out.value if out.ref is None else out.ref.model_dump(),
                 )
             )
-        self._log(f"step {step.index} done after {step.attempts} attempt(s)")
+        self._log(
+            f"step {step.index} done after {step.attempts} attempt(s)",
+            step=step.index,
+            tool=step.tool,
+            attempt=step.attempts,
+            event="step_done",
+        )
 
     async def _escalate(self, step: StepState, failure: str) -> bool:
         """Ask a human about a failed step: True to run it again, False to skip it."""
@@ -350,7 +361,12 @@ class AgentWorkflow(ActingMixin):
             except ActivityError as err:
                 verdict = CheckResult(passed=False, detail=f"check failed: {describe_failure(err)}")
             criterion.passed, criterion.detail = verdict.passed, verdict.detail
-            self._log(f"acceptance {criterion.criterion!r}: {'pass' if verdict.passed else 'FAIL'}")
+            self._log(
+                f"acceptance {criterion.criterion!r}: {'pass' if verdict.passed else 'FAIL'}",
+                tool=criterion.check,
+                event="acceptance",
+                outcome="pass" if verdict.passed else "fail",
+            )
 
     async def _verify(self) -> RunReport:
         report = self._report
@@ -417,18 +433,26 @@ class AgentWorkflow(ActingMixin):
 
     def _record_compensation(self, state: Any) -> None:
         self._report.compensations.append(state)
-        self._log(f"compensation {state.compensation} for step {state.step}: {state.status}")
+        self._log(
+            f"compensation {state.compensation} for step {state.step}: {state.status}",
+            step=state.step,
+            tool=state.compensation,
+            event="compensation",
+            outcome=state.status,
+        )
 
     # --- state -------------------------------------------------------------------------------
 
-    def _log(self, message: str) -> None:
+    def _log(self, message: str, **fields: str | int | None) -> None:
+        """One progress entry, and one log line carrying `fields` (step, event, outcome)."""
         progress = self._report.progress
         progress.append(ProgressEntry(at=workflow.now(), message=message))
         if len(progress) > PROGRESS_KEPT:
             # Bounded so the report (query result and final result) stays far below 2 MB.
             del progress[0]
             self._report.progress_dropped += 1
-        workflow.logger.info(message)  # workflow.logger stays silent during replay
+        # workflow.logger stays silent during replay: a decision is logged once.
+        workflow.logger.info(message, extra={k: v for k, v in fields.items() if v is not None})
 
     def _set_status(self, status: RunStatus) -> None:
         self._report.status = status
@@ -441,7 +465,7 @@ class AgentWorkflow(ActingMixin):
     def _finish(self, status: RunStatus, reason: str) -> RunReport:
         self._set_status(status)
         self._report.reason = reason
-        self._log(f"{status}: {reason}")
+        self._log(f"{status}: {reason}", event="final", outcome=status)
         return self.report()
 
     def _resume_notes(self) -> str:

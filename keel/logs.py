@@ -1,0 +1,119 @@
+"""Logging for worker.py and starter.py: `--log-level` and `--log-format json|text`.
+
+In JSON, every line is one object: time, level, logger, message, and the run it concerns
+(`run_id`, from temporalio's workflow and activity loggers), with `step`, `tool` and `attempt`
+where Keel knows them. Workflow code logs through `workflow.logger`, which stays silent while a
+workflow replays, so a decision is logged once however often its history is replayed.
+
+    configure_logging("info", "json")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
+
+LogFormat = Literal["json", "text"]
+LEVELS = ("debug", "info", "warning", "error")
+# Fields Keel passes in `extra=` at its decision points.
+KEEL_FIELDS = ("step", "tool", "attempt", "event", "outcome")
+
+
+def run_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The run a record concerns, from the context temporalio's loggers attach."""
+    fields: dict[str, Any] = {}
+    wf = getattr(record, "temporal_workflow", None)
+    act = getattr(record, "temporal_activity", None)
+    if isinstance(wf, dict):
+        fields["run_id"] = wf.get("workflow_id")
+    elif isinstance(act, dict):
+        fields["run_id"] = act.get("workflow_id")
+        fields["tool"] = act.get("activity_type")
+        fields["attempt"] = act.get("attempt")
+    for name in KEEL_FIELDS:
+        value = getattr(record, name, None)
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            # temporalio appends its context dict to the message; the fields carry it instead.
+            "message": record.getMessage().split(" ({'", 1)[0],
+        }
+        line.update(run_fields(record))
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).split(" ({'", 1)[0]
+        run = run_fields(record).get("run_id")
+        return f"{text} [run {run}]" if run else text
+
+
+def configure_logging(
+    level: str | None = None, fmt: str | None = None, *, default_level: str = "info"
+) -> None:
+    """Root logging to stderr; defaults from KEEL_LOG_LEVEL and KEEL_LOG_FORMAT (text)."""
+    level = (level or os.environ.get("KEEL_LOG_LEVEL") or default_level).lower()
+    fmt = (fmt or os.environ.get("KEEL_LOG_FORMAT") or "text").lower()
+    if level not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
+    if fmt not in ("json", "text"):
+        raise ValueError(f"log format must be json or text, not {fmt!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # httpx logs every request at info: useful at debug only.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    # The SDK's Rust core writes its own lines to stderr; forward them through Python logging so
+    # they take the same format (and a JSON log stays one object per line).
+    core = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )
+    Runtime.set_default(
+        Runtime(telemetry=TelemetryConfig(logging=core)), error_if_already_set=False
+    )
+
+
+def add_logging_args(parser: Any) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default=None,
+        help="debug, info, warning or error (default: $KEEL_LOG_LEVEL, else info for the "
+        "worker and warning for the starter)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default=None,
+        help="json: one object per line with run_id, step, attempt (default: $KEEL_LOG_FORMAT "
+        "or text)",
+    )

@@ -1,0 +1,199 @@
+"""A run's timeline, read from its event history: what ran when, how many attempts, how long,
+what waited on whom, and how it ended. It works on finished runs and on runs still going (it
+shows what has happened so far), and needs no worker.
+
+    entries = await timeline(client, "pay-1")
+    print(format_timeline(entries))
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from temporalio.api.common.v1 import Payloads
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from keel.runs import RunNotFound
+
+Kind = Literal["run", "plan", "model", "step", "check", "compensation", "keel", "wait", "decision"]
+E = EventType
+
+
+class TimelineEntry(BaseModel):
+    offset_s: float  # from the run's start
+    kind: Kind
+    name: str
+    step: int | None = None
+    attempts: int = 0
+    duration_s: float | None = None  # None while it is still going
+    outcome: str = "running"
+    detail: str = ""
+
+
+def _json(payloads: Payloads) -> Any:
+    """The first payload as JSON (Keel's converter writes JSON), or None."""
+    try:
+        return json.loads(payloads.payloads[0].data) if payloads.payloads else None
+    except (ValueError, IndexError):
+        return None
+
+
+def _kind(activity: str, call: Any) -> tuple[Kind, int | None]:
+    if activity in ("keel.propose_plan", "keel.prepare_plan"):
+        return "plan", None
+    if activity == "keel.model_call":
+        return "model", None
+    if activity.startswith("keel."):
+        return "keel", None
+    if not isinstance(call, dict):
+        return "step", None
+    step = call.get("step")
+    if ":saga" in str(call.get("idempotency_key", "")):
+        return "compensation", step
+    if isinstance(step, int) and step < 0:
+        return "check", None
+    return "step", step
+
+
+class _Builder:
+    def __init__(self, start: datetime) -> None:
+        self.start = start
+        self.entries: list[TimelineEntry] = []
+        self.activities: dict[int, TimelineEntry] = {}
+        self.timers: dict[str, TimelineEntry] = {}
+
+    def at(self, event: HistoryEvent) -> float:
+        return (event.event_time.ToDatetime() - self.start).total_seconds()
+
+    def add(self, event: HistoryEvent, **fields: Any) -> TimelineEntry:
+        entry = TimelineEntry(offset_s=round(self.at(event), 3), **fields)
+        self.entries.append(entry)
+        return entry
+
+    def close(
+        self, entry: TimelineEntry, event: HistoryEvent, outcome: str, detail: str = ""
+    ) -> None:
+        entry.duration_s = round(self.at(event) - entry.offset_s, 3)
+        entry.outcome, entry.detail = outcome, detail or entry.detail
+
+    def feed(self, event: HistoryEvent) -> None:
+        t = event.event_type
+        if t == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            a = event.activity_task_scheduled_event_attributes
+            call = _json(a.input)
+            kind, step = _kind(a.activity_type.name, call)
+            model = call.get("model", {}).get("model") if isinstance(call, dict) else None
+            detail = f"model {model}" if kind == "model" and model else ""
+            self.activities[event.event_id] = self.add(
+                event, kind=kind, name=a.activity_type.name, step=step, detail=detail
+            )
+        elif t == E.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            a = event.activity_task_started_event_attributes
+            if entry := self.activities.get(a.scheduled_event_id):
+                entry.attempts = a.attempt
+        elif t == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            a = event.activity_task_completed_event_attributes
+            if entry := self.activities.get(a.scheduled_event_id):
+                self.close(entry, event, "ok")
+        elif t == E.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+            a = event.activity_task_failed_event_attributes
+            if entry := self.activities.get(a.scheduled_event_id):
+                self.close(entry, event, "failed", a.failure.message)
+        elif t == E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
+            a = event.activity_task_timed_out_event_attributes
+            if entry := self.activities.get(a.scheduled_event_id):
+                self.close(entry, event, "timed out", a.failure.message)
+        elif t == E.EVENT_TYPE_ACTIVITY_TASK_CANCELED:
+            a = event.activity_task_canceled_event_attributes
+            if entry := self.activities.get(a.scheduled_event_id):
+                self.close(entry, event, "cancelled")
+        elif t == E.EVENT_TYPE_TIMER_STARTED:
+            a = event.timer_started_event_attributes
+            limit = a.start_to_fire_timeout.ToTimedelta()
+            self.timers[a.timer_id] = self.add(
+                event, kind="wait", name="waiting (deadline or reminder)", detail=f"up to {limit}"
+            )
+        elif t == E.EVENT_TYPE_TIMER_FIRED:
+            if entry := self.timers.get(event.timer_fired_event_attributes.timer_id):
+                self.close(entry, event, "time passed")
+        elif t == E.EVENT_TYPE_TIMER_CANCELED:
+            if entry := self.timers.get(event.timer_canceled_event_attributes.timer_id):
+                self.close(entry, event, "answered")
+        elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+            request = event.workflow_execution_update_accepted_event_attributes.accepted_request
+            self._decision(event, request.input.name, _json(request.input.args))
+        elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            a = event.workflow_execution_signaled_event_attributes
+            self._decision(event, a.signal_name, _json(a.input))
+        elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED:
+            self.add(event, kind="decision", name="cancel requested", outcome="ok", duration_s=0)
+        else:
+            self._end(event)
+
+    def _decision(self, event: HistoryEvent, name: str, value: Any) -> None:
+        detail = ""
+        if isinstance(value, dict):
+            who = f" by {value['approver']}" if value.get("approver") else ""
+            detail = f"{value.get('choice')} {value.get('request_id')}{who}"
+        self.add(event, kind="decision", name=name, outcome="received", duration_s=0, detail=detail)
+
+    def _end(self, event: HistoryEvent) -> None:
+        t = event.event_type
+        if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+            report = _json(event.workflow_execution_completed_event_attributes.result)
+            status = report.get("status", "?") if isinstance(report, dict) else "?"
+            reason = report.get("reason", "") if isinstance(report, dict) else ""
+            self.add(
+                event, kind="run", name="finished", outcome=status, detail=reason, duration_s=0
+            )
+        elif t in (
+            E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+            E.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
+            E.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+            E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+            E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+        ):
+            name = EventType.Name(t).removeprefix("EVENT_TYPE_WORKFLOW_EXECUTION_").lower()
+            self.add(
+                event, kind="run", name=name.replace("_", " "), outcome=name.upper(), duration_s=0
+            )
+
+
+async def timeline(client: Client, run_id: str) -> list[TimelineEntry]:
+    try:
+        history = await client.get_workflow_handle(run_id).fetch_history()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise RunNotFound(f"no run with id {run_id!r}") from err
+        raise
+    events = list(history.events)
+    if not events:
+        raise RunNotFound(f"no run with id {run_id!r}")
+    builder = _Builder(events[0].event_time.ToDatetime())
+    builder.add(events[0], kind="run", name="started", outcome="ok", duration_s=0)
+    for event in events[1:]:
+        builder.feed(event)
+    return builder.entries
+
+
+def format_timeline(run_id: str, entries: list[TimelineEntry]) -> str:
+    lines = [f"run {run_id}: {len(entries)} entries from its event history"]
+    lines.append(
+        f"{'at s':>8}  {'kind':<12} {'step':>4}  {'name':<28} {'tries':>5} "
+        f"{'took s':>7}  outcome   detail"
+    )
+    for e in entries:
+        took = "-" if e.duration_s is None else f"{e.duration_s:.2f}"
+        tries = str(e.attempts) if e.attempts else ""
+        step = "" if e.step is None else str(e.step)
+        lines.append(
+            f"{e.offset_s:>8.2f}  {e.kind:<12} {step:>4}  {e.name[:28]:<28} {tries:>5} "
+            f"{took:>7}  {e.outcome:<9} {e.detail[:100]}".rstrip()
+        )
+    return "\n".join(lines)
