@@ -45,6 +45,7 @@ from keel.runs import (
     start_run,
     wait_report,
 )
+from keel.telemetry import TracingUnavailable, tracing_plugins
 from keel.timeline import format_timeline, timeline
 from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport
 
@@ -192,7 +193,7 @@ async def list_pending(client: Client, as_json: bool) -> int:
 
 async def command(args: argparse.Namespace) -> int:
     run = build_run(args) if args.command == "run" else None
-    client = await connect(plugins=[KeelPlugin()])
+    client = await connect(plugins=[KeelPlugin(), *tracing_plugins("keel-starter")])
     if args.command in ("approve", "reject", "decide"):
         return await send_decision(client, args)
     if args.command == "pending":
@@ -241,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         RunNotFound,
         RunAlreadyRunning,
         StatusAttributeMissing,
+        TracingUnavailable,
     ) as err:
         print(f"starter.py: error: {err}", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ from activities.catalog import Catalog, CatalogError
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import DEFAULT_TOOLS, exit_now, tool_modules
 from keel.logs import add_logging_args, configure_logging
+from keel.telemetry import TracingUnavailable, tracing_plugins
 
 LOG = logging.getLogger("keel.worker")
 LOG.setLevel(logging.INFO)  # "ready" and "stopping" show at any --log-level: scripts wait on them
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     catalog = Catalog.from_modules(tool_modules(args.tools))
-    client = await connect(plugins=[KeelPlugin(catalog)])
+    client = await connect(plugins=[KeelPlugin(catalog), *tracing_plugins("keel-worker")])
     queue = task_queue(args.task_queue)
     worker = Worker(
         client,
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         asyncio.run(serve(args))
-    except (CatalogError, ConnectionFailed) as err:
+    except (CatalogError, ConnectionFailed, TracingUnavailable) as err:
         print(f"worker.py: error: {err}", file=sys.stderr)
         return 1
     return 0

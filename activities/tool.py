@@ -39,6 +39,7 @@ from workflows.contracts import (
     ToolOutput,
     ToolSpec,
 )
+from workflows.tracing import annotate, span
 
 INVALID_ARGS = "InvalidToolArgs"
 IMPLAUSIBLE = "ImplausibleResult"
@@ -192,6 +193,25 @@ async def _run(
     validator: Validator | None,
 ) -> ToolOutput:
     attempt = activity.info().attempt
+    name = "acceptance_check" if spec.kind == "check" else "tool_call"
+    with span(name, tool=spec.name, step=call.step, attempt=attempt, run_id=call.run_id) as current:
+        try:
+            out = await _attempt(spec, fn, args_model, call, validator, attempt)
+        except ApplicationError as err:
+            annotate(current, outcome="failed", error=err.type)
+            raise
+        annotate(current, outcome="ok", stored=out.ref is not None)
+        return out
+
+
+async def _attempt(
+    spec: ToolSpec,
+    fn: Callable[..., Any],
+    args_model: type[BaseModel],
+    call: ToolCall,
+    validator: Validator | None,
+    attempt: int,
+) -> ToolOutput:
     try:
         args = args_model.model_validate(call.args)
     except ValidationError as err:

@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         ToolSchema,
     )
     from workflows.routing import ModelsExhausted, ask_route
+    from workflows.tracing import annotate, span
 
 if TYPE_CHECKING:
     from workflows.gate import HumanGate
@@ -160,10 +161,21 @@ class ActingMixin:
                 agent=agent.name, kind=kind, model=ref, messages=messages, tools=tools
             )
 
-        try:
-            reply, ref, fallbacks = await ask_route(route, request_for)
-        except ModelsExhausted as err:
-            raise Stop(str(err)) from None
+        with span("model_call", kind=kind, run_id=report.run_id) as current:
+            try:
+                reply, ref, fallbacks = await ask_route(route, request_for)
+            except ModelsExhausted as err:
+                annotate(current, outcome="exhausted")
+                raise Stop(str(err)) from None
+            annotate(
+                current,
+                model=ref.label,
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
+                cost=ref.cost(reply.usage.input_tokens, reply.usage.output_tokens),
+                fallbacks=len(fallbacks),
+                outcome="ok",
+            )
         used = report.used
         cost = ref.cost(reply.usage.input_tokens, reply.usage.output_tokens)
         used.model_calls += 1

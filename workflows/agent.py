@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.failures import attempts_made, describe_failure, retry_policy
     from workflows.gate import DecisionRefused, HumanGate, needs_approval
     from workflows.saga import Saga
+    from workflows.tracing import annotate, span
 
 from workflows.acting import ActingMixin, Stop, extended
 
@@ -108,14 +109,24 @@ class AgentWorkflow(ActingMixin):
 
     @workflow.run
     async def run(self, run: AgentRunInput) -> RunReport:
+        with span("run", agent=run.agent.name, run_id=self._report.run_id) as current:
+            report = await self._execute(run)
+            annotate(current, status=report.status, steps=len(report.steps), reason=report.reason)
+            return report
+
+    async def _execute(self, run: AgentRunInput) -> RunReport:
         self._set_status("RUNNING")
         try:
             if run.plan is None and run.agent.routes.act is not None:
                 return await self._run_loop(run)
-            plan = run.plan or await self._propose(run)
-            plan = plan.model_copy(update={"acceptance": [*plan.acceptance, *run.agent.acceptance]})
-            self._load(plan)
-            prepared = await self._prepare(run, plan)
+            with span("plan", agent=run.agent.name, given=run.plan is not None) as planning:
+                plan = run.plan or await self._propose(run)
+                plan = plan.model_copy(
+                    update={"acceptance": [*plan.acceptance, *run.agent.acceptance]}
+                )
+                self._load(plan)
+                prepared = await self._prepare(run, plan)
+                annotate(planning, steps=len(plan.steps), problems=len(prepared.problems))
             if prepared.problems:
                 return self._finish("NOT_DONE", "plan refused: " + "; ".join(prepared.problems))
             self._tools = prepared.tools
@@ -246,6 +257,14 @@ class AgentWorkflow(ActingMixin):
     async def _run_step(self, step: StepState, key: str | None = None) -> None:
         """Run one step. `key` (the loop's call key) turns on loop detection and feeds a failed
         call back to the model instead of failing the run."""
+        with span("step", run_id=self._report.run_id, step=step.index, tool=step.tool) as current:
+            try:
+                await self._run_step_inner(step, key)
+            finally:
+                outcome = "done" if step.done else "skipped" if step.skipped else "failed"
+                annotate(current, outcome=outcome, attempts=step.attempts, error=step.error)
+
+    async def _run_step_inner(self, step: StepState, key: str | None) -> None:
         spec = self._tools[step.tool]
         if not await self._approve(step, spec):
             return self._skip(step, "skipped at its approval deadline")
@@ -355,11 +374,14 @@ class AgentWorkflow(ActingMixin):
 
     async def _check_acceptance(self) -> None:
         for index, criterion in enumerate(self._report.acceptance, 1):
-            try:
-                out = await self._call(self._tools[criterion.check], -index, criterion.args)
-                verdict = CheckResult.model_validate(out.value)
-            except ActivityError as err:
-                verdict = CheckResult(passed=False, detail=f"check failed: {describe_failure(err)}")
+            with span("acceptance", criterion=criterion.criterion, check=criterion.check) as s:
+                try:
+                    out = await self._call(self._tools[criterion.check], -index, criterion.args)
+                    verdict = CheckResult.model_validate(out.value)
+                except ActivityError as err:
+                    problem = f"check failed: {describe_failure(err)}"
+                    verdict = CheckResult(passed=False, detail=problem)
+                annotate(s, passed=verdict.passed)
             criterion.passed, criterion.detail = verdict.passed, verdict.detail
             self._log(
                 f"acceptance {criterion.criterion!r}: {'pass' if verdict.passed else 'FAIL'}",

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         RunReport,
         ToolCall,
     )
+    from workflows.tracing import annotate, span
 
 SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "authorization", "credential")
 SUMMARY_CHARS = 80
@@ -186,7 +187,16 @@ class HumanGate:
         self._log(
             f"waiting on you: {reason} (request {pending.request_id}, until {pending.deadline})"
         )
-        decision = await self._wait(pending, policy)
+        with span(
+            "approval_wait",
+            request_id=pending.request_id,
+            kind=kind,
+            step=step,
+            tool=tool,
+            run_id=self._report.run_id,
+        ) as current:
+            decision = await self._wait(pending, policy)
+            annotate(current, choice=decision.choice, approver=decision.approver)
         self._report.decisions.append(
             DecisionRecord(
                 request_id=pending.request_id,

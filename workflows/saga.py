@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         ToolSpec,
     )
     from workflows.failures import attempts_made, describe_failure, retry_policy
+    from workflows.tracing import annotate, span
 
 DEFAULT_COMPENSATION = ToolSpec(
     name="compensation",
@@ -64,13 +65,15 @@ class Saga:
         while self.entries:
             entry = self.entries[-1]
             spec = (specs or {}).get(entry.compensation, DEFAULT_COMPENSATION)
-            while True:
-                state = await self._undo(entry, spec, key_prefix)
-                if state.status == "done" or on_failure is None:
-                    break
-                if await on_failure(entry, state) != "retry":
-                    state.status = "skipped"
-                    break
+            with span("compensation", step=entry.step, tool=entry.compensation) as current:
+                while True:
+                    state = await self._undo(entry, spec, key_prefix)
+                    if state.status == "done" or on_failure is None:
+                        break
+                    if await on_failure(entry, state) != "retry":
+                        state.status = "skipped"
+                        break
+                annotate(current, outcome=state.status, attempts=state.attempts)
             self.entries.pop()
             states.append(state)
             if record is not None:

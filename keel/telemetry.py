@@ -1,0 +1,69 @@
+"""Tracing for worker.py and starter.py, configured by the standard OTEL_* variables.
+
+    OTEL_TRACES_EXPORTER=console            spans printed to stderr
+    OTEL_EXPORTER_OTLP_ENDPOINT=http://...  spans sent over OTLP/HTTP (or OTEL_TRACES_EXPORTER=otlp)
+    neither                                 no tracing, no cost
+
+Keel's library code depends only on opentelemetry-api: its spans (run, plan, step, tool call,
+model call, approval wait, compensation, acceptance) are no-ops until this sets up the SDK
+(`pip install 'keel[otel]'`). Workflow spans go through temporalio's OpenTelemetryPlugin and its
+replay-safe tracer provider, so a replayed workflow does not emit its spans twice.
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry import trace
+from temporalio.client import Plugin
+
+TRACER = "keel"
+
+
+class TracingUnavailable(Exception):
+    """OTEL_* asks for traces but the OpenTelemetry SDK is not installed."""
+
+
+def exporter_name() -> str | None:
+    name = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if name in ("", "none"):
+        return "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and not name else None
+    if name not in ("console", "otlp"):
+        raise TracingUnavailable(f"OTEL_TRACES_EXPORTER={name!r}: Keel knows console and otlp")
+    return name
+
+
+def tracing_plugins(service: str) -> list[Plugin]:
+    """The plugins to add to the client when tracing is asked for; [] when it is not."""
+    name = exporter_name()
+    if name is None:
+        return []
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+            SpanExporter,
+        )
+        from temporalio.contrib.opentelemetry import OpenTelemetryPlugin, create_tracer_provider
+    except ImportError as err:
+        raise TracingUnavailable(
+            f"OTEL_* asks for {name} traces but the OpenTelemetry SDK is missing: "
+            "pip install 'keel[otel]'"
+        ) from err
+    exporter: SpanExporter
+    if name == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()  # endpoint, headers: OTEL_EXPORTER_OTLP_* variables
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+    provider = create_tracer_provider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return [OpenTelemetryPlugin()]
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER)
