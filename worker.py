@@ -23,7 +23,7 @@ from activities.catalog import Catalog, CatalogError
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import DEFAULT_TOOLS, exit_now, tool_modules
 from keel.logs import add_logging_args, configure_logging
-from keel.telemetry import TracingUnavailable, tracing_plugins
+from keel.telemetry import TracingUnavailable, install_runtime, tracing_plugins
 
 LOG = logging.getLogger("keel.worker")
 LOG.setLevel(logging.INFO)  # "ready" and "stopping" show at any --log-level: scripts wait on them
@@ -53,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=int(os.environ.get("KEEL_MAX_CACHED_WORKFLOWS", "1000")),
         help="runs kept in memory between their tasks; a run evicted from the cache is replayed "
         "from its history when it wakes, so this bounds memory, not what can wait (default 1000)",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default=os.environ.get("KEEL_METRICS_ADDRESS") or None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (Temporal's and keel_*) on http://HOST:PORT/metrics "
+        "(default: $KEEL_METRICS_ADDRESS, else none)",
     )
     add_logging_args(parser)
     args = parser.parse_args(argv)
@@ -86,6 +93,7 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    install_runtime(args.metrics_address)
     try:
         asyncio.run(serve(args))
     except (CatalogError, ConnectionFailed, TracingUnavailable) as err:

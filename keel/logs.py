@@ -17,13 +17,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from temporalio.runtime import (
-    LogForwardingConfig,
-    LoggingConfig,
-    Runtime,
-    TelemetryConfig,
-    TelemetryFilter,
-)
+from keel.telemetry import install_runtime
 
 LogFormat = Literal["json", "text"]
 LEVELS = ("debug", "info", "warning", "error")
@@ -91,15 +85,7 @@ def configure_logging(
     root.setLevel(level.upper())
     # httpx logs every request at info: useful at debug only.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
-    # The SDK's Rust core writes its own lines to stderr; forward them through Python logging so
-    # they take the same format (and a JSON log stays one object per line).
-    core = LoggingConfig(
-        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
-        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
-    )
-    Runtime.set_default(
-        Runtime(telemetry=TelemetryConfig(logging=core)), error_if_already_set=False
-    )
+    install_runtime()  # forwards the SDK core's lines; worker.py adds metrics
 
 
 def add_logging_args(parser: Any) -> None:

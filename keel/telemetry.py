@@ -12,10 +12,19 @@ replay-safe tracer provider, so a replayed workflow does not emit its spans twic
 
 from __future__ import annotations
 
+import logging
 import os
 
 from opentelemetry import trace
 from temporalio.client import Plugin
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 
 TRACER = "keel"
 
@@ -67,3 +76,17 @@ def tracing_plugins(service: str) -> list[Plugin]:
 
 def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER)
+
+
+def install_runtime(metrics_address: str | None = None) -> None:
+    """The process's Temporal runtime: the SDK core's log lines forwarded through Python logging
+    (so they take the chosen format, and a JSON log stays one object per line), and, with an
+    address, Prometheus metrics (Temporal's own and Keel's `keel_*` counters) on
+    http://ADDRESS/metrics."""
+    core = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )
+    metrics = PrometheusConfig(bind_address=metrics_address) if metrics_address else None
+    runtime = Runtime(telemetry=TelemetryConfig(logging=core, metrics=metrics))
+    Runtime.set_default(runtime, error_if_already_set=False)

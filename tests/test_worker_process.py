@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import sys
+import urllib.request
 from pathlib import Path
 
 from temporalio.client import Client
@@ -89,3 +91,46 @@ async def test_json_logs_one_object_per_line_with_the_run(
     assert final["outcome"] == "DONE" and final["level"] == "info"
     workflow_lines = [line for line in lines if line["logger"] == "temporalio.workflow"]
     assert workflow_lines and all(line.get("run_id") == run_id for line in workflow_lines)
+
+
+async def test_prometheus_metrics_count_tool_calls_and_runs(
+    dev_client: Client, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        "TEMPORAL_ADDRESS": dev_address(dev_client),
+        "KEEL_TASK_QUEUE": f"metrics-{tmp_path.name[-12:]}",
+        "KEEL_LEDGER_DB": str(tmp_path / "ledger.sqlite"),
+        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
+    }
+    worker = WorkerProcess(env, tmp_path / "worker.log", "--metrics-address", f"127.0.0.1:{port}")
+    await worker.start()
+    try:
+        goal = "Pay kim 3 and lou 4"
+        done = await starter("run", "ledger-clerk", "--goal", goal, "--wait", env=env)
+        assert done.code == 0, done
+        text = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
+    finally:
+        await worker.stop()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("keel_")
+    }
+    calls = {k: v for k, v in samples.items() if k.startswith("keel_tool_calls{")}
+    assert sum(calls.values()) == 2, samples
+    assert all('agent="ledger-clerk"' in k and 'outcome="ok"' in k for k in calls)
+    finished = [v for k, v in samples.items() if k.startswith("keel_runs_finished{")]
+    assert finished == [1.0], samples
+    assert any('status="DONE"' in k for k in samples if k.startswith("keel_runs_finished"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()

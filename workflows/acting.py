@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         system_prompt,
     )
     from workflows.loop import tool_schemas as loop_tool_schemas
+    from workflows.metrics import count
     from workflows.model_contracts import (
         ASK_HUMAN,
         Budget,
@@ -178,6 +179,11 @@ class ActingMixin:
             )
         used = report.used
         cost = ref.cost(reply.usage.input_tokens, reply.usage.output_tokens)
+        tags = {"model": ref.label}
+        count("model_calls", agent.name, **tags)
+        count("model_input_tokens", agent.name, reply.usage.input_tokens, **tags)
+        count("model_output_tokens", agent.name, reply.usage.output_tokens, **tags)
+        count("model_cost_microdollars", agent.name, round(cost * 1e6), **tags)
         used.model_calls += 1
         used.input_tokens += reply.usage.input_tokens
         used.output_tokens += reply.usage.output_tokens

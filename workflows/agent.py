@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.failures import attempts_made, describe_failure, retry_policy
     from workflows.gate import DecisionRefused, HumanGate, needs_approval
+    from workflows.metrics import count
     from workflows.saga import Saga
     from workflows.tracing import annotate, span
 
@@ -281,13 +282,17 @@ class AgentWorkflow(ActingMixin):
                 tool=step.tool,
                 event="step_started",
             )
+            agent = self._run.agent.name
             try:
                 out = await self._call(spec, step.index, step.args)
             except ActivityError as err:
                 if is_cancelled_exception(err):
                     step.error = "cancelled"
                     raise
-                step.attempts += attempts_made(err, spec)
+                tried = attempts_made(err, spec)
+                count("tool_calls", agent, tool=step.tool, outcome="failed")
+                count("tool_retries", agent, tried - 1, tool=step.tool)
+                step.attempts += tried
                 step.error = describe_failure(err)
                 step.finished_at = workflow.now()
                 failure = (
@@ -303,6 +308,8 @@ class AgentWorkflow(ActingMixin):
                 return self._skip(step, "skipped by decision")
             break
         step.done, step.error = True, None
+        count("tool_calls", self._run.agent.name, tool=step.tool, outcome="ok")
+        count("tool_retries", self._run.agent.name, out.attempt - 1, tool=step.tool)
         step.attempts += out.attempt
         step.result, step.result_ref = out.value, out.ref
         step.finished_at = workflow.now()
@@ -488,6 +495,8 @@ class AgentWorkflow(ActingMixin):
         self._set_status(status)
         self._report.reason = reason
         self._log(f"{status}: {reason}", event="final", outcome=status)
+        if status != "WAITING_ON_YOU":
+            count("runs_finished", self._run.agent.name, status=status)
         return self.report()
 
     def _resume_notes(self) -> str:

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         RunReport,
         ToolCall,
     )
+    from workflows.metrics import count
     from workflows.tracing import annotate, span
 
 SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "authorization", "credential")
@@ -182,6 +183,7 @@ class HumanGate:
             approvers=list(policy.approvers),
         )
         self._answer = None
+        count("human_requests", self._report.agent, kind=kind)
         self._report.pending = pending
         self._on_status("WAITING_ON_YOU")
         self._log(
