@@ -64,8 +64,12 @@ def tracing_plugins(service: str) -> list[Plugin]:
     if name == "console":
         exporter = ConsoleSpanExporter()
     else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError as err:
+            raise TracingUnavailable(
+                "OTEL_* asks for OTLP traces but the exporter is missing: pip install 'keel[otel]'"
+            ) from err
         exporter = OTLPSpanExporter()  # endpoint, headers: OTEL_EXPORTER_OTLP_* variables
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
     provider = create_tracer_provider(resource=resource)
