@@ -9,6 +9,7 @@
     python starter.py decide RUN_ID --choice retry|skip|abort|edit|extend|answer [--args JSON]
         (edit: the new arguments; extend: new budget limits; answer: the answer in --reason)
     python starter.py pending [--json]
+    python starter.py audit RUN_ID              (who did what and when, as JSON lines)
     python starter.py show RUN_ID [--json]      (the run's timeline, from its event history)
 
 Exit codes: run --wait and status: 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING (run --wait
@@ -98,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             cmd.add_argument(
                 "--args", help="JSON: the new arguments (edit) or budget limits (extend)"
             )
+    audit = sub.add_parser("audit", help="a run's audit trail as JSON lines")
+    audit.add_argument("run_id")
     show = sub.add_parser("show", help="a run's timeline from its event history")
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true", help="print JSON")
@@ -198,6 +201,11 @@ async def command(args: argparse.Namespace) -> int:
         return await send_decision(client, args)
     if args.command == "pending":
         return await list_pending(client, args.json)
+    if args.command == "audit":
+        report = await get_report(client, args.run_id)
+        for entry in report.audit:
+            print(entry.model_dump_json())
+        return 0
     if args.command == "show":
         entries = await timeline(client, args.run_id)
         if args.json:

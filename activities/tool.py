@@ -26,6 +26,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.context import ToolContext, _current
 from activities.store import BlobStore, inline_limit
+from workflows.authz import authorize
 from workflows.contracts import (
     TOOL_NAME,
     ApprovalPolicy,
@@ -130,6 +131,7 @@ def _declare(
     heartbeat: timedelta | float | None,
     requires_approval: Approval = False,
     validator: Validator | None = None,
+    scopes: tuple[str, ...] | list[str] = (),
 ) -> Tool:
     tool_name = name or fn.__name__
     if not TOOL_NAME.match(tool_name):
@@ -149,6 +151,7 @@ def _declare(
         timeout=_as_timedelta(timeout, "timeout") or timedelta(seconds=30),
         heartbeat=_as_timedelta(heartbeat, "heartbeat"),
         approval=_as_approval(requires_approval),
+        scopes=_as_scopes(scopes, tool_name),
         parameters=args_model.model_json_schema(),
     )
 
@@ -159,6 +162,18 @@ def _declare(
     return Tool(
         spec=spec, fn=fn, args_model=args_model, activity=activity.defn(name=tool_name)(run_tool)
     )
+
+
+def _as_scopes(scopes: tuple[str, ...] | list[str] | str, tool_name: str) -> tuple[str, ...]:
+    if isinstance(scopes, str):
+        scopes = (scopes,)
+    for scope in scopes:
+        if not isinstance(scope, str) or not scope.strip() or "*" in scope:
+            raise ValueError(
+                f"tool {tool_name!r}: a scope is a non-empty name like 'ledger:write:{{account}}' "
+                f"(globs belong in grants), not {scope!r}"
+            )
+    return tuple(scopes)
 
 
 async def _heartbeat_every(period: float) -> None:
@@ -193,6 +208,10 @@ async def _run(
     validator: Validator | None,
 ) -> ToolOutput:
     attempt = activity.info().attempt
+    if call.grants is not None and (denied := authorize(spec, call.args, call.grants)):
+        # The workflow checked already; checking here too means a workflow bug (or a call
+        # scheduled by hand) still cannot run a tool outside the agent's grants.
+        raise ApplicationError(f"denied: {denied}", type="Denied", non_retryable=True)
     name = "acceptance_check" if spec.kind == "check" else "tool_call"
     with span(name, tool=spec.name, step=call.step, attempt=attempt, run_id=call.run_id) as current:
         try:
@@ -282,6 +301,7 @@ def tool(
     heartbeat: timedelta | float | None = None,
     requires_approval: Approval = False,
     validator: Validator | None = None,
+    scopes: tuple[str, ...] | list[str] = (),
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -296,6 +316,7 @@ def tool(
     heartbeat: timedelta | float | None = None,
     requires_approval: Approval = False,
     validator: Validator | None = None,
+    scopes: tuple[str, ...] | list[str] = (),
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. Defaults: read effect, 3 attempts with exponential backoff, 30 s timeout.
 
@@ -315,6 +336,7 @@ def tool(
             heartbeat=heartbeat,
             requires_approval=requires_approval,
             validator=validator,
+            scopes=scopes,
         )
 
     return wrap(fn) if fn is not None else wrap

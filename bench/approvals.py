@@ -38,12 +38,15 @@ from workflows.contracts import (  # noqa: E402
     AgentRunInput,
     AgentSpec,
     ApprovalPolicy,
+    Grant,
     PlanSpec,
     StepSpec,
 )
 
 AGENT = AgentSpec(
-    name="bench-approvals", approvals={"post_entry": ApprovalPolicy(timeout=timedelta(days=7))}
+    name="bench-approvals",
+    approvals={"post_entry": ApprovalPolicy(timeout=timedelta(days=7))},
+    grants=(Grant(scope="ledger:*"),),
 )
 IN_FLIGHT = 50
 

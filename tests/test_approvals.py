@@ -25,6 +25,7 @@ from workflows.contracts import (
     ApprovalPolicy,
     ArgRule,
     Decision,
+    Grant,
     PlanSpec,
     RunReport,
     StepSpec,
@@ -33,11 +34,12 @@ from workflows.gate import call_hash
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 BIG = ArgRule(arg="amount", op=">", value=100)
+LEDGER = (Grant(scope="ledger:*"),)
 
 
 def agent(**policy: object) -> AgentSpec:
     gate = ApprovalPolicy(rules=(BIG,), timeout=timedelta(days=3), **policy)
-    return AgentSpec(name="gated", approvals={"post_entry": gate})
+    return AgentSpec(name="gated", approvals={"post_entry": gate}, grants=LEDGER)
 
 
 def pay(account: str, amount: int) -> StepSpec:
@@ -257,7 +259,7 @@ async def test_tool_declared_gate_hides_secret_looking_args(
 async def test_failed_step_escalates_when_the_agent_says_ask(
     ts_client: Client, ledger_db: Path
 ) -> None:
-    spec = AgentSpec(name="asker", on_failure="ask")
+    spec = AgentSpec(name="asker", on_failure="ask", grants=LEDGER)
     label = uuid.uuid4().hex[:8]
     steps = [pay("kim", 3), StepSpec(title="boom", tool="fails_quickly", args={"label": label})]
     async with keel_worker(ts_client, CATALOG) as queue:

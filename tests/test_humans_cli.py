@@ -84,6 +84,15 @@ async def test_wait_list_approve_then_done(cli_env: dict, dev_client: Client) ->
     assert [(d.choice, d.approver) for d in final.decisions] == [("approve", "ops@example.com")]
     assert store.balances() == {"alice": 30, "zed": 500}
 
+    trail = await starter("audit", run_id, env=cli_env)
+    entries = [json.loads(line) for line in trail.out.splitlines()]
+    assert [(e["action"], e["target"], e["outcome"]) for e in entries] == [
+        ("tool_call", "post_entry", "ok"),
+        ("decision", pending["request_id"], "approve"),
+        ("tool_call", "post_entry", "ok"),
+    ]
+    assert entries[1]["actor"] == "ops@example.com"
+
     again = await starter("approve", run_id, env=cli_env)
     refused(again, f"run {run_id!r} is not waiting on a decision")
     listed = await starter("pending", "--json", env=cli_env)

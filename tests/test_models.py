@@ -31,7 +31,14 @@ from tests.model_server import (
     openai_text,
 )
 from workflows import AgentWorkflow
-from workflows.contracts import AcceptanceSpec, AgentRunInput, AgentSpec, Decision, RunReport
+from workflows.contracts import (
+    AcceptanceSpec,
+    AgentRunInput,
+    AgentSpec,
+    Decision,
+    Grant,
+    RunReport,
+)
 from workflows.loop import context
 from workflows.model_contracts import (
     AgentLoop,
@@ -111,6 +118,7 @@ def clerk(*models: ModelRef, **extra: Any) -> AgentSpec:
     settings: dict[str, Any] = {
         "name": "loop-clerk",
         "tools": ("get_balance", "post_entry"),
+        "grants": (Grant(scope="ledger:*"),),
     } | extra
     if models:
         settings.setdefault("routes", Routes(act=Route(models=models)))

@@ -30,6 +30,7 @@ from workflows.contracts import (
     ApprovalPolicy,
     ArgRule,
     Decision,
+    Grant,
     PlanSpec,
     StepSpec,
 )
@@ -72,7 +73,7 @@ async def test_span_tree_of_a_run_with_a_retry_a_wait_and_a_compensation(
     )
     queue = f"trace-{uuid.uuid4().hex[:6]}"
     gate = ApprovalPolicy(rules=(ArgRule(arg="amount", op=">", value=100),))
-    agent = AgentSpec(name="traced", approvals={"post_entry": gate})
+    agent = AgentSpec(name="traced", approvals={"post_entry": gate}, grants=(Grant(scope="*"),))
     label = uuid.uuid4().hex[:6]
     plan = PlanSpec(
         goal="trace",

@@ -24,6 +24,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.authz import authorize
     from workflows.contracts import (
         PROGRESS_KEPT,
         STATUS_ATTRIBUTE,
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.tracing import annotate, span
 
 from workflows.acting import ActingMixin, Stop, extended
+from workflows.audit import audit
 
 # Keel's own activities (planning, checking a plan or arguments) are cheap and idempotent.
 KEEL_ACTIVITY_TIMEOUT = timedelta(seconds=60)
@@ -91,12 +93,15 @@ class AgentWorkflow(ActingMixin):
     async def decide(self, decision: Decision) -> str:
         """Answer the pending request; refused at once (and nothing changes) if it does not fit."""
         await self._check_edit(decision)
-        self._gate.accept(decision)  # validates again: the state may have moved meanwhile
+        try:
+            self._gate.accept(decision)  # validates again: the state may have moved meanwhile
+        except DecisionRefused as err:
+            raise ApplicationError(str(err), type="DecisionRefused", non_retryable=True) from None
         return f"accepted: {decision.choice} for {decision.request_id}"
 
     @decide.validator
     def _validate_decision(self, decision: Decision) -> None:
-        self._gate.validate(decision)
+        self._gate.validate(decision, who=False)  # the approver is checked, and audited, above
 
     @workflow.signal
     async def decide_signal(self, decision: Decision) -> None:
@@ -219,6 +224,7 @@ class AgentWorkflow(ActingMixin):
                 step=step,
                 args=args,
                 idempotency_key=self._key(str(step)),
+                grants=list(self._run.agent.grants) if spec.kind == "tool" else None,
             ),
             result_type=ToolOutput,
             start_to_close_timeout=spec.timeout,
@@ -265,12 +271,46 @@ class AgentWorkflow(ActingMixin):
                 outcome = "done" if step.done else "skipped" if step.skipped else "failed"
                 annotate(current, outcome=outcome, attempts=step.attempts, error=step.error)
 
+    def _denied(self, step: StepState, spec: ToolSpec, key: str | None) -> bool:
+        """True when the call is outside the agent's grants (recorded, audited, and told to the
+        model in a loop; a plan stops)."""
+        reason = authorize(spec, step.args, self._run.agent.grants)
+        if reason is None:
+            return False
+        self._report.used.denials += 1
+        step.error = f"denied: {reason}"
+        audit(
+            self._report,
+            actor=f"agent:{self._run.agent.name}",
+            action="denied",
+            target=step.tool,
+            step=step.index,
+            outcome="denied",
+            detail=reason,
+        )
+        self._log(
+            f"step {step.index} denied: {reason}",
+            step=step.index,
+            tool=step.tool,
+            event="policy_check",
+            outcome="denied",
+        )
+        if key is None:
+            raise Unwind(f"step {step.index} '{step.title}' denied: {reason}")
+        self._skip(step, "denied; the model is told why")
+        return True
+
     async def _run_step_inner(self, step: StepState, key: str | None) -> None:
         spec = self._tools[step.tool]
+        await self._pay("tool", key)  # a spent budget (denials included) stops before anything
+        if self._denied(step, spec, key):
+            return None
         if not await self._approve(step, spec):
             return self._skip(step, "skipped at its approval deadline")
         self._report.used.steps += 1
         while True:
+            if self._denied(step, spec, key):  # an edit may have changed the arguments
+                return None
             await self._pay("tool", key)
             self._report.used.tool_calls += 1
             if key is not None:
@@ -291,6 +331,7 @@ class AgentWorkflow(ActingMixin):
                     raise
                 tried = attempts_made(err, spec)
                 count("tool_calls", agent, tool=step.tool, outcome="failed")
+                self._audit_call(step, "failed", describe_failure(err))
                 count("tool_retries", agent, tried - 1, tool=step.tool)
                 step.attempts += tried
                 step.error = describe_failure(err)
@@ -309,6 +350,7 @@ class AgentWorkflow(ActingMixin):
             break
         step.done, step.error = True, None
         count("tool_calls", self._run.agent.name, tool=step.tool, outcome="ok")
+        self._audit_call(step, "ok", f"attempt {out.attempt}")
         count("tool_retries", self._run.agent.name, out.attempt - 1, tool=step.tool)
         step.attempts += out.attempt
         step.result, step.result_ref = out.value, out.ref
@@ -332,6 +374,17 @@ class AgentWorkflow(ActingMixin):
             tool=step.tool,
             attempt=step.attempts,
             event="step_done",
+        )
+
+    def _audit_call(self, step: StepState, outcome: str, detail: str) -> None:
+        audit(
+            self._report,
+            actor=f"agent:{self._run.agent.name}",
+            action="tool_call",
+            target=step.tool,
+            step=step.index,
+            outcome=outcome,
+            detail=detail,
         )
 
     async def _escalate(self, step: StepState, failure: str) -> bool:
@@ -462,6 +515,15 @@ class AgentWorkflow(ActingMixin):
 
     def _record_compensation(self, state: Any) -> None:
         self._report.compensations.append(state)
+        audit(
+            self._report,
+            actor="keel",
+            action="compensation",
+            target=state.compensation,
+            step=state.step,
+            outcome=state.status,
+            detail=state.error or "",
+        )
         self._log(
             f"compensation {state.compensation} for step {state.step}: {state.status}",
             step=state.step,

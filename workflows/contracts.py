@@ -33,6 +33,7 @@ TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 DEFAULT_TASK_QUEUE = "keel"
 MAX_STEPS = 1000
 PROGRESS_KEPT = 200  # the report keeps the newest entries of the progress log
+AUDIT_KEPT = 1000
 
 
 class _Strict(BaseModel):
@@ -95,6 +96,16 @@ class ApprovalPolicy(_Strict):
         return self
 
 
+class Grant(_Strict):
+    """A scope an agent holds: a glob over scopes ("ledger:write:*", "fs:write:/data/out/*"),
+    narrowed by rules on the call's arguments (all must hold): "can write" is not "anywhere"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scope: str = Field(min_length=1)
+    rules: tuple[ArgRule, ...] = ()
+
+
 class ToolSpec(_Strict):
     """What the workflow needs to know to schedule a tool: its policy and its argument schema."""
 
@@ -110,6 +121,8 @@ class ToolSpec(_Strict):
     heartbeat: timedelta | None = None
     approval: ApprovalPolicy | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
+    # What the tool needs, as templates filled from its arguments: "ledger:write:{account}".
+    scopes: tuple[str, ...] = ()
 
 
 class StepSpec(_Strict):
@@ -168,10 +181,17 @@ class AgentSpec(_Strict):
     budget: Budget = Budget()
     # A spent budget ends the run (compensating writes), or asks a human who may extend it.
     on_budget: Literal["fail", "ask"] = "fail"
+    # Scopes the agent holds. A tool that declares scopes runs only under a matching grant;
+    # checked in the workflow before scheduling and again in the activity.
+    grants: tuple[Grant, ...] = ()
 
 
 # The agent of a run whose plan is given up front: no model, any registered tool.
-PLAN_RUNNER = AgentSpec(name="plan", description="Runs a plan given up front; no model involved.")
+PLAN_RUNNER = AgentSpec(
+    name="plan",
+    description="Runs a plan given up front; no model involved.",
+    grants=(Grant(scope="*"),),  # the operator wrote the plan: every scope
+)
 
 
 class AgentRunInput(_Strict):
@@ -201,6 +221,9 @@ class ToolCall(_Strict):
     step: int
     args: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str
+    # The agent's grants, checked again by the activity (None: a compensation, a check or a
+    # reminder, which undo or read what an authorized call did).
+    grants: list[Grant] | None = None
 
 
 class ResultRef(_Strict):
@@ -289,6 +312,18 @@ class DecisionRecord(_Strict):
     at: datetime
 
 
+class AuditEntry(_Strict):
+    """Who did what, when, and what came of it: tool calls, denials, decisions, compensations."""
+
+    at: datetime
+    actor: str  # "agent:NAME", "model:PROVIDER:MODEL", a human approver, or "keel"
+    action: Literal["tool_call", "denied", "decision", "decision_refused", "compensation"]
+    target: str  # the tool, the request id
+    step: int | None = None
+    outcome: str = ""
+    detail: str = ""
+
+
 class SagaEntry(_Strict):
     """A completed write and what undoes it."""
 
@@ -358,6 +393,8 @@ class RunReport(_Strict):
     used: BudgetUsed = Field(default_factory=BudgetUsed)
     model_calls: list[ModelCallRecord] = Field(default_factory=list)  # the newest PROGRESS_KEPT
     summary: str = ""  # what the model said when it finished
+    audit: list[AuditEntry] = Field(default_factory=list)  # the newest AUDIT_KEPT
+    audit_dropped: int = 0
     resume_notes: str = ""
 
     @property

@@ -24,6 +24,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
+from workflows.audit import audit
+
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         ApprovalPolicy,
@@ -103,7 +105,7 @@ class HumanGate:
         self._answer: Decision | None = None
         self._asked = 0
 
-    def validate(self, decision: Decision) -> None:
+    def validate(self, decision: Decision, *, who: bool = True) -> None:
         """Raise DecisionRefused unless `decision` answers the pending request as offered."""
         pending = self._report.pending
         earlier = next(
@@ -130,7 +132,7 @@ class HumanGate:
                 f"choice {decision.choice!r} is not offered for {pending.request_id!r} "
                 f"(choices: {', '.join(pending.choices)})"
             )
-        if pending.approvers and decision.approver not in pending.approvers:
+        if who and pending.approvers and decision.approver not in pending.approvers:
             raise DecisionRefused(
                 f"approver {decision.approver!r} may not decide {pending.request_id!r}"
             )
@@ -151,7 +153,21 @@ class HumanGate:
             )
 
     def accept(self, decision: Decision) -> None:
-        self.validate(decision)
+        """Take the decision, or raise DecisionRefused. An approver outside the policy's list is
+        refused here, in the handler rather than the validator, so the attempt is audited."""
+        try:
+            self.validate(decision)
+        except DecisionRefused as err:
+            if "may not decide" in str(err):
+                audit(
+                    self._report,
+                    actor=decision.approver or "anonymous",
+                    action="decision_refused",
+                    target=decision.request_id,
+                    outcome="refused",
+                    detail=str(err),
+                )
+            raise
         self._answer = decision
 
     async def ask(
@@ -207,6 +223,15 @@ class HumanGate:
                 approver=decision.approver,
                 at=workflow.now(),
             )
+        )
+        audit(
+            self._report,
+            actor=decision.approver or "anonymous",
+            action="decision",
+            target=pending.request_id,
+            step=pending.step,
+            outcome=decision.choice,
+            detail=decision.reason,
         )
         self._report.pending = None
         self._answer = None

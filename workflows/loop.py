@@ -240,6 +240,7 @@ def budget_problem(
         limits.append((budget.max_model_calls, used.model_calls, "max_model_calls"))
     else:
         limits.append((budget.max_tool_calls, used.tool_calls, "max_tool_calls"))
+        limits.append((budget.max_denials, used.denials, "max_denials"))
         limits.append((budget.max_steps, used.steps, "max_steps"))
     for limit, spent, name in limits:
         if limit is not None and spent >= limit:

@@ -92,6 +92,8 @@ class Budget(_Frozen):
     max_repeats: int | None = Field(3, ge=2)
     # Malformed answers fed back to the model in a row before the run escalates or stops.
     max_malformed: int = Field(3, ge=0, le=20)
+    # Calls refused by authorization before the run stops (a model probing for what it may do).
+    max_denials: int = Field(3, ge=0, le=100)
 
 
 class BudgetUsed(BaseModel):
@@ -103,6 +105,7 @@ class BudgetUsed(BaseModel):
     output_tokens: int = 0
     cost: float = 0.0
     steps: int = 0
+    denials: int = 0
 
 
 class ToolCallRequest(_Frozen):

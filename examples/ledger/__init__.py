@@ -30,6 +30,7 @@ from workflows.contracts import (
     AgentSpec,
     ApprovalPolicy,
     ArgRule,
+    Grant,
     PlanSpec,
     StepSpec,
 )
@@ -51,6 +52,7 @@ from workflows.model_contracts import (
     retry=RetrySpec(max_attempts=5),
     timeout=10,
     heartbeat=2,
+    scopes=("ledger:write:{account}",),
 )
 def post_entry(
     account: str, amount: int, memo: str = "", pause_s: float = Field(0.0, ge=0, le=5)
@@ -94,13 +96,13 @@ def reverse_entry(args: EntryArgs, result: dict[str, object] | None = None) -> d
     return {"account": args.account, "balance": store.balance(args.account), "duplicate": not new}
 
 
-@tool(effect="read", timeout=5)
+@tool(effect="read", timeout=5, scopes=("ledger:read:{account}",))
 def get_balance(account: str) -> int:
     """The account's balance."""
     return store.balance(account)
 
 
-@tool(effect="write", timeout=10)
+@tool(effect="write", timeout=10, scopes=("fs:write:{path}",))
 def write_statement(path: str) -> dict[str, int]:
     """Write every account's balance to `path` as JSON."""
     balances = store.balances()
@@ -131,6 +133,8 @@ ledger_clerk = AgentSpec(
             rules=(ArgRule(arg="amount", op=">", value=100),), timeout=timedelta(days=1)
         )
     },
+    # Any ledger account, and statements anywhere (narrow this to e.g. "fs:write:.keel/out/*").
+    grants=(Grant(scope="ledger:*"), Grant(scope="fs:write:*")),
 )
 
 PAYMENT = re.compile(r"\b([A-Za-z][A-Za-z_]*)\s+(\d+)\b")
@@ -188,6 +192,11 @@ ledger_agent = AgentSpec(
     routes=Routes(act=Route(models=(ModelRef(provider="scripted", model="ledger-react"),))),
     budget=Budget(max_tool_calls=20, max_model_calls=25),
     approvals=ledger_clerk.approvals,
+    # A model chooses the calls: reads anywhere, payments of at most 10,000 each.
+    grants=(
+        Grant(scope="ledger:read:*"),
+        Grant(scope="ledger:write:*", rules=(ArgRule(arg="amount", op="<=", value=10_000),)),
+    ),
 )
 
 

@@ -1,0 +1,16 @@
+"""The run's audit trail: who did what and when, kept in the report (newest AUDIT_KEPT) and
+exported as JSON lines by `starter.py audit RUN_ID`. Workflow code: times are workflow time."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.contracts import AUDIT_KEPT, AuditEntry, RunReport
+
+
+def audit(report: RunReport, **fields: object) -> None:
+    report.audit.append(AuditEntry(at=workflow.now(), **fields))  # type: ignore[arg-type]
+    if len(report.audit) > AUDIT_KEPT:
+        del report.audit[0]
+        report.audit_dropped += 1
