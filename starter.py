@@ -36,6 +36,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.catalog import Catalog, CatalogError, explain
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import exit_now, tool_modules
+from keel.codec import AesGcmCodec, CodecError
 from keel.humans import DecisionRefused, StatusAttributeMissing, decide, pending_runs
 from keel.logs import add_logging_args, configure_logging
 from keel.runs import (
@@ -196,7 +197,8 @@ async def list_pending(client: Client, as_json: bool) -> int:
 
 async def command(args: argparse.Namespace) -> int:
     run = build_run(args) if args.command == "run" else None
-    client = await connect(plugins=[KeelPlugin(), *tracing_plugins("keel-starter")])
+    codec = AesGcmCodec.from_env()
+    client = await connect(plugins=[KeelPlugin(codec=codec), *tracing_plugins("keel-starter")])
     if args.command in ("approve", "reject", "decide"):
         return await send_decision(client, args)
     if args.command == "pending":
@@ -251,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         RunAlreadyRunning,
         StatusAttributeMissing,
         TracingUnavailable,
+        CodecError,
     ) as err:
         print(f"starter.py: error: {err}", file=sys.stderr)
         return 1

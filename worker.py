@@ -22,6 +22,7 @@ from temporalio.worker import Worker
 from activities.catalog import Catalog, CatalogError
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import DEFAULT_TOOLS, exit_now, tool_modules
+from keel.codec import AesGcmCodec, CodecError
 from keel.logs import add_logging_args, configure_logging
 from keel.telemetry import TracingUnavailable, install_runtime, tracing_plugins
 
@@ -70,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     catalog = Catalog.from_modules(tool_modules(args.tools))
-    client = await connect(plugins=[KeelPlugin(catalog), *tracing_plugins("keel-worker")])
+    codec = AesGcmCodec.from_env()
+    plugins = [KeelPlugin(catalog, codec=codec), *tracing_plugins("keel-worker")]
+    client = await connect(plugins=plugins)
     queue = task_queue(args.task_queue)
     worker = Worker(
         client,
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     install_runtime(args.metrics_address)
     try:
         asyncio.run(serve(args))
-    except (CatalogError, ConnectionFailed, TracingUnavailable) as err:
+    except (CatalogError, ConnectionFailed, TracingUnavailable, CodecError) as err:
         print(f"worker.py: error: {err}", file=sys.stderr)
         return 1
     return 0

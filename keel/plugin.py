@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 
 from temporalio.contrib.pydantic import PydanticPayloadConverter, pydantic_data_converter
-from temporalio.converter import DataConverter
+from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.plugin import SimplePlugin
 from temporalio.workflow import NondeterminismError
 
 from activities.catalog import Catalog
+from keel.codec import EncodedFailureConverter
 from workflows.agent import AgentWorkflow
 
 WORKFLOWS = (AgentWorkflow,)
@@ -27,12 +28,22 @@ def _with_pydantic(existing: DataConverter | None) -> DataConverter:
     return dataclasses.replace(existing, payload_converter_class=PydanticPayloadConverter)
 
 
+def keel_converter(existing: DataConverter | None, codec: PayloadCodec | None) -> DataConverter:
+    converter = _with_pydantic(existing)
+    if codec is None:
+        return converter
+    return dataclasses.replace(
+        converter, payload_codec=codec, failure_converter_class=EncodedFailureConverter
+    )
+
+
 class KeelPlugin(SimplePlugin):
-    def __init__(self, catalog: Catalog | None = None) -> None:
+    def __init__(self, catalog: Catalog | None = None, codec: PayloadCodec | None = None) -> None:
+        """`codec` (e.g. keel.codec.AesGcmCodec) encodes every payload and failure message."""
         self.catalog = catalog or Catalog.of()
         super().__init__(
             "keel.KeelPlugin",
-            data_converter=_with_pydantic,
+            data_converter=lambda existing: keel_converter(existing, codec),
             activities=self.catalog.activities(),
             workflows=list(WORKFLOWS),
             # A determinism violation fails the run with its cause instead of retrying the

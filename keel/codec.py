@@ -1,0 +1,110 @@
+"""Payload encryption: AES-256-GCM over every payload the client and worker send to Temporal, so
+the history at rest (inputs, results, memos, failure messages) is unreadable without the key.
+
+    KEEL_CODEC_KEYS="k2:<base64 32 bytes>,k1:<base64 32 bytes>"   # the first one encrypts
+
+Each encrypted payload names its key id in its metadata, so a rotation is: put the new key
+first and keep the old ones after it for as long as histories written under them matter. A
+payload whose key id is unknown, or that does not decrypt under its key, is an explicit error.
+
+    codec = AesGcmCodec.from_env()                  # None when KEEL_CODEC_KEYS is unset
+    plugin = KeelPlugin(catalog, codec=codec)       # also encodes failure messages and traces
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from temporalio.api.common.v1 import Payload
+from temporalio.converter import DefaultFailureConverter, PayloadCodec
+
+ENCODING = b"binary/encrypted"
+KEY_ID = "encryption-key-id"
+NONCE_BYTES = 12
+
+
+class CodecError(ValueError):
+    """A payload that cannot be decrypted, or keys that cannot be used; the message says which."""
+
+
+class EncodedFailureConverter(DefaultFailureConverter):
+    """Failure messages and stack traces go into an encoded payload too, so an exception that
+    quotes an argument leaks nothing into the history."""
+
+    def __init__(self) -> None:
+        super().__init__(encode_common_attributes=True)
+
+
+def parse_keys(text: str) -> list[tuple[str, bytes]]:
+    keys: list[tuple[str, bytes]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key_id, sep, encoded = item.partition(":")
+        if not sep or not key_id:
+            raise CodecError("KEEL_CODEC_KEYS is a list of ID:BASE64KEY, comma-separated")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise CodecError(f"key {key_id!r} is not base64") from None
+        if len(key) != 32:
+            raise CodecError(f"key {key_id!r} must be 32 bytes (AES-256), not {len(key)}")
+        keys.append((key_id, key))
+    if not keys:
+        raise CodecError("KEEL_CODEC_KEYS holds no key")
+    return keys
+
+
+def new_key() -> str:
+    """A fresh key, base64, for KEEL_CODEC_KEYS."""
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+class AesGcmCodec(PayloadCodec):
+    def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
+        if not keys:
+            raise CodecError("a codec needs at least one key")
+        self.current = keys[0][0]
+        self.keys = {key_id: AESGCM(key) for key_id, key in keys}
+
+    @classmethod
+    def from_env(cls) -> AesGcmCodec | None:
+        text = os.environ.get("KEEL_CODEC_KEYS", "").strip()
+        return cls(parse_keys(text)) if text else None
+
+    def encrypt(self, payload: Payload) -> Payload:
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self.keys[self.current].encrypt(nonce, payload.SerializeToString(), None)
+        return Payload(
+            metadata={"encoding": ENCODING, KEY_ID: self.current.encode()}, data=nonce + sealed
+        )
+
+    def decrypt(self, payload: Payload) -> Payload:
+        if payload.metadata.get("encoding") != ENCODING:
+            return payload  # written before the codec was on: left as it is
+        key_id = payload.metadata.get(KEY_ID, b"").decode()
+        key = self.keys.get(key_id)
+        if key is None:
+            raise CodecError(
+                f"payload encrypted with key id {key_id!r}, which is not among the keys "
+                f"({', '.join(self.keys)}): add it to KEEL_CODEC_KEYS after the current key"
+            )
+        try:
+            plain = key.decrypt(payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:], None)
+        except InvalidTag:
+            raise CodecError(
+                f"payload does not decrypt with key {key_id!r}: a wrong key under that id, or "
+                "corrupted data"
+            ) from None
+        out = Payload()
+        out.ParseFromString(plain)
+        return out
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [self.encrypt(p) for p in payloads]
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [self.decrypt(p) for p in payloads]
