@@ -8,7 +8,7 @@ from activities.context import ToolContext, tool_context
 from activities.models import ScriptedModel, ScriptedPlanner, scripted_model, scripted_planner
 from activities.store import BlobStore
 from activities.tool import Tool, check, tool
-from workflows.contracts import CheckResult, RetrySpec
+from workflows.contracts import CheckResult, RetrySpec, SecretRef
 
 __all__ = [
     "BlobStore",
@@ -18,6 +18,7 @@ __all__ = [
     "RetrySpec",
     "ScriptedModel",
     "ScriptedPlanner",
+    "SecretRef",
     "Tool",
     "ToolContext",
     "check",

@@ -12,6 +12,9 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from activities.secrets import resolve
+from workflows.contracts import SecretRef
+
 
 @dataclass
 class ToolContext:
@@ -20,6 +23,14 @@ class ToolContext:
     idempotency_key: str
     attempt: int
     files_touched: list[str] = field(default_factory=list)
+    secrets_used: list[str] = field(default_factory=list)
+
+    def secret(self, ref: SecretRef | str) -> str:
+        """The value of a secret named by reference; redacted from this call's result and
+        errors, so it never reaches the model, the history or a log."""
+        value = resolve(ref)
+        self.secrets_used.append(value)
+        return value
 
     def touched(self, path: str) -> None:
         """Record that this call created or changed `path`; it shows in the run's report."""

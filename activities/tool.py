@@ -25,6 +25,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from activities.context import ToolContext, _current
+from activities.secrets import known_values, redact
 from activities.store import BlobStore, inline_limit
 from workflows.authz import authorize
 from workflows.contracts import (
@@ -259,19 +260,24 @@ async def _attempt(
         # Keep the exception's type name (non_retryable_error_types matches on it) and add the
         # attempt number, so the report can say how many attempts a failed step took.
         app = err if isinstance(err, ApplicationError) else None
-        raise ApplicationError(
-            (app.message if app else str(err)) or type(err).__name__,
+        secrets = known_values(ctx.secrets_used)
+        failure = ApplicationError(
+            redact((app.message if app else str(err)) or type(err).__name__, secrets),
             {"attempt": attempt},
             type=(app.type if app else None) or type(err).__name__,
             non_retryable=app.non_retryable if app else False,
-        ) from err
+        )
+        if secrets:
+            raise failure from None  # the original, unredacted message stays out of the chain
+        raise failure from err
     finally:
         if beating is not None:
             beating.cancel()
         _current.reset(token)
     if spec.kind == "check":
         value = value if isinstance(value, CheckResult) else CheckResult(passed=bool(value))
-    return _output(_ANY.dump_python(value, mode="json"), ctx, attempt)
+    value = redact(_ANY.dump_python(value, mode="json"), known_values(ctx.secrets_used))
+    return _output(value, ctx, attempt)
 
 
 def _output(value: Any, ctx: ToolContext, attempt: int) -> ToolOutput:

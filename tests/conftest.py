@@ -26,6 +26,9 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import (
     Client,
@@ -35,6 +38,7 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import SearchAttributeKey
+from temporalio.contrib.opentelemetry import create_tracer_provider
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
@@ -42,6 +46,13 @@ from temporalio.worker import Replayer, Worker
 from activities.catalog import Catalog
 from keel import KeelPlugin
 from workflows.contracts import STATUS_ATTRIBUTE
+
+# Every span of the test session, in memory: the tracing test asserts span trees with it and
+# the secret tests scan it. The SDK takes one tracer provider per process, so it is set here.
+SPANS = InMemorySpanExporter()
+_provider = create_tracer_provider()
+_provider.add_span_processor(SimpleSpanProcessor(SPANS))
+trace.set_tracer_provider(_provider)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

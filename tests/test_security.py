@@ -3,6 +3,8 @@ denials fed back and counted, approvers outside the list refused, and the audit 
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from pathlib import Path
 
@@ -16,12 +18,13 @@ import examples.ledger as ledger
 from activities import Catalog
 from examples.ledger import store
 from tests import sample_tools
-from tests.conftest import keel_worker
+from tests.conftest import SPANS, keel_worker
 from tests.model_server import OPENAI, ModelServer, openai_call
 from tests.test_approvals import start, waiting
-from tests.test_models import KEY, KEY_ENV, RUN_IDS, openai_ref, tool_messages
+from tests.test_models import KEY, KEY_ENV, RUN_IDS, Collect, openai_ref, tool_messages
 from workflows import AgentWorkflow
 from workflows.contracts import (
+    PLAN_RUNNER,
     AgentRunInput,
     AgentSpec,
     ApprovalPolicy,
@@ -29,6 +32,7 @@ from workflows.contracts import (
     Decision,
     Grant,
     PlanSpec,
+    SecretRef,
     StepSpec,
     ToolCall,
 )
@@ -182,3 +186,44 @@ async def test_an_approver_outside_the_list_is_refused_and_audited(
         ("decision", "ops@example.com", "approve"),
         ("tool_call", "agent:guarded", "ok"),
     ]
+
+
+async def test_a_secret_by_reference_never_reaches_history_logs_or_spans(
+    ts_client: Client, ledger_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = f"payroll-{uuid.uuid4().hex}"
+    secrets_file = tmp_path / "secrets.json"
+    secrets_file.write_text(json.dumps({"PAYROLL_TOKEN": secret}))
+    monkeypatch.setenv("KEEL_SECRETS_FILE", str(secrets_file))
+    logs = Collect()
+    logging.getLogger().addHandler(logs)
+    ref = {"secret": "PAYROLL_TOKEN"}
+    plan = PlanSpec(
+        goal="pay",
+        steps=[
+            StepSpec(title="auth", tool="call_payroll", args={"token": ref}),
+            StepSpec(title="fail", tool="call_payroll", args={"token": ref, "fail": True}),
+        ],
+    )
+    try:
+        report = await run(ts_client, PLAN_RUNNER, "payroll", plan)
+    finally:
+        logging.getLogger().removeHandler(logs)
+    assert report.steps[0].result == {
+        "authorized_with": "[redacted]",
+        "note": "used [redacted] for the call",
+    }
+    assert report.reason.endswith("PermissionError: payroll refused token [redacted]")
+    history = await ts_client.get_workflow_handle(report.run_id).fetch_history()
+    raw = b"".join(event.SerializeToString() for event in history.events)
+    assert secret.encode() not in raw and b"PAYROLL_TOKEN" in raw  # the name travels, not the value
+    assert logs.lines and not [line for line in logs.lines if secret in line]
+    spans = SPANS.get_finished_spans()  # every span of the session so far
+    assert [s for s in spans if (s.attributes or {}).get("keel.run_id") == report.run_id]
+    for span in spans:
+        assert secret not in json.dumps(dict(span.attributes or {}), default=str)
+
+
+def test_a_secret_ref_carries_a_name_only() -> None:
+    with pytest.raises(ValueError):
+        SecretRef(secret="sk-live 123")  # a value pasted where a name belongs

@@ -8,13 +8,9 @@ import asyncio
 import uuid
 from pathlib import Path
 
-import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
-from temporalio.contrib.opentelemetry import OpenTelemetryPlugin, create_tracer_provider
+from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 
@@ -23,6 +19,7 @@ from activities import Catalog
 from examples.ledger import store
 from keel import KeelPlugin
 from tests import sample_tools
+from tests.conftest import SPANS as EXPORTER
 from workflows import AgentWorkflow
 from workflows.contracts import (
     AgentRunInput,
@@ -35,15 +32,7 @@ from workflows.contracts import (
     StepSpec,
 )
 
-EXPORTER = InMemorySpanExporter()
 CATALOG = Catalog.from_modules([ledger, sample_tools])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tracer_provider() -> None:
-    provider = create_tracer_provider()
-    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-    trace.set_tracer_provider(provider)  # once per process: the SDK refuses a second one
 
 
 def keel_spans() -> list[ReadableSpan]:

@@ -96,6 +96,15 @@ class ApprovalPolicy(_Strict):
         return self
 
 
+class SecretRef(_Strict):
+    """A secret by name. Plans and workflow inputs carry this, never the value: an activity
+    resolves it (tool_context().secret(ref)) from the environment or KEEL_SECRETS_FILE."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secret: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
 class Grant(_Strict):
     """A scope an agent holds: a glob over scopes ("ledger:write:*", "fs:write:/data/out/*"),
     narrowed by rules on the call's arguments (all must hold): "can write" is not "anywhere"."""

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from temporalio.exceptions import ApplicationError
 
+from activities.secrets import file_secrets
 from workflows.model_contracts import (
     Message,
     ModelReply,
@@ -38,7 +39,7 @@ def api_key(request: ModelRequest) -> str | None:
     name = request.model.api_key_env
     if name is None:
         return None
-    value = os.environ.get(name)
+    value = os.environ.get(name) or file_secrets().get(name)
     if not value:
         raise ApplicationError(
             f"{name} is not set on this worker (the key for {request.model.label})",
