@@ -24,6 +24,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.checks import BUILTIN_CHECKS
+from activities.models.context_store import expand
 from activities.models.providers import PROVIDERS
 from activities.models.scripted import ScriptedModel, ScriptedPlanner
 from activities.tool import Tool
@@ -245,6 +246,13 @@ class KeelActivities:
     async def model_call(self, request: ModelRequest) -> ModelReply:
         """One model call. Its recorded reply is what a replay sees: the model is never asked
         twice for the same turn."""
+        context_ref = None
+        if request.policy is not None:
+            request, context_ref = expand(request)
+        reply = await self._answer(request)
+        return reply.model_copy(update={"context_ref": context_ref})
+
+    async def _answer(self, request: ModelRequest) -> ModelReply:
         ref = request.model
         if ref.provider != "scripted":
             return await PROVIDERS[ref.provider](request)

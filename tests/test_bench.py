@@ -15,7 +15,11 @@ from tests.processes import run
 
 @pytest.mark.parametrize(
     ("script", "row_start"),
-    [("bench/overhead.py", "   20 "), ("bench/approvals.py", "  1000   100 ")],
+    [
+        ("bench/overhead.py", "   20 "),
+        ("bench/approvals.py", "  1000   100 "),
+        ("bench/react_history.py", "    50 "),
+    ],
 )
 async def test_quick_mode_runs(script: str, row_start: str) -> None:
     result = await run(sys.executable, script, "--quick", env={}, timeout=170)

@@ -34,7 +34,6 @@ with workflow.unsafe.imports_passed_through():
         Verdict,
         budget_problem,
         call_key,
-        context,
         parse_actions,
         plan_prompt,
         review_prompt,
@@ -70,6 +69,7 @@ class ActingMixin:
     _gate: HumanGate
     _turns: list[Message]
     _repeats: Counter[str]
+    _threads: dict[str, tuple[str | None, int]]
 
     # --- budgets -----------------------------------------------------------------------------
 
@@ -155,11 +155,21 @@ class ActingMixin:
         route = getattr(agent.routes, kind) or agent.routes.act
         assert route is not None
         await self._pay("model")
-        messages = context(system, turns, agent.loop)
+        # Only what was added since this thread's previous call travels (with that call's
+        # context reference): the model activity rebuilds the rest, so history stays linear.
+        context_ref, sent = self._threads.get(kind, (None, 0))
+        added = tuple(turns[sent:])
 
         def request_for(ref: ModelRef) -> ModelRequest:
             return ModelRequest(
-                agent=agent.name, kind=kind, model=ref, messages=messages, tools=tools
+                agent=agent.name,
+                kind=kind,
+                model=ref,
+                messages=added,
+                tools=tools,
+                context_ref=context_ref,
+                system=system,
+                policy=agent.loop,
             )
 
         with span("model_call", kind=kind, run_id=report.run_id) as current:
@@ -177,6 +187,7 @@ class ActingMixin:
                 fallbacks=len(fallbacks),
                 outcome="ok",
             )
+        self._threads[kind] = (reply.context_ref, len(turns))
         used = report.used
         cost = ref.cost(reply.usage.input_tokens, reply.usage.output_tokens)
         tags = {"model": ref.label}

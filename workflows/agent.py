@@ -79,6 +79,7 @@ class AgentWorkflow(ActingMixin):
         )
         self._turns = []
         self._repeats = Counter()
+        self._threads = {}  # model conversation per step kind: (context reference, turns sent)
         self._gate = HumanGate(self._report, self._log, self._set_status)
         self._saga = Saga(self._report.saga)
         self._tools: dict[str, ToolSpec] = {}

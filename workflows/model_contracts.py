@@ -131,13 +131,21 @@ class ToolSchema(_Frozen):
 
 
 class ModelRequest(_Frozen):
-    """What the model activity receives: built deterministically from the plan state."""
+    """What the model activity receives: built deterministically from the plan state.
+
+    With a `policy`, `messages` are only those added since the call that returned
+    `context_ref`; the activity rebuilds the conversation from the blob store, so each call's
+    input (and the history) stays the size of one step. Without one, `messages` is all of it.
+    """
 
     agent: str
     kind: StepKind
     model: ModelRef
     messages: tuple[Message, ...]
     tools: tuple[ToolSchema, ...] = ()
+    context_ref: str | None = None
+    system: str = ""
+    policy: AgentLoop | None = None
 
 
 class Usage(_Frozen):
@@ -151,6 +159,7 @@ class ModelReply(_Frozen):
     usage: Usage = Usage()
     latency_ms: int = 0
     model: str = ""
+    context_ref: str | None = None  # the conversation including the request's messages
 
 
 class ModelCallRecord(BaseModel):
@@ -181,3 +190,6 @@ class AgentLoop(_Frozen):
         if self.summary_chars > self.result_chars:
             raise ValueError("summary_chars must not exceed result_chars")
         return self
+
+
+ModelRequest.model_rebuild()

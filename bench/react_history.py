@@ -1,0 +1,115 @@
+"""History growth of an agent that acts step by step (a model call per tool call): events and
+bytes per step at several N, on one dev server, with an offline scripted model.
+
+    python bench/react_history.py [--n 20 100 300] [--quick]
+
+Linear growth shows as flat bytes per step. Each tool result is ~200 bytes, the size of a small
+real result; the context policy keeps the newest 5 in full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from activities import Catalog, scripted_model, tool  # noqa: E402
+from keel import KeelPlugin  # noqa: E402
+from workflows import AgentWorkflow  # noqa: E402
+from workflows.contracts import AgentRunInput, AgentSpec, Grant  # noqa: E402
+from workflows.model_contracts import (  # noqa: E402
+    Budget,
+    ModelRef,
+    ModelReply,
+    ModelRequest,
+    Route,
+    Routes,
+    ToolCallRequest,
+    Usage,
+)
+
+
+@tool
+def lookup(i: int) -> str:
+    """A read returning a small record."""
+    return f"record {i}: " + "x" * 190
+
+
+@scripted_model("bench-react")
+def next_lookup(request: ModelRequest) -> ModelReply:
+    goal = next(m.content for m in request.messages if m.role == "user")
+    n = int(goal.split()[-1])
+    done = sum(1 for m in request.messages if m.role == "tool")  # trimmed ones count too
+    name, args = ("lookup", {"i": done + 1}) if done < n else ("finish", {"summary": "done"})
+    call = ToolCallRequest(id=f"c{done + 1}", name=name, arguments=json.dumps(args))
+    return ModelReply(tool_calls=(call,), usage=Usage(input_tokens=100, output_tokens=10))
+
+
+AGENT = AgentSpec(
+    name="bench-react",
+    tools=("lookup",),
+    routes=Routes(act=Route(models=(ModelRef(provider="scripted", model="bench-react"),))),
+    budget=Budget(max_repeats=None),
+    grants=(Grant(scope="*"),),
+)
+
+
+async def main(sizes: list[int]) -> int:
+    binary = Path(sys.executable).parent / "temporal"
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(binary) if binary.exists() else shutil.which("temporal"),
+        data_converter=pydantic_data_converter,
+    )
+    queue = f"bench-{uuid.uuid4().hex[:6]}"
+    print(f"{'N':>6} {'wall s':>8} {'ms/step':>8} {'events':>8} {'bytes':>11} {'bytes/step':>11}")
+    try:
+        catalog = Catalog.of([lookup, next_lookup])
+        async with Worker(env.client, task_queue=queue, plugins=[KeelPlugin(catalog)]):
+            for n in sizes:
+                agent = AGENT.model_copy(
+                    update={"loop": AGENT.loop.model_copy(update={"max_turns": n + 5})}
+                )
+                run_id = f"react-{n}-{uuid.uuid4().hex[:6]}"
+                started = time.perf_counter()
+                report = await env.client.execute_workflow(
+                    AgentWorkflow.run,
+                    AgentRunInput(agent=agent, goal=f"look up {n}"),
+                    id=run_id,
+                    task_queue=queue,
+                )
+                wall = time.perf_counter() - started
+                assert report.status == "DONE" and len(report.steps) == n, report.reason
+                history = await env.client.get_workflow_handle(run_id).fetch_history()
+                size = sum(len(e.SerializeToString()) for e in history.events)
+                print(
+                    f"{n:>6} {wall:>8.2f} {wall / n * 1000:>8.1f} {len(history.events):>8} "
+                    f"{size:>11} {size / n:>11.0f}"
+                )
+    finally:
+        await env.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[20, 100, 300])
+    parser.add_argument("--quick", action="store_true", help="N = 20 and 50 (for CI)")
+    args = parser.parse_args()
+    if args.quick:
+        args.n = [20, 50]
+    code = asyncio.run(main(args.n))
+    from keel.cli import exit_now
+
+    exit_now(code)
