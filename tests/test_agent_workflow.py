@@ -306,3 +306,27 @@ async def test_long_plan_keeps_the_progress_log_bounded(ts_client: Client, ledge
     assert len(report.progress) == 200
     assert report.progress_dropped == 2 * 120 + 2 - 200  # plan + per step start/done + finish
     assert report.progress[-1].message.startswith("DONE: all 120 steps completed")
+
+
+async def test_oversized_arguments_are_refused_before_anything_is_sent(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    huge = "x" * (300 * 1024)
+    spec = plan(pay("uma", 2), pay("uma", 3, memo=huge))
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(ts_client, queue, spec)
+        history = await ts_client.get_workflow_handle(report.run_id).fetch_history()
+    assert report.status == "NOT_DONE"
+    assert report.reason.startswith(
+        "step 2 'Pay uma 3' refused: arguments of post_entry are 307"
+    ), report.reason
+    assert "over the 262144 limit: pass large data by reference" in report.reason
+    assert store.balances() == {"uma": 0}  # step 1 compensated, step 2 never sent
+    scheduled = [
+        e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert [e.activity_task_scheduled_event_attributes.activity_type.name for e in scheduled] == [
+        "keel.prepare_plan",
+        "post_entry",
+        "reverse_entry",
+    ]

@@ -15,6 +15,7 @@ without running a finished tool again. The `report` query returns that state at 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -60,6 +61,9 @@ from workflows.audit import audit
 KEEL_ACTIVITY_TIMEOUT = timedelta(seconds=60)
 KEEL_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
 STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
+# Tool arguments travel in the history; Temporal caps a payload at 2 MB. Larger data goes by
+# reference (results above KEEL_INLINE_LIMIT already do).
+MAX_ARGS_BYTES = 256 * 1024
 
 
 class Unwind(Exception):
@@ -301,10 +305,25 @@ class AgentWorkflow(ActingMixin):
         self._skip(step, "denied; the model is told why")
         return True
 
+    def _oversized(self, step: StepState, key: str | None) -> bool:
+        """Arguments too large for a payload never reach the server: Temporal treats an
+        over-limit payload as retryable, so sending it would only fail again and again."""
+        size = len(json.dumps(step.args, separators=(",", ":"), default=str).encode())
+        if size <= MAX_ARGS_BYTES:
+            return False
+        step.error = (
+            f"arguments of {step.tool} are {size} bytes, over the {MAX_ARGS_BYTES} limit: pass "
+            "large data by reference (a path, a URL, a stored blob)"
+        )
+        if key is None:
+            raise Unwind(f"step {step.index} '{step.title}' refused: {step.error}")
+        self._skip(step, "refused (arguments too large); the model is told why")
+        return True
+
     async def _run_step_inner(self, step: StepState, key: str | None) -> None:
         spec = self._tools[step.tool]
         await self._pay("tool", key)  # a spent budget (denials included) stops before anything
-        if self._denied(step, spec, key):
+        if self._denied(step, spec, key) or self._oversized(step, key):
             return None
         if not await self._approve(step, spec):
             return self._skip(step, "skipped at its approval deadline")
