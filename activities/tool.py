@@ -133,6 +133,7 @@ def _declare(
     requires_approval: Approval = False,
     validator: Validator | None = None,
     scopes: tuple[str, ...] | list[str] = (),
+    local: bool = False,
 ) -> Tool:
     tool_name = name or fn.__name__
     if not TOOL_NAME.match(tool_name):
@@ -141,6 +142,10 @@ def _declare(
         raise ValueError(f"tool {tool_name!r}: effect must be 'read' or 'write', not {effect!r}")
     if compensation is not None and effect != "write":
         raise ValueError(f"tool {tool_name!r}: only a write tool has a compensation")
+    if local and (effect != "read" or heartbeat is not None):
+        # A local activity runs inside the workflow task's worker and cannot heartbeat; a
+        # write there could be redone with the whole workflow task: reads only.
+        raise ValueError(f"tool {tool_name!r}: local=True is for read tools without heartbeat")
     args_model = _args_model(fn, tool_name)
     spec = ToolSpec(
         name=tool_name,
@@ -151,6 +156,7 @@ def _declare(
         retry=_as_retry(retry),
         timeout=_as_timedelta(timeout, "timeout") or timedelta(seconds=30),
         heartbeat=_as_timedelta(heartbeat, "heartbeat"),
+        local=local,
         approval=_as_approval(requires_approval),
         scopes=_as_scopes(scopes, tool_name),
         parameters=args_model.model_json_schema(),
@@ -308,6 +314,7 @@ def tool(
     requires_approval: Approval = False,
     validator: Validator | None = None,
     scopes: tuple[str, ...] | list[str] = (),
+    local: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -323,6 +330,7 @@ def tool(
     requires_approval: Approval = False,
     validator: Validator | None = None,
     scopes: tuple[str, ...] | list[str] = (),
+    local: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. Defaults: read effect, 3 attempts with exponential backoff, 30 s timeout.
 
@@ -343,6 +351,7 @@ def tool(
             requires_approval=requires_approval,
             validator=validator,
             scopes=scopes,
+            local=local,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -36,13 +36,21 @@ def noop(i: int) -> int:
     return i
 
 
+@tool(local=True)
+def noop_local(i: int) -> int:
+    """The same, declared as a cheap read run as a local activity."""
+    return i
+
+
 async def history_size(client: Client, workflow_id: str) -> tuple[int, int]:
     history = await client.get_workflow_handle(workflow_id).fetch_history()
     return len(history.events), len(history.to_json().encode())
 
 
-async def time_keel(client: Client, queue: str, n: int) -> tuple[float, str]:
-    steps = [StepSpec(title=f"noop {i}", tool="noop", args={"i": i}) for i in range(1, n + 1)]
+async def time_keel(
+    client: Client, queue: str, n: int, tool_name: str = "noop"
+) -> tuple[float, str]:
+    steps = [StepSpec(title=f"noop {i}", tool=tool_name, args={"i": i}) for i in range(1, n + 1)]
     plan = PlanSpec(goal=f"{n} noops", steps=steps)
     run_id = f"bench-keel-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
@@ -79,7 +87,7 @@ async def main(runs: int, sizes: list[int]) -> int:
     print(
         f"{'N':>5} {'raw median s':>13} {'keel median s':>14} {'ratio':>6} "
         f"{'raw ms/step':>12} {'keel ms/step':>13} {'raw events':>11} {'keel events':>12} "
-        f"{'raw B/step':>11} {'keel B/step':>12}"
+        f"{'raw B/step':>11} {'keel B/step':>12} {'local ms/step':>14}"
     )
     ratios: dict[int, float] = {}
     try:
@@ -87,17 +95,20 @@ async def main(runs: int, sizes: list[int]) -> int:
             client,
             task_queue=queue,
             workflows=[RawToolLoop],
-            plugins=[KeelPlugin(Catalog.of([noop]))],
+            plugins=[KeelPlugin(Catalog.of([noop, noop_local]))],
         ):
             await time_keel(client, queue, 2)  # warm-up: sandbox import, connections
             await time_raw(client, queue, 2)
             for n in sizes:
-                raw_times, keel_times = [], []
+                raw_times, keel_times, local_times = [], [], []
                 for _ in range(runs):
                     raw_s, raw_id = await time_raw(client, queue, n)
                     keel_s, keel_id = await time_keel(client, queue, n)
+                    local_s, _ = await time_keel(client, queue, n, "noop_local")
                     raw_times.append(raw_s)
                     keel_times.append(keel_s)
+                    local_times.append(local_s)
+                local_med = statistics.median(local_times)
                 raw_med, keel_med = statistics.median(raw_times), statistics.median(keel_times)
                 raw_events, raw_bytes = await history_size(client, raw_id)
                 keel_events, keel_bytes = await history_size(client, keel_id)
@@ -106,7 +117,8 @@ async def main(runs: int, sizes: list[int]) -> int:
                     f"{n:>5} {raw_med:>13.3f} {keel_med:>14.3f} {ratios[n]:>6.3f} "
                     f"{raw_med / n * 1000:>12.1f} {keel_med / n * 1000:>13.1f} "
                     f"{raw_events:>11} {keel_events:>12} "
-                    f"{raw_bytes / n:>11.0f} {keel_bytes / n:>12.0f}"
+                    f"{raw_bytes / n:>11.0f} {keel_bytes / n:>12.0f} "
+                    f"{local_med / n * 1000:>14.1f}"
                 )
     finally:
         await env.shutdown()

@@ -132,3 +132,12 @@ def call_payroll(token: SecretRef, fail: bool = False) -> dict[str, str]:
     if fail:
         raise PermissionError(f"payroll refused token {value}")
     return {"authorized_with": value, "note": f"used {value} for the call"}
+
+
+@tool(local=True, retry=RetrySpec(max_attempts=3, initial_interval=0.1))
+def local_lookup(key: str, fail_times: int = 0) -> str:
+    """A cheap read run as a local activity; fails its first `fail_times` attempts."""
+    _count(f"local_lookup:{key}")
+    if tool_context().attempt <= fail_times:
+        raise ConnectionError(f"transient {tool_context().attempt}")
+    return f"value of {key}"

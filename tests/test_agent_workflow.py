@@ -330,3 +330,26 @@ async def test_oversized_arguments_are_refused_before_anything_is_sent(
         "post_entry",
         "reverse_entry",
     ]
+
+
+async def test_local_read_tools_run_without_a_server_round_trip(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    key = uuid.uuid4().hex[:6]
+    spec = plan(
+        StepSpec(title="read", tool="local_lookup", args={"key": key, "fail_times": 1}),
+        pay("vi", 1),
+    )
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await run_plan(ts_client, queue, spec)
+        history = await ts_client.get_workflow_handle(report.run_id).fetch_history()
+    assert report.status == "DONE", report.reason
+    assert report.steps[0].result == f"value of {key}" and report.steps[0].attempts == 2
+    assert sample_tools.CALLS[f"local_lookup:{key}"] == 2  # bounded retries, as for any tool
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert "local_lookup" not in scheduled and "post_entry" in scheduled
+    assert any(e.HasField("marker_recorded_event_attributes") for e in history.events)

@@ -59,6 +59,9 @@ def test_temporal_retry_policy_is_accepted_when_bounded() -> None:
         ({"name": "has space"}, "not a valid tool name"),
         ({"timeout": 0}, "timeout must be positive"),
         ({"heartbeat": -1}, "heartbeat must be positive"),
+        ({"effect": "write", "local": True}, "local=True is for read tools without heartbeat"),
+        ({"local": True, "heartbeat": 2}, "local=True is for read tools without heartbeat"),
+        ({"scopes": ("ledger:*",)}, "globs belong in grants"),
     ],
 )
 def test_bad_declarations_are_refused(kwargs: dict, message: str) -> None:

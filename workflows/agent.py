@@ -222,15 +222,25 @@ class AgentWorkflow(ActingMixin):
         return f"{info.workflow_id}:{info.first_execution_run_id}:{suffix}"
 
     async def _call(self, spec: ToolSpec, step: int, args: dict[str, Any]) -> ToolOutput:
+        call = ToolCall(
+            run_id=workflow.info().workflow_id,
+            step=step,
+            args=args,
+            idempotency_key=self._key(str(step)),
+            grants=list(self._run.agent.grants) if spec.kind == "tool" else None,
+        )
+        if spec.local:
+            return await workflow.execute_local_activity(
+                spec.name,
+                call,
+                result_type=ToolOutput,
+                start_to_close_timeout=spec.timeout,
+                retry_policy=retry_policy(spec.retry),
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
         return await workflow.execute_activity(
             spec.name,
-            ToolCall(
-                run_id=workflow.info().workflow_id,
-                step=step,
-                args=args,
-                idempotency_key=self._key(str(step)),
-                grants=list(self._run.agent.grants) if spec.kind == "tool" else None,
-            ),
+            call,
             result_type=ToolOutput,
             start_to_close_timeout=spec.timeout,
             heartbeat_timeout=spec.heartbeat,

@@ -128,6 +128,8 @@ class ToolSpec(_Strict):
     retry: RetrySpec = RetrySpec()
     timeout: timedelta = timedelta(seconds=30)
     heartbeat: timedelta | None = None
+    # A cheap read run as a local activity: same bounded retries, no server round trip.
+    local: bool = False
     approval: ApprovalPolicy | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     # What the tool needs, as templates filled from its arguments: "ledger:write:{account}".
