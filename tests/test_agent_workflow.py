@@ -353,3 +353,47 @@ async def test_local_read_tools_run_without_a_server_round_trip(
     ]
     assert "local_lookup" not in scheduled and "post_entry" in scheduled
     assert any(e.HasField("marker_recorded_event_attributes") for e in history.events)
+
+
+async def test_a_long_plan_continues_as_new_and_stays_one_run(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    steps = [pay(f"w{i}", i) for i in range(1, 31)]
+    accept = [posted("w30", 30)]
+    agent = PLAN_RUNNER.model_copy(update={"max_history_events": 60})
+    async with keel_worker(ts_client, CATALOG) as queue:
+        handle = await ts_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=agent, goal="long", plan=plan(*steps, acceptance=accept)),
+            id=f"test-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+        report = await handle.result()  # follows the continuations
+        latest = await ts_client.get_workflow_handle(handle.id).query(AgentWorkflow.report)
+    assert report.status == "DONE" and report.verified, report.reason
+    assert report.continued >= 3 and latest.run_id == handle.id
+    assert [s.done for s in report.steps] == [True] * 30
+    assert store.balances() == {f"w{i}": i for i in range(1, 31)}  # each effect once
+    assert len(report.audit) == 30 and report.audit[0].target == "post_entry"
+    assert any(p.message.startswith("continuing as new after") for p in report.progress)
+
+
+async def test_an_agent_acting_step_by_step_continues_as_new_with_its_context(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    names = [f"p{letter}" for letter in "abcdefghijkl"]  # the clerk's words: NAME AMOUNT
+    goal = "Pay " + " and ".join(f"{name} {i}" for i, name in enumerate(names, 1))
+    agent = ledger.ledger_agent.model_copy(update={"max_history_events": 40})
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await ts_client.execute_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=agent, goal=goal),
+            id=f"test-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+    # The scripted model counts the results it sees: after each continuation it still sees all.
+    assert report.status == "DONE", report.reason
+    assert report.continued >= 2
+    assert [s.args["account"] for s in report.steps] == names
+    assert report.summary.startswith("paid pa 1, pb 2")
+    assert store.balances() == {name: i for i, name in enumerate(names, 1)}

@@ -70,6 +70,7 @@ class ActingMixin:
     _turns: list[Message]
     _repeats: Counter[str]
     _threads: dict[str, tuple[str | None, int]]
+    _turn: int
 
     # --- budgets -----------------------------------------------------------------------------
 
@@ -112,10 +113,13 @@ class ActingMixin:
         """Ask the model for the next action until it finishes; raise Stop if it cannot."""
         agent = self._run.agent
         schemas = loop_tool_schemas(self._tools, agent.tools)  # type: ignore[attr-defined]
-        self._turns.append(Message(role="user", content=self._run.goal))
+        if self._run.carry is None:
+            self._turns.append(Message(role="user", content=self._run.goal))
         malformed = 0
         system = system_prompt(self._run.goal, agent.prompt)
-        for _ in range(agent.loop.max_turns):
+        while self._turn < agent.loop.max_turns:
+            await self._continue_if_long()  # type: ignore[attr-defined]
+            self._turn += 1
             reply = await self._ask_model("act", schemas, system, self._turns)
             self._turns.append(
                 Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls)

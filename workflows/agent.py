@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         PreparedPlan,
         PrepareRequest,
         ProgressEntry,
+        RunCarry,
         RunReport,
         RunStatus,
         SagaEntry,
@@ -84,9 +85,19 @@ class AgentWorkflow(ActingMixin):
         self._turns = []
         self._repeats = Counter()
         self._threads = {}  # model conversation per step kind: (context reference, turns sent)
-        self._gate = HumanGate(self._report, self._log, self._set_status)
-        self._saga = Saga(self._report.saga)
         self._tools: dict[str, ToolSpec] = {}
+        self._turn = 0
+        if run.carry is not None:  # a continuation: the state carries on, the history does not
+            self._report = run.carry.report
+            self._tools = run.carry.tools
+            self._turns = list(run.carry.turns)
+            self._repeats = Counter(run.carry.repeats)
+            self._threads = {kind: (ref, 0) for kind, ref in run.carry.threads.items()}
+            self._turn = run.carry.turn
+        self._gate = HumanGate(self._report, self._log, self._set_status)
+        if run.carry is not None:
+            self._gate.asked = run.carry.asked
+        self._saga = Saga(self._report.saga)
 
     @workflow.query
     def report(self) -> RunReport:
@@ -130,6 +141,8 @@ class AgentWorkflow(ActingMixin):
         try:
             if run.plan is None and run.agent.routes.act is not None:
                 return await self._run_loop(run)
+            if run.carry is not None:
+                return await self._run_steps()
             with span("plan", agent=run.agent.name, given=run.plan is not None) as planning:
                 plan = run.plan or await self._propose(run)
                 plan = plan.model_copy(
@@ -141,12 +154,7 @@ class AgentWorkflow(ActingMixin):
             if prepared.problems:
                 return self._finish("NOT_DONE", "plan refused: " + "; ".join(prepared.problems))
             self._tools = prepared.tools
-            for step in self._report.steps:
-                self._stop_if_cancelled()
-                if not step.done and not step.skipped:
-                    await self._run_step(step)
-            self._stop_if_cancelled()
-            return await self._verify()
+            return await self._run_steps()
         except (Unwind, Stop) as stop:
             return await self._unwind(str(stop))
         except (ActivityError, asyncio.CancelledError) as err:
@@ -157,6 +165,40 @@ class AgentWorkflow(ActingMixin):
 
     # --- phases ------------------------------------------------------------------------------
 
+    async def _run_steps(self) -> RunReport:
+        for step in self._report.steps:
+            self._stop_if_cancelled()
+            if not step.done and not step.skipped:
+                await self._continue_if_long()
+                await self._run_step(step)
+        self._stop_if_cancelled()
+        return await self._verify()
+
+    async def _continue_if_long(self) -> None:
+        """Between steps: once the history is long, continue as new with the compact state
+        (same run id; the report, approvals and status keep working)."""
+        info = workflow.info()
+        length = info.get_current_history_length()
+        if length < self._run.agent.max_history_events and not info.is_continue_as_new_suggested():
+            return
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._report.continued += 1
+        self._log(f"continuing as new after {length} history events", event="continue_as_new")
+        act_sent = self._threads.get("act", (None, 0))[1]
+        carry = RunCarry(
+            report=self._report,
+            tools=self._tools,
+            turns=self._turns[act_sent:],
+            threads={kind: ref for kind, (ref, _) in self._threads.items()},
+            repeats=dict(self._repeats),
+            asked=self._gate.asked,
+            turn=self._turn,
+        )
+        workflow.continue_as_new(
+            self._run.model_copy(update={"carry": carry}),
+            memo={"agent": self._run.agent.name, "goal": self._run.goal, "pending": None},
+        )
+
     async def _run_loop(self, run: AgentRunInput) -> RunReport:
         """An agent that acts step by step: its tools are checked up front, the model chooses
         each call, and the acceptance checks decide at the end as for a plan."""
@@ -164,10 +206,11 @@ class AgentWorkflow(ActingMixin):
             AcceptanceState(criterion=c.criterion, check=c.check, args=c.args)
             for c in run.agent.acceptance
         ]
-        prepared = await self._prepare(run, None)
-        if prepared.problems:
-            return self._finish("NOT_DONE", "agent refused: " + "; ".join(prepared.problems))
-        self._tools = prepared.tools
+        if run.carry is None:
+            prepared = await self._prepare(run, None)
+            if prepared.problems:
+                return self._finish("NOT_DONE", "agent refused: " + "; ".join(prepared.problems))
+            self._tools = prepared.tools
         await self._act()
         self._stop_if_cancelled()
         return await self._verify()

@@ -18,6 +18,7 @@ from workflows.model_contracts import (
     AgentLoop,
     Budget,
     BudgetUsed,
+    Message,
     ModelCallRecord,
     Routes,
 )
@@ -192,6 +193,9 @@ class AgentSpec(_Strict):
     budget: Budget = Budget()
     # A spent budget ends the run (compensating writes), or asks a human who may extend it.
     on_budget: Literal["fail", "ask"] = "fail"
+    # Continue as new (same run id, compact state) once the history reaches this many events,
+    # or earlier when the server suggests it; Temporal caps a history at 50,000.
+    max_history_events: int = Field(10_000, ge=20, le=45_000)
     # Scopes the agent holds. A tool that declares scopes runs only under a matching grant;
     # checked in the workflow before scheduling and again in the activity.
     grants: tuple[Grant, ...] = ()
@@ -213,6 +217,20 @@ class AgentRunInput(_Strict):
     plan: PlanSpec | None = None
     # Upsert the KeelStatus search attribute (the namespace must have it registered).
     status_attribute: bool = False
+    # Set by the run itself when it continues as new: the state it carries on with.
+    carry: RunCarry | None = None
+
+
+class RunCarry(_Strict):
+    """What a run hands to its continuation: the plan state, not the history behind it."""
+
+    report: RunReport
+    tools: dict[str, ToolSpec] = Field(default_factory=dict)
+    turns: list[Message] = Field(default_factory=list)  # the model has not seen these yet
+    threads: dict[str, str | None] = Field(default_factory=dict)  # model context references
+    repeats: dict[str, int] = Field(default_factory=dict)
+    asked: int = 0
+    turn: int = 0
 
 
 # --- activity boundaries -------------------------------------------------------------------
@@ -404,6 +422,7 @@ class RunReport(_Strict):
     used: BudgetUsed = Field(default_factory=BudgetUsed)
     model_calls: list[ModelCallRecord] = Field(default_factory=list)  # the newest PROGRESS_KEPT
     summary: str = ""  # what the model said when it finished
+    continued: int = 0  # times the run continued as new
     audit: list[AuditEntry] = Field(default_factory=list)  # the newest AUDIT_KEPT
     audit_dropped: int = 0
     resume_notes: str = ""
@@ -411,3 +430,6 @@ class RunReport(_Strict):
     @property
     def next_step(self) -> StepState | None:
         return next((s for s in self.steps if not s.done and not s.skipped), None)
+
+
+AgentRunInput.model_rebuild()

@@ -103,7 +103,7 @@ class HumanGate:
         self._log = log
         self._on_status = on_status
         self._answer: Decision | None = None
-        self._asked = 0
+        self.asked = 0
 
     def validate(self, decision: Decision, *, who: bool = True) -> None:
         """Raise DecisionRefused unless `decision` answers the pending request as offered."""
@@ -182,10 +182,10 @@ class HumanGate:
         policy: ApprovalPolicy,
     ) -> Decision:
         """Wait for a decision on this call, or take the policy's default at the deadline."""
-        self._asked += 1
+        self.asked += 1
         now = workflow.now()
         pending = PendingRequest(
-            request_id=f"{kind}-{step}-{self._asked}",
+            request_id=f"{kind}-{step}-{self.asked}",
             kind=kind,
             step=step,
             tool=tool,
