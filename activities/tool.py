@@ -25,6 +25,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from activities.context import ToolContext, _current
+from activities.faults import current_injector, degrade, raise_explicit
 from activities.secrets import known_values, redact
 from activities.store import BlobStore, inline_limit
 from workflows.authz import authorize
@@ -253,11 +254,17 @@ async def _attempt(
         # Keel heartbeats on the tool's behalf, so a dead worker is noticed within the
         # heartbeat timeout instead of the whole start-to-close timeout.
         beating = asyncio.create_task(_heartbeat_every(spec.heartbeat.total_seconds() / 3))
+    injector = current_injector()
+    fault = injector.decide(spec.name, call.run_id, call.step, attempt) if injector else None
     try:
+        if fault is not None:
+            raise_explicit(fault, spec.name)  # only for explicit kinds; implicit ones below
         if inspect.iscoroutinefunction(fn):
             value = await fn(**kwargs)
         else:
             value = await _finish_in_thread(fn, kwargs)
+        if fault is not None:
+            value = degrade(fault, value)
         problem = validator(value, call.args) if validator is not None else None
         if problem:
             # Retryable within the tool's bounded policy: a fresh read may be plausible again.

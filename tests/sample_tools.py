@@ -141,3 +141,25 @@ def local_lookup(key: str, fail_times: int = 0) -> str:
     if tool_context().attempt <= fail_times:
         raise ConnectionError(f"transient {tool_context().attempt}")
     return f"value of {key}"
+
+
+def _plausible_stock(count: int, args: dict) -> str | None:
+    return f"{count} is beyond the warehouse's capacity of 1000" if count > 1000 else None
+
+
+@tool(retry=QUICK_RETRY, validator=_plausible_stock)
+def stock(sku: str, count: int) -> int:
+    """A stock level, with a validator that knows the warehouse holds at most 1000."""
+    return count
+
+
+@tool(retry=QUICK_RETRY)
+def stock_unchecked(sku: str, count: int) -> int:
+    """The same read with no validator."""
+    return count
+
+
+@tool(retry=QUICK_RETRY)
+def read_items(items: list[int]) -> list[int]:
+    """A list read (for truncation faults)."""
+    return items
