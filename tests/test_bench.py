@@ -19,6 +19,7 @@ from tests.processes import run
         ("bench/overhead.py", "   20 "),
         ("bench/approvals.py", "  1000   100 "),
         ("bench/react_history.py", "    50 "),
+        ("bench/faults.py", "        on     E2   0.3 "),
     ],
 )
 async def test_quick_mode_runs(script: str, row_start: str) -> None:
