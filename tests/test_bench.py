@@ -20,6 +20,10 @@ from tests.processes import run
         ("bench/approvals.py", "  1000   100 "),
         ("bench/react_history.py", "    50 "),
         ("bench/faults.py", "        on     E2   0.3 "),
+        (
+            "bench/chaos.py",
+            "runs finished DONE: 4; runs lost: 0; runs with a payment applied twice: 0",
+        ),
     ],
 )
 async def test_quick_mode_runs(script: str, row_start: str) -> None:
