@@ -26,6 +26,7 @@ from temporalio.exceptions import ApplicationError
 Mode = Literal["explicit", "implicit", "mixed"]
 EXPLICIT = ("exception", "timeout", "unavailable", "non_retryable")
 IMPLICIT = ("truncate", "empty", "factor", "swap")
+EVENT_STEPS = 64
 
 
 class FaultSpec(BaseModel):
@@ -35,6 +36,8 @@ class FaultSpec(BaseModel):
     mode: Mode = "explicit"
     rate: float = Field(0.2, ge=0, le=1)
     duration: int = Field(1, ge=1, le=100)  # consecutive attempts a fault event lasts
+    # Exactly this many fault events per run (among its first 64 steps), instead of a rate.
+    events: int | None = Field(None, ge=0, le=64)
     seed: int = 0
     kinds: tuple[str, ...] = ()  # these kinds only; empty: every kind of the mode
     factor: float = 10.0
@@ -77,7 +80,13 @@ class Injector:
         spec = self.specs.get(tool)
         if spec is None or step < 0 or attempt > spec.duration:
             return None
-        if _unit(spec.seed, tool, run_id, step, "hit") >= spec.rate:
+        if spec.events is not None:
+            ranked = sorted(
+                range(1, EVENT_STEPS + 1), key=lambda k: _unit(spec.seed, tool, run_id, k, "hit")
+            )
+            if step not in ranked[: spec.events]:
+                return None
+        elif _unit(spec.seed, tool, run_id, step, "hit") >= spec.rate:
             return None
         kinds = (
             spec.kinds

@@ -48,6 +48,10 @@ def test_a_seed_reproduces_the_same_faults() -> None:
     assert injector.decide("t", "r", 1, 3) is None  # the event lasted its 2 attempts
     assert injector.decide("other", "r", 1, 1) is None  # only the configured tool
     assert injector.decide("t", "r", -1, 1) is None  # acceptance checks are left alone
+    counted = Injector([FaultSpec(tool="t", events=3, seed=5)])
+    for run in ("a", "b", "c"):
+        hit = [k for k in range(1, 65) if counted.decide("t", run, k, 1)]
+        assert len(hit) == 3  # exactly the configured number of fault events per run
 
 
 async def run_one(client: Client, tool: str, args: dict) -> RunReport:
