@@ -24,6 +24,7 @@ from tests.processes import run
             "bench/chaos.py",
             "runs finished DONE: 4; runs lost: 0; runs with a payment applied twice: 0",
         ),
+        ("bench/load.py", " keel   100 "),
     ],
 )
 async def test_quick_mode_runs(script: str, row_start: str) -> None:
