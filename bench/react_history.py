@@ -90,7 +90,7 @@ async def main(sizes: list[int]) -> int:
                     task_queue=queue,
                 )
                 wall = time.perf_counter() - started
-                assert report.status == "DONE" and len(report.steps) == n, report.reason
+                assert report.status == "DONE" and report.step_total == n, report.reason
                 history = await env.client.get_workflow_handle(run_id).fetch_history()
                 size = sum(len(e.SerializeToString()) for e in history.events)
                 print(

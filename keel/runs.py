@@ -162,6 +162,11 @@ def format_report(report: RunReport) -> str:
     lines.append(f"  verified: {'yes' if report.verified else 'no'}")
     if report.steps:
         lines.append("  steps:")
+        if report.steps_dropped:
+            lines.append(
+                f"    ({report.steps_dropped} earlier steps, {report.steps_dropped_done} done, "
+                "are counted only: the report keeps the newest in full)"
+            )
         for s in report.steps:
             box = "x" if s.done else " "
             extra = f"  error: {s.error}" if s.error else ""

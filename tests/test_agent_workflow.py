@@ -15,7 +15,7 @@ from activities import BlobStore, Catalog
 from examples.ledger import store
 from tests import sample_tools
 from tests.conftest import keel_worker
-from workflows import AgentWorkflow
+from workflows import AgentWorkflow, contracts
 from workflows.contracts import (
     PLAN_RUNNER,
     AcceptanceSpec,
@@ -356,8 +356,10 @@ async def test_local_read_tools_run_without_a_server_round_trip(
 
 
 async def test_a_long_plan_continues_as_new_and_stays_one_run(
-    ts_client: Client, ledger_db: Path
+    ts_client: Client, ledger_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The report keeps the newest 8 settled steps in full (200 by default) and counts the rest.
+    monkeypatch.setattr(contracts, "STEPS_KEPT", 8)
     steps = [pay(f"w{i}", i) for i in range(1, 31)]
     accept = [posted("w30", 30)]
     agent = PLAN_RUNNER.model_copy(update={"max_history_events": 60})
@@ -372,15 +374,18 @@ async def test_a_long_plan_continues_as_new_and_stays_one_run(
         latest = await ts_client.get_workflow_handle(handle.id).query(AgentWorkflow.report)
     assert report.status == "DONE" and report.verified, report.reason
     assert report.continued >= 3 and latest.run_id == handle.id
-    assert [s.done for s in report.steps] == [True] * 30
+    assert [s.index for s in report.steps] == list(range(23, 31))
+    assert all(s.done for s in report.steps)
+    assert (report.steps_dropped, report.steps_done, report.step_total) == (22, 30, 30)
     assert store.balances() == {f"w{i}": i for i in range(1, 31)}  # each effect once
     assert len(report.audit) == 30 and report.audit[0].target == "post_entry"
     assert any(p.message.startswith("continuing as new after") for p in report.progress)
 
 
 async def test_an_agent_acting_step_by_step_continues_as_new_with_its_context(
-    ts_client: Client, ledger_db: Path
+    ts_client: Client, ledger_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(contracts, "STEPS_KEPT", 5)
     names = [f"p{letter}" for letter in "abcdefghijkl"]  # the clerk's words: NAME AMOUNT
     goal = "Pay " + " and ".join(f"{name} {i}" for i, name in enumerate(names, 1))
     agent = ledger.ledger_agent.model_copy(update={"max_history_events": 40})
@@ -394,6 +399,9 @@ async def test_an_agent_acting_step_by_step_continues_as_new_with_its_context(
     # The scripted model counts the results it sees: after each continuation it still sees all.
     assert report.status == "DONE", report.reason
     assert report.continued >= 2
-    assert [s.args["account"] for s in report.steps] == names
+    # Steps keep counting across continuations and compaction: each call its own index (and so
+    # its own idempotency key: every account below was paid, none skipped as a repeat).
+    assert [s.args["account"] for s in report.steps] == names[-5:]
+    assert [s.index for s in report.steps] == list(range(8, 13)) and report.steps_dropped == 7
     assert report.summary.startswith("paid pa 1, pb 2")
     assert store.balances() == {name: i for i, name in enumerate(names, 1)}

@@ -94,7 +94,7 @@ class ActingMixin:
                 raise Stop(f"budget exhausted: {problem}")
             decision = await self._gate.ask(
                 kind="escalation",
-                step=len(report.steps) + 1,
+                step=report.step_total + 1,
                 tool="budget",
                 args=report.budget.model_dump(mode="json", exclude_none=True),
                 reason=f"budget exhausted: {problem}",
@@ -277,7 +277,7 @@ class ActingMixin:
         report = self._report  # type: ignore[attr-defined]
         key = call_key(action.tool, action.args)
         step = StepState(
-            index=len(report.steps) + 1,
+            index=report.step_total + 1,
             title=f"{action.tool}({compact(action.args)})"[:120],
             tool=action.tool,
             args=action.args,
@@ -293,7 +293,7 @@ class ActingMixin:
         report = self._report  # type: ignore[attr-defined]
         decision: Decision = await self._gate.ask(
             kind="question",
-            step=len(report.steps) + 1,
+            step=report.step_total + 1,
             tool=ASK_HUMAN,
             args={"question": action.text},
             reason=f"the model asks: {action.text}",

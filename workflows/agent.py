@@ -103,7 +103,7 @@ class AgentWorkflow(ActingMixin):
     def report(self) -> RunReport:
         """The plan state as it stands: steps with checkboxes, progress, acceptance, status."""
         self._report.resume_notes = self._resume_notes()
-        return self._report
+        return self._report.compacted()
 
     @workflow.update
     async def decide(self, decision: Decision) -> str:
@@ -133,7 +133,7 @@ class AgentWorkflow(ActingMixin):
     async def run(self, run: AgentRunInput) -> RunReport:
         with span("run", agent=run.agent.name, run_id=self._report.run_id) as current:
             report = await self._execute(run)
-            annotate(current, status=report.status, steps=len(report.steps), reason=report.reason)
+            annotate(current, status=report.status, steps=report.step_total, reason=report.reason)
             return report
 
     async def _execute(self, run: AgentRunInput) -> RunReport:
@@ -186,7 +186,7 @@ class AgentWorkflow(ActingMixin):
         self._log(f"continuing as new after {length} history events", event="continue_as_new")
         act_sent = self._threads.get("act", (None, 0))[1]
         carry = RunCarry(
-            report=self._report,
+            report=self._report.compacted(),
             tools=self._tools,
             turns=self._turns[act_sent:],
             threads={kind: ref for kind, (ref, _) in self._threads.items()},
@@ -530,11 +530,12 @@ class AgentWorkflow(ActingMixin):
             review = await self._review_with_model()
             report.acceptance.append(review)
             self._log(f"model review: {'pass' if review.passed else 'FAIL'}: {review.detail}")
-        skipped = [s.index for s in report.steps if s.skipped]
+        skipped = report.step_total - report.steps_done
         settled = (
-            f"all {len(report.steps)} steps settled ({len(skipped)} skipped: steps {skipped})"
+            f"all {report.step_total} steps settled ({skipped} skipped: steps "
+            f"{[s.index for s in report.steps if s.skipped]})"
             if skipped
-            else f"all {len(report.steps)} steps completed"
+            else f"all {report.step_total} steps completed"
         )
         if not report.acceptance:
             report.verified = False
@@ -636,7 +637,7 @@ class AgentWorkflow(ActingMixin):
 
     def _resume_notes(self) -> str:
         report = self._report
-        done = f"{sum(s.done for s in report.steps)}/{len(report.steps)} steps done"
+        done = f"{report.steps_done}/{report.step_total} steps done"
         nxt = report.next_step
         if report.status == "DONE":
             return f"finished: {done}; nothing to resume"

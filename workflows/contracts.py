@@ -34,6 +34,9 @@ TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 DEFAULT_TASK_QUEUE = "keel"
 MAX_STEPS = 1000
 PROGRESS_KEPT = 200  # the report keeps the newest entries of the progress log
+# Settled steps the report keeps in full; older ones are counted (a run of 10,000 model-chosen
+# steps must fit a 2 MB payload when it continues as new or returns its report).
+STEPS_KEPT = 200
 AUDIT_KEPT = 1000
 
 
@@ -410,6 +413,8 @@ class RunReport(_Strict):
     reason: str = ""
     verified: bool = False
     steps: list[StepState] = Field(default_factory=list)
+    steps_dropped: int = 0  # settled steps older than the newest STEPS_KEPT, counted only
+    steps_dropped_done: int = 0  # of those, the ones done (the rest were skipped)
     progress: list[ProgressEntry] = Field(default_factory=list)
     progress_dropped: int = 0
     files_touched: list[str] = Field(default_factory=list)
@@ -430,6 +435,33 @@ class RunReport(_Strict):
     @property
     def next_step(self) -> StepState | None:
         return next((s for s in self.steps if not s.done and not s.skipped), None)
+
+    @property
+    def step_total(self) -> int:
+        """Steps so far, the dropped ones included: the next step's index is this plus one."""
+        return self.steps_dropped + len(self.steps)
+
+    @property
+    def steps_done(self) -> int:
+        return self.steps_dropped_done + sum(s.done for s in self.steps)
+
+    def compacted(self) -> RunReport:
+        """This report with only the newest STEPS_KEPT settled steps in full: a step still to
+        run is never dropped, so a run resumes from the compacted report alone."""
+        excess = len(self.steps) - STEPS_KEPT
+        dropped = 0
+        while dropped < excess and (self.steps[dropped].done or self.steps[dropped].skipped):
+            dropped += 1
+        if dropped == 0:
+            return self
+        gone = self.steps[:dropped]
+        return self.model_copy(
+            update={
+                "steps": self.steps[dropped:],
+                "steps_dropped": self.steps_dropped + dropped,
+                "steps_dropped_done": self.steps_dropped_done + sum(s.done for s in gone),
+            }
+        )
 
 
 AgentRunInput.model_rebuild()

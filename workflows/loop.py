@@ -5,6 +5,7 @@ imports it through ``imports_passed_through`` and a replay computes exactly the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from datetime import timedelta
@@ -218,7 +219,10 @@ def parse_actions(
 
 
 def call_key(tool: str, args: dict[str, Any]) -> str:
-    return f"{tool}:{json.dumps(args, sort_keys=True, separators=(',', ':'))}"
+    """The tool and a digest of its arguments: what loop detection counts (and a long run
+    carries across continue-as-new, so it stays small whatever the arguments)."""
+    canonical = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{tool}:{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
 
 
 def budget_problem(

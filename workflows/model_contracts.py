@@ -179,7 +179,7 @@ class ModelCallRecord(BaseModel):
 class AgentLoop(_Frozen):
     """How an agent acts step by step (a model call per step) instead of from a fixed plan."""
 
-    max_turns: int = Field(50, ge=1, le=1000)
+    max_turns: int = Field(50, ge=1, le=100_000)  # long runs continue as new
     # Context policy: the newest results in full, older ones as a one-line summary each.
     keep_results: int = Field(5, ge=0, le=100)
     summary_chars: int = Field(120, ge=20, le=2000)
