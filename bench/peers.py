@@ -1,0 +1,336 @@
+"""Keel beside raw temporalio and its nearest peers: N tool calls a run, on one dev server.
+
+    pip install -e '.[peers]'        # Pydantic AI and the OpenAI Agents SDK (optional)
+    python bench/peers.py [--n 20 100 1000] [--runs 5] [--quick]
+
+Systems, alternating run by run so machine noise hits all alike:
+  raw         a plain temporalio workflow: N activities in a row (bench/raw_workflow.py)
+  keel-plan   Keel with the plan given up front (no model)
+  keel-react  Keel with a model call before each tool call (offline scripted model)
+  keel-local  Keel with the plan given up front and the tool declared local=True
+  pydantic-ai Pydantic AI's Agent with TemporalDurability and a FunctionModel
+  openai      temporalio.contrib.openai_agents with a fake model
+The peers run where their packages are installed; a peer that fails or times out at some N is
+reported as such and not tried at larger N. Every model chooses one tool call per turn from the
+conversation, so each run makes exactly N calls. History bytes are the protobuf size of every
+event of the run (all its continue-as-new segments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from raw_workflow import RawToolLoop  # bench/ is on sys.path when run as a script
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities import Catalog, scripted_model, tool
+from keel import KeelPlugin
+from workflows import AgentWorkflow
+from workflows.contracts import PLAN_RUNNER, AgentRunInput, AgentSpec, Grant, PlanSpec, StepSpec
+from workflows.model_contracts import (
+    Budget,
+    ModelRef,
+    ModelReply,
+    ModelRequest,
+    Route,
+    Routes,
+    ToolCallRequest,
+    Usage,
+)
+
+
+@tool
+def noop(i: int) -> int:
+    """Returns its argument: the cheapest possible tool."""
+    return i
+
+
+@tool(local=True)
+def noop_local(i: int) -> int:
+    """The same, declared as a cheap read run as a local activity."""
+    return i
+
+
+@scripted_model("bench-peers")
+def next_noop(request: ModelRequest) -> ModelReply:
+    goal = next(m.content for m in request.messages if m.role == "user")
+    n = int(goal.split()[-1])
+    done = sum(1 for m in request.messages if m.role == "tool")  # trimmed ones count too
+    name, args = ("noop", {"i": done + 1}) if done < n else ("finish", {"summary": "done"})
+    call = ToolCallRequest(id=f"c{done + 1}", name=name, arguments=json.dumps(args))
+    return ModelReply(tool_calls=(call,), usage=Usage(input_tokens=100, output_tokens=10))
+
+
+REACT = AgentSpec(
+    name="bench-peers",
+    tools=("noop",),
+    routes=Routes(act=Route(models=(ModelRef(provider="scripted", model="bench-peers"),))),
+    budget=Budget(max_repeats=None),
+    grants=(Grant(scope="*"),),
+)
+
+
+@dataclass
+class Sample:
+    wall: float
+    events: int
+    size: int
+
+
+@dataclass
+class System:
+    name: str
+    start: Callable[[int, str], Awaitable[None]]  # (n, workflow id) -> completes or raises
+    client: Client
+    samples: dict[int, list[Sample]] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+async def chain_history(client: Client, workflow_id: str) -> tuple[int, int]:
+    """Events and protobuf bytes of every run of a workflow id (continue-as-new included)."""
+    events = size = 0
+    async for execution in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
+        history = await client.get_workflow_handle(
+            workflow_id, run_id=execution.run_id
+        ).fetch_history()
+        events += len(history.events)
+        size += sum(len(e.SerializeToString()) for e in history.events)
+    return events, size
+
+
+def keel_systems(client: Client, queue: str) -> list[System]:
+    def timeout(n: int) -> timedelta:
+        return timedelta(seconds=max(120, n))
+
+    def plan_of(n: int, tool_name: str) -> AgentRunInput:
+        steps = [StepSpec(title=f"noop {i}", tool=tool_name, args={"i": i}) for i in range(n)]
+        return AgentRunInput(
+            agent=PLAN_RUNNER, goal=f"{n} noops", plan=PlanSpec(goal=f"{n} noops", steps=steps)
+        )
+
+    async def keel(run: AgentRunInput, n: int, run_id: str) -> None:
+        report = await client.execute_workflow(
+            AgentWorkflow.run, run, id=run_id, task_queue=queue, execution_timeout=timeout(n)
+        )
+        if report.status != "DONE":
+            raise RuntimeError(f"{report.status}: {report.reason}")
+
+    async def raw(n: int, run_id: str) -> None:
+        await client.execute_workflow(
+            RawToolLoop.run,
+            args=["noop", n],
+            id=run_id,
+            task_queue=queue,
+            execution_timeout=timeout(n),
+        )
+
+    def react(n: int) -> AgentRunInput:
+        agent = REACT.model_copy(
+            update={"loop": REACT.loop.model_copy(update={"max_turns": n + 5})}
+        )
+        return AgentRunInput(agent=agent, goal=f"call noop {n}")
+
+    return [
+        System("raw", raw, client),
+        System("keel-plan", lambda n, rid: keel(plan_of(n, "noop"), n, rid), client),
+        System("keel-react", lambda n, rid: keel(react(n), n, rid), client),
+        System("keel-local", lambda n, rid: keel(plan_of(n, "noop_local"), n, rid), client),
+    ]
+
+
+async def peer_systems(address: str, stack: list[Worker]) -> tuple[list[System], str]:
+    """The peers that are installed, each with its own client (own data converter) and worker."""
+    try:
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import peer_openai
+        import peer_pydantic_ai
+        from peer_models import CountingProvider
+        from pydantic_ai.durable_exec.temporal import AgentPlugin, PydanticAIPlugin
+        from temporalio.contrib.openai_agents import ModelActivityParameters, OpenAIAgentsPlugin
+    except ImportError as err:
+        return [], f"peers not measured ({err.name} is not installed: pip install -e '.[peers]')"
+    systems = []
+    pai_client = await Client.connect(address, plugins=[PydanticAIPlugin()])
+    pai_queue = f"peers-pai-{uuid.uuid4().hex[:6]}"
+    stack.append(
+        Worker(
+            pai_client,
+            task_queue=pai_queue,
+            workflows=[peer_pydantic_ai.PeerPydanticAI],
+            plugins=[AgentPlugin(peer_pydantic_ai.pai_agent)],
+        )
+    )
+    oai_client = await Client.connect(
+        address,
+        plugins=[
+            OpenAIAgentsPlugin(
+                model_params=ModelActivityParameters(start_to_close_timeout=timedelta(seconds=30)),
+                model_provider=CountingProvider(),
+            )
+        ],
+    )
+    oai_queue = f"peers-oai-{uuid.uuid4().hex[:6]}"
+    stack.append(
+        Worker(
+            oai_client,
+            task_queue=oai_queue,
+            workflows=[peer_openai.PeerOpenAIAgents],
+            activities=[peer_openai.peer_noop],
+        )
+    )
+
+    def runner(client: Client, workflow: str, queue: str) -> Callable[[int, str], Awaitable[None]]:
+        async def start(n: int, run_id: str) -> None:
+            await client.execute_workflow(
+                workflow,
+                n,
+                id=run_id,
+                task_queue=queue,
+                execution_timeout=timedelta(seconds=max(120, n)),
+            )
+
+        return start
+
+    systems.append(
+        System("pydantic-ai", runner(pai_client, "PeerPydanticAI", pai_queue), pai_client)
+    )
+    systems.append(System("openai", runner(oai_client, "PeerOpenAIAgents", oai_queue), oai_client))
+    return systems, ""
+
+
+async def measure(system: System, n: int) -> None:
+    run_id = f"peers-{system.name}-{n}-{uuid.uuid4().hex[:6]}"
+    started = time.perf_counter()
+    try:
+        await system.start(n, run_id)
+    except Exception as err:  # a peer that cannot do N steps is a finding, not a crash
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        system.failed[n] = f"{type(cause).__name__}: {str(cause)[:120]}"
+        return
+    wall = time.perf_counter() - started
+    events, size = await chain_history(system.client, run_id)
+    system.samples.setdefault(n, []).append(Sample(wall, events, size))
+
+
+def table(systems: list[System], sizes: list[int]) -> list[str]:
+    lines = [
+        f"{'N':>5} {'system':<12} {'runs':>4} {'wall s median':>13} {'min-max':>15} "
+        f"{'ms/step':>8} {'events':>7} {'KB':>9} {'B/step':>7} {'x raw':>6}"
+    ]
+    for n in sizes:
+        raw = systems[0].samples.get(n)
+        raw_median = statistics.median(s.wall for s in raw) if raw else None
+        for system in systems:
+            samples = system.samples.get(n, [])
+            if not samples:
+                why = system.failed.get(n, "not run")
+                lines.append(f"{n:>5} {system.name:<12} {0:>4} failed: {why}")
+                continue
+            walls = [s.wall for s in samples]
+            median = statistics.median(walls)
+            last = samples[-1]
+            ratio = f"{median / raw_median:>6.2f}" if raw_median else f"{'-':>6}"
+            lines.append(
+                f"{n:>5} {system.name:<12} {len(samples):>4} {median:>13.2f} "
+                f"{f'{min(walls):.2f}-{max(walls):.2f}':>15} {median / n * 1000:>8.1f} "
+                f"{last.events:>7} {last.size / 1024:>9.1f} {last.size / n:>7.0f} {ratio}"
+            )
+    for n in sizes:
+        keel = [s for s in systems if s.name.startswith("keel") and s.samples.get(n)]
+        peers = [s for s in systems if s.name not in ("raw",) and not s.name.startswith("keel")]
+        for peer in peers:
+            if not peer.samples.get(n):
+                continue
+            peer_median = statistics.median(s.wall for s in peer.samples[n])
+            ratios = ", ".join(
+                f"{k.name} {statistics.median(s.wall for s in k.samples[n]) / peer_median:.2f}"
+                for k in keel
+            )
+            lines.append(f"N = {n}: wall relative to {peer.name}: {ratios}")
+    return lines
+
+
+async def main(sizes: list[int], runs: int, peers_wanted: bool) -> int:
+    binary = Path(sys.executable).parent / "temporal"
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(binary) if binary.exists() else shutil.which("temporal"),
+        data_converter=pydantic_data_converter,
+    )
+    address = env.client.service_client.config.target_host
+    queue = f"peers-keel-{uuid.uuid4().hex[:6]}"
+    catalog = Catalog.of([noop, noop_local, next_noop])
+    workers = [
+        Worker(env.client, task_queue=queue, workflows=[RawToolLoop], plugins=[KeelPlugin(catalog)])
+    ]
+    systems = keel_systems(env.client, queue)
+    note = "peers not measured (--no-peers)"
+    if peers_wanted:
+        extra, note = await peer_systems(address, workers)
+        systems += extra
+    try:
+        for worker in workers:
+            await worker.__aenter__()
+        # A fresh worker's first runs are faster than its steady state (the wait between a
+        # workflow task's scheduling and its pickup grows to ~40 ms within a few runs, for raw
+        # temporalio as for the rest), so every system gets warm-up runs that are not counted.
+        for _ in range(3):
+            for system in systems:
+                await measure(system, 5)
+                system.samples.pop(5, None)
+                system.failed.pop(5, None)
+        for n in sizes:
+            for _ in range(runs):
+                for system in systems:
+                    if any(system.failed.get(m) for m in sizes if m <= n):
+                        continue
+                    await measure(system, n)
+                    print(
+                        f"  {system.name} N={n}: {len(system.samples.get(n, []))} done"
+                        + (f", failed: {system.failed[n]}" if n in system.failed else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for worker in reversed(workers):
+            await worker.__aexit__(None, None, None)
+        await env.shutdown()
+    for line in table(systems, sizes):
+        print(line)
+    if note:
+        print(note)
+    keel_failed = [
+        s.name for s in systems if s.name.startswith("keel") or s.name == "raw" if s.failed
+    ]
+    return 1 if keel_failed else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[20, 100, 1000])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--no-peers", action="store_true", help="Keel and raw temporalio only")
+    parser.add_argument("--quick", action="store_true", help="N = 20, 1 run (for CI)")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.runs = [20], 1
+    code = asyncio.run(main(args.n, args.runs, not args.no_peers))
+    from keel.cli import exit_now
+
+    exit_now(code)
