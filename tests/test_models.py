@@ -183,6 +183,19 @@ async def test_openai_tool_calling_conversation(
     assert tool_messages(third) == ["0", json.dumps(report.steps[1].result)]
     calls = [m for m in third["messages"] if m.get("tool_calls")]
     assert [m["tool_calls"][0]["function"]["name"] for m in calls] == ["get_balance", "post_entry"]
+    # The provider sees the system prompt and the tools on every call; the history holds them
+    # once: later calls carry only their reference.
+    assert third["messages"][0]["content"].startswith("You are a clerk.")
+    assert [t["function"]["name"] for t in third["tools"]] == names
+    history = await ts_client.get_workflow_handle(report.run_id).fetch_history()
+    inputs = [
+        json.loads(e.activity_task_scheduled_event_attributes.input.payloads[0].data)
+        for e in history.events
+        if e.activity_task_scheduled_event_attributes.activity_type.name == "keel.model_call"
+    ]
+    assert [len(i["tools"]) for i in inputs] == [4, 0, 0]
+    assert inputs[0]["system"].startswith("You are a clerk.") and inputs[2]["system"] == ""
+    assert len({i["preamble_ref"] for i in inputs}) == 1
 
 
 async def test_anthropic_tool_use_conversation(

@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         ModelRequest,
         StepKind,
         ToolSchema,
+        preamble_ref,
     )
     from workflows.routing import ModelsExhausted, ask_route
     from workflows.tracing import annotate, span
@@ -70,6 +71,7 @@ class ActingMixin:
     _turns: list[Message]
     _repeats: Counter[str]
     _threads: dict[str, tuple[str | None, int]]
+    _preambles: set[str]
     _turn: int
 
     # --- budgets -----------------------------------------------------------------------------
@@ -163,6 +165,10 @@ class ActingMixin:
         # context reference): the model activity rebuilds the rest, so history stays linear.
         context_ref, sent = self._threads.get(kind, (None, 0))
         added = tuple(turns[sent:])
+        # The system prompt and tool schemas travel in full until a call has stored them, then
+        # by reference (a new run after continue-as-new sends them once more).
+        preamble = preamble_ref(system, tools)
+        stored = preamble in self._preambles
 
         def request_for(ref: ModelRef) -> ModelRequest:
             return ModelRequest(
@@ -170,10 +176,11 @@ class ActingMixin:
                 kind=kind,
                 model=ref,
                 messages=added,
-                tools=tools,
+                tools=() if stored else tools,
                 context_ref=context_ref,
-                system=system,
+                system="" if stored else system,
                 policy=agent.loop,
+                preamble_ref=preamble,
             )
 
         with span("model_call", kind=kind, run_id=report.run_id) as current:
@@ -192,6 +199,7 @@ class ActingMixin:
                 outcome="ok",
             )
         self._threads[kind] = (reply.context_ref, len(turns))
+        self._preambles.add(preamble)
         used = report.used
         cost = ref.cost(reply.usage.input_tokens, reply.usage.output_tokens)
         tags = {"model": ref.label}

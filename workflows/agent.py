@@ -85,6 +85,7 @@ class AgentWorkflow(ActingMixin):
         self._turns = []
         self._repeats = Counter()
         self._threads = {}  # model conversation per step kind: (context reference, turns sent)
+        self._preambles: set[str] = set()  # system prompts + tool schemas stored this run
         self._tools: dict[str, ToolSpec] = {}
         self._turn = 0
         if run.carry is not None:  # a continuation: the state carries on, the history does not

@@ -8,6 +8,8 @@ and only the model activity reads it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from datetime import timedelta
 from typing import Any, Literal
@@ -146,6 +148,21 @@ class ModelRequest(_Frozen):
     context_ref: str | None = None
     system: str = ""
     policy: AgentLoop | None = None
+    # The blob holding `system` and `tools` (preamble_ref below). The workflow sends them in
+    # full once per run and then only this reference: they are the same on every call, and
+    # inline they would be most of each call's bytes in the history.
+    preamble_ref: str | None = None
+
+
+def preamble_blob(system: str, tools: tuple[ToolSchema, ...]) -> bytes:
+    """The canonical bytes of a call's system prompt and tool schemas."""
+    body = {"system": system, "tools": [t.model_dump(mode="json") for t in tools]}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def preamble_ref(system: str, tools: tuple[ToolSchema, ...]) -> str:
+    """The blob store's reference for `preamble_blob` (content-addressed: the same hash)."""
+    return "sha256:" + hashlib.sha256(preamble_blob(system, tools)).hexdigest()
 
 
 class Usage(_Frozen):

@@ -17,10 +17,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities.store import BlobStore
 from workflows.loop import context
-from workflows.model_contracts import Message, ModelRequest
+from workflows.model_contracts import Message, ModelRequest, ToolSchema, preamble_blob
 
 CACHE_SIZE = 256  # conversations this worker served last (the sticky queue sends them back here)
 _cache: OrderedDict[str, list[Message]] = OrderedDict()
+_preambles: OrderedDict[str, tuple[str, tuple[ToolSchema, ...]]] = OrderedDict()
 
 
 def _remember(ref: str, messages: list[Message]) -> None:
@@ -36,12 +37,7 @@ def load(store: BlobStore, ref: str | None) -> list[Message]:
         try:
             link = json.loads(store.get(ref))
         except FileNotFoundError:
-            raise ApplicationError(
-                f"context {ref} is not in the blob store (KEEL_STORE_DIR): workers serving one "
-                "run must share their store",
-                type="ContextMissing",
-                non_retryable=True,
-            ) from None
+            raise _missing("context", ref) from None
         chain.append([Message.model_validate(m) for m in link["messages"]])
         ref = link["parent"]
     messages = list(_cache[ref]) if ref is not None else []
@@ -50,10 +46,45 @@ def load(store: BlobStore, ref: str | None) -> list[Message]:
     return messages
 
 
+def _missing(what: str, ref: str) -> ApplicationError:
+    return ApplicationError(
+        f"{what} {ref} is not in the blob store (KEEL_STORE_DIR): workers serving one run must "
+        "share their store",
+        type="ContextMissing",
+        non_retryable=True,
+    )
+
+
+def preamble(store: BlobStore, request: ModelRequest) -> tuple[str, tuple[ToolSchema, ...]]:
+    """The call's system prompt and tool schemas: stored when the request carries them, read
+    back (this worker's cache first) when it carries only their reference."""
+    ref = request.preamble_ref
+    if ref is None:
+        return request.system, request.tools
+    if request.system or request.tools:
+        store.put(preamble_blob(request.system, request.tools))
+        found = (request.system, request.tools)
+    elif ref in _preambles:
+        found = _preambles[ref]
+    else:
+        try:
+            body = json.loads(store.get(ref))
+        except FileNotFoundError:
+            raise _missing("system prompt and tools", ref) from None
+        tools = tuple(ToolSchema.model_validate(t) for t in body["tools"])
+        found = (body["system"], tools)
+    _preambles[ref] = found
+    _preambles.move_to_end(ref)
+    while len(_preambles) > CACHE_SIZE:
+        _preambles.popitem(last=False)
+    return found
+
+
 def expand(request: ModelRequest) -> tuple[ModelRequest, str]:
     """The request as the provider sees it (the whole conversation, trimmed by policy), and the
     reference of the conversation including this call's new messages."""
     store = BlobStore.from_env()
+    system, tools = preamble(store, request)
     messages = load(store, request.context_ref) + list(request.messages)
     link = {
         "parent": request.context_ref,
@@ -62,5 +93,6 @@ def expand(request: ModelRequest) -> tuple[ModelRequest, str]:
     ref = store.put(json.dumps(link, separators=(",", ":"), sort_keys=True).encode())
     _remember(ref, messages)
     assert request.policy is not None
-    view = context(request.system, messages, request.policy)
-    return request.model_copy(update={"messages": view, "context_ref": None, "policy": None}), ref
+    view = context(system, messages, request.policy)
+    update = {"messages": view, "context_ref": None, "policy": None, "preamble_ref": None}
+    return request.model_copy(update={**update, "system": system, "tools": tools}), ref
