@@ -1,7 +1,7 @@
 """Keel beside raw temporalio and its nearest peers: N tool calls a run, on one dev server.
 
     pip install -e '.[peers]'        # Pydantic AI and the OpenAI Agents SDK (optional)
-    python bench/peers.py [--n 20 100 1000] [--runs 5] [--quick]
+    python bench/peers.py [--n 20 100 1000] [--runs 5] [--long 10000] [--quick]
 
 Systems, alternating run by run so machine noise hits all alike:
   raw         a plain temporalio workflow: N activities in a row (bench/raw_workflow.py)
@@ -267,7 +267,30 @@ def table(systems: list[System], sizes: list[int]) -> list[str]:
     return lines
 
 
-async def main(sizes: list[int], runs: int, peers_wanted: bool) -> int:
+async def long_run(client: Client, queue: str, n: int) -> list[str]:
+    """One Keel ReAct run of n steps (continue-as-new on the way): does it finish, at what cost."""
+    agent = REACT.model_copy(update={"loop": REACT.loop.model_copy(update={"max_turns": n + 5})})
+    run_id = f"peers-long-{n}-{uuid.uuid4().hex[:6]}"
+    started = time.perf_counter()
+    report = await client.execute_workflow(
+        AgentWorkflow.run,
+        AgentRunInput(agent=agent, goal=f"call noop {n}"),
+        id=run_id,
+        task_queue=queue,
+        execution_timeout=timedelta(hours=3),
+    )
+    wall = time.perf_counter() - started
+    events, size = await chain_history(client, run_id)
+    report_kb = len(report.model_dump_json()) / 1024
+    return [
+        f"long run: keel-react N = {n}: {report.status} ({report.steps_done} of "
+        f"{report.step_total} steps done), {wall:.0f} s ({wall / n * 1000:.1f} ms/step), "
+        f"{report.continued} continue-as-new, {events} events, {size / 1024 / 1024:.1f} MB "
+        f"({size / n:.0f} B/step), final report {report_kb:.0f} KB"
+    ]
+
+
+async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int) -> int:
     binary = Path(sys.executable).parent / "temporal"
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(binary) if binary.exists() else shutil.which("temporal"),
@@ -307,11 +330,12 @@ async def main(sizes: list[int], runs: int, peers_wanted: bool) -> int:
                         file=sys.stderr,
                         flush=True,
                     )
+        long_lines = await long_run(env.client, queue, long) if long else []
     finally:
         for worker in reversed(workers):
             await worker.__aexit__(None, None, None)
         await env.shutdown()
-    for line in table(systems, sizes):
+    for line in table(systems, sizes) + long_lines:
         print(line)
     if note:
         print(note)
@@ -326,11 +350,12 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, nargs="+", default=[20, 100, 1000])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-peers", action="store_true", help="Keel and raw temporalio only")
+    parser.add_argument("--long", type=int, default=0, help="then one Keel ReAct run of N steps")
     parser.add_argument("--quick", action="store_true", help="N = 20, 1 run (for CI)")
     args = parser.parse_args()
     if args.quick:
         args.n, args.runs = [20], 1
-    code = asyncio.run(main(args.n, args.runs, not args.no_peers))
+    code = asyncio.run(main(args.n, args.runs, not args.no_peers, args.long))
     from keel.cli import exit_now
 
     exit_now(code)
