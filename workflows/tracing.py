@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 
 AttributeValue = str | int | float | bool
 
@@ -25,14 +25,24 @@ def span(name: str, **attributes: AttributeValue | None) -> Iterator[trace.Span]
     values = {f"keel.{k}": v for k, v in attributes.items() if v is not None}
     # Exceptions are recorded here, not by the SDK: its own recording (a formatted traceback)
     # loses the span of a workflow that unwinds through it.
-    with tracer.start_as_current_span(
+    current = tracer.start_span(
         f"keel.{name}", attributes=values, record_exception=False, set_status_on_exception=False
-    ) as current:
-        try:
-            yield current
-        except BaseException as err:
-            current.set_attribute("keel.exception", type(err).__name__)
-            raise
+    )
+    token = context.attach(trace.set_span_in_context(current))
+    try:
+        yield current
+    except GeneratorExit:
+        # The workflow is being evicted from the worker's cache (not finished): its coroutine
+        # is closed outside the context it ran in, so there is nothing to detach or end here;
+        # detaching would only log a traceback. The replay that finishes it ends the span.
+        raise
+    except BaseException as err:
+        current.set_attribute("keel.exception", type(err).__name__)
+        context.detach(token)
+        current.end()
+        raise
+    context.detach(token)
+    current.end()
 
 
 def annotate(current: trace.Span, **attributes: AttributeValue | None) -> None:
