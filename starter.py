@@ -11,6 +11,8 @@
     python starter.py pending [--json]
     python starter.py audit RUN_ID              (who did what and when, as JSON lines)
     python starter.py show RUN_ID [--json]      (the run's timeline, from its event history)
+    python starter.py prune --older-than 7d [--dry-run]
+        (removes blobs in $KEEL_STORE_DIR older than that, except those a running run pins)
 
 Exit codes: run --wait and status: 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING (run --wait
 returns as soon as the run waits on a human). approve, reject, decide: 0 accepted, 6 refused.
@@ -34,6 +36,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.catalog import Catalog, CatalogError, explain
+from activities.store import BlobStore
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import exit_now, tool_modules
 from keel.codec import AesGcmCodec, CodecError
@@ -107,9 +110,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     show.add_argument("--json", action="store_true", help="print JSON")
     pending = sub.add_parser("pending", help="list the runs waiting on a human")
     pending.add_argument("--json", action="store_true", help="print JSON")
+    prune = sub.add_parser("prune", help="remove old blobs no running run references")
+    prune.add_argument(
+        "--older-than", required=True, type=duration, help="age, e.g. 7d, 12h, 30m, 90s"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count, remove nothing")
     for command_parser in sub.choices.values():
         add_logging_args(command_parser)
     return parser.parse_args(argv)
+
+
+def duration(text: str) -> float:
+    """Seconds in '7d', '12h', '30m' or '90s'."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 7d, 12h, 30m or 90s")
+    return int(number) * units[unit]
+
+
+async def prune_blobs(client: Client, older_than: float, dry_run: bool) -> int:
+    # Open runs come from the server, never guessed: an unreachable server fails before this.
+    running = {w.id async for w in client.list_workflows("ExecutionStatus = 'Running'")}
+    store = BlobStore.from_env()
+    result = store.prune(running, older_than, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    print(
+        f"{verb} {result.blobs_removed} blobs ({result.bytes_removed} bytes) and "
+        f"{result.pins_removed} pins of closed runs from {store.root}; kept "
+        f"{result.blobs_kept_for_open_runs} referenced by {len(running)} running runs and "
+        f"{result.blobs_kept_young} younger than the limit"
+    )
+    return 0
 
 
 def load_plan(path: Path) -> PlanSpec:
@@ -203,6 +235,8 @@ async def command(args: argparse.Namespace) -> int:
         return await send_decision(client, args)
     if args.command == "pending":
         return await list_pending(client, args.json)
+    if args.command == "prune":
+        return await prune_blobs(client, args.older_than, args.dry_run)
     if args.command == "audit":
         report = await get_report(client, args.run_id)
         for entry in report.audit:

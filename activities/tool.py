@@ -297,7 +297,7 @@ def _output(value: Any, ctx: ToolContext, attempt: int) -> ToolOutput:
     data = json.dumps(value, separators=(",", ":")).encode()
     if len(data) <= inline_limit():
         return ToolOutput(value=value, files_touched=ctx.files_touched, attempt=attempt)
-    ref = BlobStore.from_env().put(data)
+    ref = BlobStore.from_env().put(data, run_id=ctx.run_id)
     preview = data[:200].decode(errors="replace")
     return ToolOutput(
         ref=ResultRef(ref=ref, size=len(data), preview=preview),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.store import BlobStore
@@ -46,6 +47,11 @@ def load(store: BlobStore, ref: str | None) -> list[Message]:
     return messages
 
 
+def _run_id() -> str | None:
+    """The run a blob is written for (pinned to it, so prune keeps it while the run is open)."""
+    return activity.info().workflow_id if activity.in_activity() else None
+
+
 def _missing(what: str, ref: str) -> ApplicationError:
     return ApplicationError(
         f"{what} {ref} is not in the blob store (KEEL_STORE_DIR): workers serving one run must "
@@ -62,7 +68,7 @@ def preamble(store: BlobStore, request: ModelRequest) -> tuple[str, tuple[ToolSc
     if ref is None:
         return request.system, request.tools
     if request.system or request.tools:
-        store.put(preamble_blob(request.system, request.tools))
+        store.put(preamble_blob(request.system, request.tools), run_id=_run_id())
         found = (request.system, request.tools)
     elif ref in _preambles:
         found = _preambles[ref]
@@ -90,7 +96,9 @@ def expand(request: ModelRequest) -> tuple[ModelRequest, str]:
         "parent": request.context_ref,
         "messages": [m.model_dump(mode="json") for m in request.messages],
     }
-    ref = store.put(json.dumps(link, separators=(",", ":"), sort_keys=True).encode())
+    ref = store.put(
+        json.dumps(link, separators=(",", ":"), sort_keys=True).encode(), run_id=_run_id()
+    )
     _remember(ref, messages)
     assert request.policy is not None
     view = context(system, messages, request.policy)

@@ -1,0 +1,98 @@
+"""The blob store's pins and `starter.py prune`: blobs a running run references are never
+removed, whatever their age; the rest go once older than the limit."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+from activities.store import BlobStore
+from tests.processes import starter
+from tests.test_humans_cli import GOAL, cli_env  # noqa: F401  (a fixture)
+
+DAY = 86400.0
+
+
+def age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def blob_path(store: BlobStore, ref: str) -> Path:
+    return store.root / ref[7:9] / ref[7:]
+
+
+def test_prune_keeps_what_open_runs_pin_and_what_is_young(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    open_ref = store.put(b"context of a waiting run", run_id="open-run")
+    closed_ref = store.put(b"result of a finished run", run_id="closed-run")
+    loose_ref = store.put(b"written outside any run")
+    young_ref = store.put(b"written a minute ago", run_id="closed-run")
+    for ref in (open_ref, closed_ref, loose_ref):
+        age(blob_path(store, ref), 10 * DAY)
+    for pin in (store.root / "pins").iterdir():
+        age(pin, 10 * DAY)
+
+    counted = store.prune({"open-run"}, older_than=7 * DAY, dry_run=True)
+    assert (counted.blobs_removed, counted.pins_removed) == (2, 1)
+    assert all(blob_path(store, r).exists() for r in (open_ref, closed_ref, loose_ref))
+
+    result = store.prune({"open-run"}, older_than=7 * DAY)
+    assert (result.blobs_removed, result.blobs_kept_for_open_runs, result.blobs_kept_young) == (
+        2,
+        1,
+        1,
+    )
+    assert result.bytes_removed == len(b"result of a finished run") + len(
+        b"written outside any run"
+    )
+    assert store.get(open_ref) == b"context of a waiting run"
+    assert store.get(young_ref) == b"written a minute ago"
+    assert not blob_path(store, closed_ref).exists() and not blob_path(store, loose_ref).exists()
+    assert len(list((store.root / "pins").iterdir())) == 1  # the open run's pin stays
+
+
+def test_a_blob_written_again_is_young_again(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    ref = store.put(b"shared by two runs", run_id="first")
+    age(blob_path(store, ref), 10 * DAY)
+    store.put(b"shared by two runs", run_id="second")
+    assert store.prune(set(), older_than=7 * DAY).blobs_removed == 0
+
+
+async def test_prune_from_the_command_line_spares_a_waiting_run(
+    cli_env: dict[str, str],  # noqa: F811
+) -> None:
+    # The clerk acting step by step waits on a human for zed's payment, its conversation (and
+    # system prompt and tools) in the store, pinned to it.
+    run_id = f"prune-{uuid.uuid4().hex[:8]}"
+    started = await starter(
+        "run", "ledger-agent", "--goal", GOAL, "--id", run_id, "--wait", "--json", env=cli_env
+    )
+    assert started.code == 4, started
+    store = BlobStore.from_env()
+    loose = store.put(b"an orphan from long ago")
+    for blob in store.root.glob("??/*"):
+        age(blob, 30 * DAY)
+
+    bad = await starter("prune", "--older-than", "a week", env=cli_env)
+    assert bad.code == 2 and "not a duration" in bad.err
+
+    pruned = await starter("prune", "--older-than", "7d", env=cli_env)
+    assert pruned.code == 0, pruned
+    assert pruned.out.startswith("removed 1 blobs"), pruned.out
+    assert not blob_path(store, loose).exists()
+
+    # Everything the waiting run wrote (its conversation, system prompt and tools) survived.
+    pinned = [
+        line
+        for pin in (store.root / "pins").iterdir()
+        for line in pin.read_text().splitlines()
+        if line.startswith("sha256:")
+    ]
+    assert len(pinned) >= 3
+    assert all(blob_path(store, ref).exists() for ref in pinned)
+    assert f"kept {len(set(pinned))} referenced by" in pruned.out
+    assert run_id in (store.root / "pins").iterdir().__next__().read_text()
