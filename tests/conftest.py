@@ -56,8 +56,9 @@ trace.set_tracer_provider(_provider)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-# Runs of these ids are non-deterministic on purpose (the test of that): not replayed.
-NOT_REPLAYED_PREFIX = "nondeterminism-"
+# Runs of these ids are not replayed here: non-deterministic on purpose (the test of that), or
+# replayed by their own test (which holds what their replay needs, e.g. a storage driver).
+NOT_REPLAYED_PREFIXES = ("nondeterminism-", "self-replayed-")
 
 
 def binary(name: str) -> str:
@@ -89,7 +90,7 @@ async def replay_all(client: Client, runs: list[tuple[str, str | None]]) -> int:
     replayer = Replayer(workflows=[], plugins=[KeelPlugin()])
     count = 0
     for workflow_id, run_id in runs:
-        if workflow_id.startswith(NOT_REPLAYED_PREFIX):
+        if workflow_id.startswith(NOT_REPLAYED_PREFIXES):
             continue
         history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         await replayer.replay_workflow(history)  # raises on a non-determinism error

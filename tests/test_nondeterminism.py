@@ -12,7 +12,7 @@ from temporalio.worker import Worker
 from activities import Catalog
 from keel import KeelPlugin
 from keel.runs import get_report
-from tests.conftest import NOT_REPLAYED_PREFIX
+from tests.conftest import NOT_REPLAYED_PREFIXES
 from tests.probe_workflows import ProbeV1, ProbeV2, probe_step
 
 
@@ -20,7 +20,7 @@ async def test_nondeterminism_fails_the_run_with_its_cause(
     dev_client: Client, capfd: pytest.CaptureFixture[str]
 ) -> None:
     queue = f"nd-{uuid.uuid4().hex[:8]}"
-    run_id = f"{NOT_REPLAYED_PREFIX}{uuid.uuid4().hex[:8]}"
+    run_id = f"{NOT_REPLAYED_PREFIXES[0]}{uuid.uuid4().hex[:8]}"
     plugin = KeelPlugin(Catalog.of())
     async with Worker(
         dev_client,

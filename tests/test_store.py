@@ -3,14 +3,32 @@ removed, whatever their age; the rest go once older than the limit."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
+from temporalio.api.common.v1 import Payload
+from temporalio.client import Client
+from temporalio.converter import (
+    ExternalStorage,
+    StorageDriver,
+    StorageDriverClaim,
+    StorageDriverRetrieveContext,
+    StorageDriverStoreContext,
+)
+from temporalio.worker import Replayer
+
+from activities import Catalog, tool
 from activities.store import BlobStore
+from keel import KeelPlugin
+from tests.conftest import keel_worker
 from tests.processes import starter
 from tests.test_humans_cli import GOAL, cli_env  # noqa: F401  (a fixture)
+from workflows import AgentWorkflow
+from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 
 DAY = 86400.0
 
@@ -96,3 +114,69 @@ async def test_prune_from_the_command_line_spares_a_waiting_run(
     assert all(blob_path(store, ref).exists() for ref in pinned)
     assert f"kept {len(set(pinned))} referenced by" in pruned.out
     assert run_id in (store.root / "pins").iterdir().__next__().read_text()
+
+
+class MemoryDriver(StorageDriver):
+    """A real ExternalStorage driver keeping payloads in this process (the test's own store)."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def name(self) -> str:
+        return "memory"
+
+    async def store(
+        self, context: StorageDriverStoreContext, payloads: Sequence[Payload]
+    ) -> list[StorageDriverClaim]:
+        claims = []
+        for payload in payloads:
+            key = f"k{len(self.blobs)}"
+            self.blobs[key] = payload.SerializeToString()
+            claims.append(StorageDriverClaim(claim_data={"key": key}))
+        return claims
+
+    async def retrieve(
+        self, context: StorageDriverRetrieveContext, claims: Sequence[StorageDriverClaim]
+    ) -> list[Payload]:
+        return [Payload.FromString(self.blobs[c.claim_data["key"]]) for c in claims]
+
+
+@tool
+def bulky_read(size: int) -> str:
+    """A result under Keel's inline limit but over the external storage threshold."""
+    return "r" * size
+
+
+async def test_keel_keeps_a_data_converters_external_storage(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    # Temporal's ExternalStorage moves any payload over a threshold out of history (S3 and GCS
+    # drivers ship with temporalio); KeelPlugin must keep it on the converter it adjusts.
+    driver = MemoryDriver()
+    converter = dataclasses.replace(
+        ts_client.data_converter,
+        external_storage=ExternalStorage(drivers=[driver], payload_size_threshold=2048),
+    )
+    client = Client(**{**ts_client.config(), "data_converter": converter})
+    steps = [StepSpec(title="read", tool="bulky_read", args={"size": 3000})]
+    async with keel_worker(client, Catalog.of([bulky_read])) as queue:
+        report = await client.execute_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(
+                agent=PLAN_RUNNER, goal="bulky", plan=PlanSpec(goal="bulky", steps=steps)
+            ),
+            id=f"self-replayed-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+    assert report.status == "DONE", report.reason
+    assert report.steps[0].result == "r" * 3000
+    assert driver.blobs  # the result went to the driver, the history holds its claim
+    history = await client.get_workflow_handle(report.run_id).fetch_history()
+    completed = [
+        e.activity_task_completed_event_attributes.result.payloads[0]
+        for e in history.events
+        if e.HasField("activity_task_completed_event_attributes")
+    ]
+    assert any(len(p.data) < 1000 and b"rrrr" not in p.data for p in completed)
+    replayer = Replayer(workflows=[], data_converter=converter, plugins=[KeelPlugin()])
+    await replayer.replay_workflow(history)  # the replay reads the claim back through the driver
