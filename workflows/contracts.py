@@ -21,6 +21,7 @@ from workflows.model_contracts import (
     Message,
     ModelCallRecord,
     Routes,
+    WireCompact,
 )
 
 Effect = Literal["read", "write"]
@@ -109,7 +110,7 @@ class SecretRef(_Strict):
     secret: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
-class Grant(_Strict):
+class Grant(_Strict, WireCompact):
     """A scope an agent holds: a glob over scopes ("ledger:write:*", "fs:write:/data/out/*"),
     narrowed by rules on the call's arguments (all must hold): "can write" is not "anywhere"."""
 
@@ -246,7 +247,7 @@ class ArgsCheck(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
-class ToolCall(_Strict):
+class ToolCall(_Strict, WireCompact):
     """What a tool activity receives. The idempotency key is stable across retries and crashes."""
 
     run_id: str
@@ -266,7 +267,7 @@ class ResultRef(_Strict):
     preview: str
 
 
-class ToolOutput(_Strict):
+class ToolOutput(_Strict, WireCompact):
     """What a tool activity returns: a small value inline, or a reference to a stored one."""
 
     value: Any = None

@@ -14,7 +14,15 @@ import re
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 Provider = Literal["scripted", "openai", "anthropic"]
 StepKind = Literal["plan", "act", "verify"]
@@ -26,6 +34,32 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class WireCompact(BaseModel):
+    """Serialized without the fields that hold their default (they come back as defaults when
+    read): for the types that cross the activity boundary at every step, since every byte of
+    them lands in the history once per step."""
+
+    @model_serializer(mode="wrap")
+    def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if not isinstance(data, dict):
+            return data
+        fields = type(self).model_fields
+        return {k: v for k, v in data.items() if k not in fields or not _is_default(self, k)}
+
+
+def _is_default(model: BaseModel, name: str) -> bool:
+    field = type(model).model_fields[name]
+    if field.is_required():
+        return False
+    default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+    return getattr(model, name) == default
+
+
+class _Wire(_Frozen, WireCompact):
+    pass
+
+
 class ModelRetry(_Frozen):
     """Retries of one model before the route falls back to the next (bounded, like a tool's)."""
 
@@ -35,7 +69,7 @@ class ModelRetry(_Frozen):
     max_interval: timedelta = timedelta(seconds=30)
 
 
-class ModelRef(_Frozen):
+class ModelRef(_Wire):
     """One model at one provider, with its settings and its price."""
 
     provider: Provider
@@ -118,7 +152,7 @@ class ToolCallRequest(_Frozen):
     arguments: str  # JSON text: parsing it is the workflow's job, so bad JSON is fed back
 
 
-class Message(_Frozen):
+class Message(_Wire):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     tool_calls: tuple[ToolCallRequest, ...] = ()
@@ -132,7 +166,7 @@ class ToolSchema(_Frozen):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-class ModelRequest(_Frozen):
+class ModelRequest(_Wire):
     """What the model activity receives: built deterministically from the plan state.
 
     With a `policy`, `messages` are only those added since the call that returned
@@ -170,7 +204,7 @@ class Usage(_Frozen):
     output_tokens: int = 0
 
 
-class ModelReply(_Frozen):
+class ModelReply(_Wire):
     text: str = ""
     tool_calls: tuple[ToolCallRequest, ...] = ()
     usage: Usage = Usage()
@@ -193,7 +227,7 @@ class ModelCallRecord(BaseModel):
     fallbacks: list[str] = Field(default_factory=list)  # "model: why it gave up", in order
 
 
-class AgentLoop(_Frozen):
+class AgentLoop(_Wire):
     """How an agent acts step by step (a model call per step) instead of from a fixed plan."""
 
     max_turns: int = Field(50, ge=1, le=100_000)  # long runs continue as new
