@@ -8,6 +8,7 @@ Systems, alternating run by run so machine noise hits all alike:
   keel-plan   Keel with the plan given up front (no model)
   keel-react  Keel with a model call before each tool call (offline scripted model)
   keel-local  Keel with the plan given up front and the tool declared local=True
+  keel-react-lm  keel-react with the model asked as a local activity (ModelRef(local=True))
   pydantic-ai Pydantic AI's Agent with TemporalDurability and a FunctionModel
   openai      temporalio.contrib.openai_agents with a fake model
 The peers run where their packages are installed; a peer that fails or times out at some N is
@@ -139,9 +140,13 @@ def keel_systems(client: Client, queue: str) -> list[System]:
             execution_timeout=timeout(n),
         )
 
-    def react(n: int) -> AgentRunInput:
+    def react(n: int, local_model: bool = False) -> AgentRunInput:
+        model = ModelRef(provider="scripted", model="bench-peers", local=local_model)
         agent = REACT.model_copy(
-            update={"loop": REACT.loop.model_copy(update={"max_turns": n + 5})}
+            update={
+                "loop": REACT.loop.model_copy(update={"max_turns": n + 5}),
+                "routes": Routes(act=Route(models=(model,))),
+            }
         )
         return AgentRunInput(agent=agent, goal=f"call noop {n}")
 
@@ -150,6 +155,7 @@ def keel_systems(client: Client, queue: str) -> list[System]:
         System("keel-plan", lambda n, rid: keel(plan_of(n, "noop"), n, rid), client),
         System("keel-react", lambda n, rid: keel(react(n), n, rid), client),
         System("keel-local", lambda n, rid: keel(plan_of(n, "noop_local"), n, rid), client),
+        System("keel-react-lm", lambda n, rid: keel(react(n, True), n, rid), client),
     ]
 
 
@@ -231,7 +237,7 @@ async def measure(system: System, n: int) -> None:
 
 def table(systems: list[System], sizes: list[int]) -> list[str]:
     lines = [
-        f"{'N':>5} {'system':<12} {'runs':>4} {'wall s median':>13} {'min-max':>15} "
+        f"{'N':>5} {'system':<13} {'runs':>4} {'wall s median':>13} {'min-max':>15} "
         f"{'ms/step':>8} {'events':>7} {'KB':>9} {'B/step':>7} {'x raw':>6}"
     ]
     for n in sizes:
@@ -241,14 +247,14 @@ def table(systems: list[System], sizes: list[int]) -> list[str]:
             samples = system.samples.get(n, [])
             if not samples:
                 why = system.failed.get(n, "not run")
-                lines.append(f"{n:>5} {system.name:<12} {0:>4} failed: {why}")
+                lines.append(f"{n:>5} {system.name:<13} {0:>4} failed: {why}")
                 continue
             walls = [s.wall for s in samples]
             median = statistics.median(walls)
             last = samples[-1]
             ratio = f"{median / raw_median:>6.2f}" if raw_median else f"{'-':>6}"
             lines.append(
-                f"{n:>5} {system.name:<12} {len(samples):>4} {median:>13.2f} "
+                f"{n:>5} {system.name:<13} {len(samples):>4} {median:>13.2f} "
                 f"{f'{min(walls):.2f}-{max(walls):.2f}':>15} {median / n * 1000:>8.1f} "
                 f"{last.events:>7} {last.size / 1024:>9.1f} {last.size / n:>7.0f} {ratio}"
             )

@@ -26,7 +26,7 @@ from tests.processes import run
         ),
         ("bench/load.py", " keel   100 "),
         # The peers need the optional `peers` extra: CI measures Keel and raw temporalio only.
-        ("bench/peers.py --no-peers", "   20 keel-react "),
+        ("bench/peers.py --no-peers", "   20 keel-react-lm "),
     ],
 )
 async def test_quick_mode_runs(script: str, row_start: str) -> None:

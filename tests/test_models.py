@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 
 import examples.ledger as ledger
@@ -451,6 +452,27 @@ async def test_the_offline_scripted_model_acts_step_by_step(
     assert report.used.model_calls == 3 and report.used.tool_calls == 2
     assert [c.model for c in report.model_calls] == ["scripted:ledger-react"] * 3
     assert store.balances() == {"ann": 3, "bo": 4}
+
+
+async def test_a_quick_model_can_answer_as_a_local_activity(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    route = Route(models=(ModelRef(provider="scripted", model="ledger-react", local=True),))
+    agent = ledger.ledger_agent.model_copy(update={"routes": Routes(act=route)})
+    report = await run_agent(ts_client, agent, goal="Pay ann 3 and bo 4")
+    assert report.status == "DONE", report.reason
+    assert report.summary == "paid ann 3, bo 4" and store.balances() == {"ann": 3, "bo": 4}
+    history = await ts_client.get_workflow_handle(report.run_id).fetch_history()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    markers = [e for e in history.events if e.HasField("marker_recorded_event_attributes")]
+    assert "keel.model_call" not in scheduled and scheduled.count("post_entry") == 2
+    assert len(markers) == 3  # three model calls, recorded as local activity markers
+    with pytest.raises(ValidationError, match="local=True is for quick models"):
+        ModelRef(provider="openai", model="gpt-test", local=True, timeout=timedelta(minutes=2))
 
 
 async def test_the_plan_route_plans_then_the_plan_runs(

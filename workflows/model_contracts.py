@@ -85,6 +85,17 @@ class ModelRef(_Wire):
     # US dollars per million tokens, for the cost in the report and the cost budget.
     input_price: float = Field(0.0, ge=0)
     output_price: float = Field(0.0, ge=0)
+    # A model that answers within seconds on the worker's machine (the scripted model, a small
+    # local server) can be asked as a local activity: same bounded retries, no round trip
+    # through the server's task queue, about half the wall time of a step. Keep it off for
+    # remote providers: a local activity holds the workflow task while it runs.
+    local: bool = False
+
+    @model_validator(mode="after")
+    def _local_is_quick(self) -> ModelRef:
+        if self.local and self.timeout > timedelta(seconds=60):
+            raise ValueError("local=True is for quick models: timeout must be at most 60 s")
+        return self
 
     @field_validator("api_key_env")
     @classmethod
