@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -42,7 +43,7 @@ from workflows.contracts import (
     ToolCall,
     ToolOutput,
 )
-from workflows.loop import context
+from workflows.loop import REPEATS_CARRIED, context, recent_repeats
 from workflows.model_contracts import (
     AgentLoop,
     Budget,
@@ -607,3 +608,13 @@ def test_wire_types_drop_defaults_and_read_back_the_same() -> None:
     }
     assert output.model_dump(mode="json") == {}
     assert call.model_dump(mode="json")["grants"] == [{"scope": "*"}]
+
+
+def test_loop_detection_carries_repeats_and_the_newest_calls_only() -> None:
+    seen: Counter[str] = Counter({"noop:again": 3})  # the oldest key, but repeated
+    seen.update(f"noop:{i:016x}" for i in range(REPEATS_CARRIED + 500))
+    carried = recent_repeats(seen)
+    assert carried["noop:again"] == 3
+    assert len(carried) == REPEATS_CARRIED + 1
+    assert f"noop:{REPEATS_CARRIED + 499:016x}" in carried
+    assert "noop:0000000000000000" not in carried

@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.failures import attempts_made, describe_failure, retry_policy
     from workflows.gate import DecisionRefused, HumanGate, needs_approval
+    from workflows.loop import recent_repeats
     from workflows.metrics import count
     from workflows.saga import Saga
     from workflows.tracing import annotate, span
@@ -191,7 +192,7 @@ class AgentWorkflow(ActingMixin):
             tools=self._tools,
             turns=self._turns[act_sent:],
             threads={kind: ref for kind, (ref, _) in self._threads.items()},
-            repeats=dict(self._repeats),
+            repeats=recent_repeats(self._repeats),
             asked=self._gate.asked,
             turn=self._turn,
         )

@@ -225,6 +225,17 @@ def call_key(tool: str, args: dict[str, Any]) -> str:
     return f"{tool}:{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
 
 
+REPEATS_CARRIED = 1000
+
+
+def recent_repeats(repeats: Counter[str]) -> dict[str, int]:
+    """What loop detection carries across continue-as-new: every call seen more than once, and
+    the newest REPEATS_CARRIED of the rest (a 100,000-step run must not carry 100,000 keys)."""
+    keys = list(repeats)
+    newest = set(keys[-REPEATS_CARRIED:])
+    return {k: repeats[k] for k in keys if repeats[k] > 1 or k in newest}
+
+
 def budget_problem(
     budget: Budget,
     used: BudgetUsed,
