@@ -44,6 +44,13 @@ def _json(payloads: Payloads) -> Any:
         return None
 
 
+def _seconds(stamp: Any) -> float:
+    """A protobuf timestamp as JSON ({"seconds": ..., "nanos": ...}) in seconds; 0 if absent."""
+    if not isinstance(stamp, dict):
+        return 0.0
+    return float(stamp.get("seconds", 0)) + float(stamp.get("nanos", 0)) / 1e9
+
+
 def _kind(activity: str, call: Any) -> tuple[Kind, int | None]:
     if activity in ("keel.propose_plan", "keel.prepare_plan"):
         return "plan", None
@@ -113,6 +120,8 @@ class _Builder:
             a = event.activity_task_canceled_event_attributes
             if entry := self.activities.get(a.scheduled_event_id):
                 self.close(entry, event, "cancelled")
+        elif t == E.EVENT_TYPE_MARKER_RECORDED:
+            self._local_activity(event)
         elif t == E.EVENT_TYPE_TIMER_STARTED:
             a = event.timer_started_event_attributes
             limit = a.start_to_fire_timeout.ToTimedelta()
@@ -135,6 +144,23 @@ class _Builder:
             self.add(event, kind="decision", name="cancel requested", outcome="ok", duration_s=0)
         else:
             self._end(event)
+
+    def _local_activity(self, event: HistoryEvent) -> None:
+        """A local activity (a local tool, a local model, the worker's check of the plan) is
+        one marker, recorded once it has finished; its arguments are not in the history."""
+        a = event.marker_recorded_event_attributes
+        if a.marker_name != "core_local_activity" or "data" not in a.details:
+            return
+        data = _json(a.details["data"])
+        if not isinstance(data, dict):
+            return
+        name = str(data.get("activity_type", "local activity"))
+        kind, _ = _kind(name, None)
+        entry = self.add(event, kind=kind, name=f"{name} (local)", attempts=data.get("attempt", 1))
+        took = _seconds(data.get("complete_time")) - _seconds(data.get("original_schedule_time"))
+        failed = a.HasField("failure")
+        entry.duration_s = round(max(took, 0.0), 3)
+        entry.outcome, entry.detail = ("failed", a.failure.message) if failed else ("ok", "")
 
     def _decision(self, event: HistoryEvent, name: str, value: Any) -> None:
         detail = ""

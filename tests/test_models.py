@@ -21,6 +21,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 import examples.ledger as ledger
 from activities import Catalog
 from examples.ledger import store
+from keel.timeline import timeline
 from tests.conftest import keel_worker, skip_time
 from tests.model_server import (
     ANTHROPIC,
@@ -469,9 +470,21 @@ async def test_a_quick_model_can_answer_as_a_local_activity(
         for e in history.events
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
-    markers = [e for e in history.events if e.HasField("marker_recorded_event_attributes")]
+    markers = [
+        e
+        for e in history.events
+        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]
     assert "keel.model_call" not in scheduled and scheduled.count("post_entry") == 2
-    assert len(markers) == 3  # three model calls, recorded as local activity markers
+    # Three model calls and the worker's check of the tools, recorded as local activity markers.
+    assert len(markers) == 4
+    entries = await timeline(ts_client, report.run_id)
+    local = [(e.kind, e.name, e.outcome) for e in entries if e.name.endswith("(local)")]
+    assert (
+        local
+        == [("plan", "keel.prepare_plan (local)", "ok")]
+        + [("model", "keel.model_call (local)", "ok")] * 3
+    )
     with pytest.raises(ValidationError, match="local=True is for quick models"):
         ModelRef(provider="openai", model="gpt-test", local=True, timeout=timedelta(minutes=2))
 

@@ -252,9 +252,20 @@ class AgentWorkflow(ActingMixin):
         self._log(f"plan has {len(plan.steps)} steps and {len(plan.acceptance)} acceptance checks")
 
     async def _prepare(self, run: AgentRunInput, plan: PlanSpec | None) -> PreparedPlan:
+        request = PrepareRequest(agent=run.agent, plan=plan)
+        # The worker's check of the plan is a catalog lookup: a local activity spares a round
+        # trip through the server per run. Runs started before this change replay as they ran.
+        if workflow.patched("keel-prepare-local"):
+            return await workflow.execute_local_activity(
+                "keel.prepare_plan",
+                request,
+                result_type=PreparedPlan,
+                start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+                retry_policy=KEEL_RETRY,
+            )
         return await workflow.execute_activity(
             "keel.prepare_plan",
-            PrepareRequest(agent=run.agent, plan=plan),
+            request,
             result_type=PreparedPlan,
             start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
             retry_policy=KEEL_RETRY,
