@@ -79,7 +79,8 @@ async def main(runs: int, kills: int, seed: int) -> int:
             id=run_id,
             task_queue="chaos",
         )
-    resumes: list[float] = []
+    resumes: list[float] = []  # from the new worker process's spawn
+    resumes_ready: list[float] = []  # from the moment it polls (imports and connection done)
     server_restarted = False
     generation = 0
     started = time.perf_counter()
@@ -92,9 +93,11 @@ async def main(runs: int, kills: int, seed: int) -> int:
             before = completed(db)
             restart = time.perf_counter()
             await worker.start()
+            ready = time.perf_counter()
             while completed(db) == before and completed(db) < runs * STEPS:
                 await asyncio.sleep(0.02)
             resumes.append(time.perf_counter() - restart)
+            resumes_ready.append(time.perf_counter() - ready)
             if generation > kills or completed(db) >= runs * STEPS:
                 break
             await asyncio.sleep(rng.uniform(0.5, 2.5))
@@ -130,7 +133,8 @@ async def main(runs: int, kills: int, seed: int) -> int:
     print(f"steps delivered again after a crash: {deliveries - runs * STEPS}")
     print(
         f"worker (re)start -> next completed step: median {statistics.median(resumes):.2f} s, "
-        f"max {max(resumes):.2f} s over {len(resumes)} starts"
+        f"max {max(resumes):.2f} s over {len(resumes)} starts; from the worker polling: median "
+        f"{statistics.median(resumes_ready):.2f} s, max {max(resumes_ready):.2f} s"
     )
     return 0 if done == runs and duplicates == 0 else 1
 
