@@ -381,6 +381,24 @@ async def test_a_long_plan_continues_as_new_and_stays_one_run(
     assert any(p.message.startswith("continuing as new after") for p in report.progress)
 
 
+async def test_a_run_continues_as_new_by_history_size_too(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    # 12 payments with 20 KB memos: ~50 KB of history per step, over 100 KB every ~2 steps.
+    steps = [pay(f"s{i}", i, memo="m" * 20_000) for i in range(1, 13)]
+    agent = PLAN_RUNNER.model_copy(update={"max_history_bytes": 100_000})
+    async with keel_worker(ts_client, CATALOG) as queue:
+        report = await ts_client.execute_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=agent, goal="sized", plan=plan(*steps)),
+            id=f"test-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+    assert report.status == "DONE", report.reason
+    assert report.continued >= 3  # by bytes: 12 steps are far below the event limit
+    assert store.balances() == {f"s{i}": i for i in range(1, 13)}
+
+
 async def test_an_agent_acting_step_by_step_continues_as_new_with_its_context(
     ts_client: Client, ledger_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -89,6 +89,7 @@ class AgentWorkflow(ActingMixin):
         self._preambles: set[str] = set()  # system prompts + tool schemas stored this run
         self._tools: dict[str, ToolSpec] = {}
         self._turn = 0
+        self._segment_steps = 0  # steps run since this run (or continuation) began
         if run.carry is not None:  # a continuation: the state carries on, the history does not
             self._report = run.carry.report
             self._tools = run.carry.tools
@@ -181,7 +182,16 @@ class AgentWorkflow(ActingMixin):
         (same run id; the report, approvals and status keep working)."""
         info = workflow.info()
         length = info.get_current_history_length()
-        if length < self._run.agent.max_history_events and not info.is_continue_as_new_suggested():
+        agent = self._run.agent
+        if self._segment_steps == 0:
+            # Nothing ran since this run began: if its carried state alone is over a limit,
+            # continuing again would loop; the next step runs first.
+            return
+        if (
+            length < agent.max_history_events
+            and info.get_current_history_size() < agent.max_history_bytes
+            and not info.is_continue_as_new_suggested()
+        ):
             return
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._report.continued += 1
@@ -335,6 +345,7 @@ class AgentWorkflow(ActingMixin):
     async def _run_step(self, step: StepState, key: str | None = None) -> None:
         """Run one step. `key` (the loop's call key) turns on loop detection and feeds a failed
         call back to the model instead of failing the run."""
+        self._segment_steps += 1
         with span("step", run_id=self._report.run_id, step=step.index, tool=step.tool) as current:
             try:
                 await self._run_step_inner(step, key)

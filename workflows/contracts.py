@@ -37,8 +37,10 @@ MAX_STEPS = 1000
 PROGRESS_KEPT = 200  # the report keeps the newest entries of the progress log
 # Settled steps the report keeps in full; older ones are counted (a run of 10,000 model-chosen
 # steps must fit a 2 MB payload when it continues as new or returns its report).
-STEPS_KEPT = 200
-AUDIT_KEPT = 1000
+STEPS_KEPT = 100
+# The audit trail's newest entries in the report (and so in each continue-as-new carry); the
+# older ones stay in the history of the run's earlier segments.
+AUDIT_KEPT = 500
 
 
 class _Strict(BaseModel):
@@ -200,6 +202,9 @@ class AgentSpec(_Strict):
     # Continue as new (same run id, compact state) once the history reaches this many events,
     # or earlier when the server suggests it; Temporal caps a history at 50,000.
     max_history_events: int = Field(10_000, ge=20, le=45_000)
+    # The same by size (Temporal's hard limit is 50 MB); the server's own suggestion to
+    # continue as new is followed too.
+    max_history_bytes: int = Field(10_000_000, ge=100_000, le=45_000_000)
     # Scopes the agent holds. A tool that declares scopes runs only under a matching grant;
     # checked in the workflow before scheduling and again in the activity.
     grants: tuple[Grant, ...] = ()
