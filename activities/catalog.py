@@ -24,7 +24,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.checks import BUILTIN_CHECKS
-from activities.models.context_store import expand
+from activities.models.context_store import answered, expand
 from activities.models.providers import PROVIDERS
 from activities.models.scripted import ScriptedModel, ScriptedPlanner
 from activities.tool import Tool
@@ -246,11 +246,11 @@ class KeelActivities:
     async def model_call(self, request: ModelRequest) -> ModelReply:
         """One model call. Its recorded reply is what a replay sees: the model is never asked
         twice for the same turn."""
-        context_ref = None
-        if request.policy is not None:
-            request, context_ref = expand(request)
-        reply = await self._answer(request)
-        return reply.model_copy(update={"context_ref": context_ref})
+        if request.policy is None:
+            return await self._answer(request)
+        view, conversation = expand(request)
+        reply = await self._answer(view)
+        return reply.model_copy(update={"context_ref": answered(request, conversation, reply)})
 
     async def _answer(self, request: ModelRequest) -> ModelReply:
         ref = request.model

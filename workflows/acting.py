@@ -123,9 +123,6 @@ class ActingMixin:
             await self._continue_if_long()  # type: ignore[attr-defined]
             self._turn += 1
             reply = await self._ask_model("act", schemas, system, self._turns)
-            self._turns.append(
-                Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls)
-            )
             actions, problems = parse_actions(reply, schemas)
             if problems:
                 malformed += 1
@@ -198,6 +195,9 @@ class ActingMixin:
                 fallbacks=len(fallbacks),
                 outcome="ok",
             )
+        # The model's answer joins the conversation here; the model activity stored the same
+        # message with its context, so it counts as sent.
+        turns.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
         self._threads[kind] = (reply.context_ref, len(turns))
         self._preambles.add(preamble)
         used = report.used
@@ -243,7 +243,6 @@ class ActingMixin:
         turns = [Message(role="user", content=goal)]
         for _ in range(agent.budget.max_malformed + 1):
             reply = await self._ask_model("plan", (PLAN_SCHEMA,), system, turns)
-            turns.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
             draft, problems = single_call(reply, PLAN_SCHEMA, PlanDraft)
             if draft is not None:
                 unknown = sorted({s.tool for s in draft.steps} - set(agent.tools))
@@ -271,7 +270,6 @@ class ActingMixin:
         state = AcceptanceState(criterion="a model's review of the result", check="model:verify")
         for _ in range(agent.budget.max_malformed + 1):
             reply = await self._ask_model("verify", (VERDICT_SCHEMA,), system, turns)
-            turns.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
             verdict, problems = single_call(reply, VERDICT_SCHEMA, Verdict)
             if verdict is not None:
                 state.passed, state.detail = verdict.passed, verdict.reason

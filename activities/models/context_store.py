@@ -18,7 +18,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.store import BlobStore
 from workflows.loop import context
-from workflows.model_contracts import Message, ModelRequest, ToolSchema, preamble_blob
+from workflows.model_contracts import (
+    Message,
+    ModelReply,
+    ModelRequest,
+    ToolSchema,
+    preamble_blob,
+)
 
 CACHE_SIZE = 256  # conversations this worker served last (the sticky queue sends them back here)
 _cache: OrderedDict[str, list[Message]] = OrderedDict()
@@ -86,21 +92,27 @@ def preamble(store: BlobStore, request: ModelRequest) -> tuple[str, tuple[ToolSc
     return found
 
 
-def expand(request: ModelRequest) -> tuple[ModelRequest, str]:
+def expand(request: ModelRequest) -> tuple[ModelRequest, list[Message]]:
     """The request as the provider sees it (the whole conversation, trimmed by policy), and the
-    reference of the conversation including this call's new messages."""
+    whole conversation including this call's new messages."""
     store = BlobStore.from_env()
     system, tools = preamble(store, request)
     messages = load(store, request.context_ref) + list(request.messages)
-    link = {
-        "parent": request.context_ref,
-        "messages": [m.model_dump(mode="json") for m in request.messages],
-    }
-    ref = store.put(
-        json.dumps(link, separators=(",", ":"), sort_keys=True).encode(), run_id=_run_id()
-    )
-    _remember(ref, messages)
     assert request.policy is not None
     view = context(system, messages, request.policy)
     update = {"messages": view, "context_ref": None, "policy": None, "preamble_ref": None}
-    return request.model_copy(update={**update, "system": system, "tools": tools}), ref
+    return request.model_copy(update={**update, "system": system, "tools": tools}), messages
+
+
+def answered(request: ModelRequest, messages: list[Message], reply: ModelReply) -> str:
+    """Store the conversation with the model's answer appended (the workflow appends the very
+    same message, so it need not send it back) and return its reference."""
+    said = Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls)
+    link = {
+        "parent": request.context_ref,
+        "messages": [m.model_dump(mode="json") for m in [*request.messages, said]],
+    }
+    data = json.dumps(link, separators=(",", ":"), sort_keys=True).encode()
+    ref = BlobStore.from_env().put(data, run_id=_run_id())
+    _remember(ref, [*messages, said])
+    return ref
