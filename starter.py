@@ -45,6 +45,7 @@ from keel.logs import add_logging_args, configure_logging
 from keel.runs import (
     RunAlreadyRunning,
     RunNotFound,
+    audit_trail,
     format_report,
     get_report,
     start_run,
@@ -238,8 +239,7 @@ async def command(args: argparse.Namespace) -> int:
     if args.command == "prune":
         return await prune_blobs(client, args.older_than, args.dry_run)
     if args.command == "audit":
-        report = await get_report(client, args.run_id)
-        for entry in report.audit:
+        for entry in await audit_trail(client, args.run_id):
             print(entry.model_dump_json())
         return 0
     if args.command == "show":

@@ -25,7 +25,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.agent import AgentWorkflow
-from workflows.contracts import STATUS_ATTRIBUTE, AgentRunInput, PendingRequest, RunReport
+from workflows.contracts import (
+    STATUS_ATTRIBUTE,
+    AgentRunInput,
+    AuditEntry,
+    PendingRequest,
+    RunReport,
+)
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 
@@ -74,6 +80,27 @@ def _cause(err: BaseException) -> str:
     while err.__cause__ is not None:
         err = err.__cause__
     return f"{type(err).__name__}: {err}"
+
+
+async def audit_trail(client: Client, run_id: str) -> list[AuditEntry]:
+    """The whole audit trail of a run, across its continue-as-new segments: the report keeps
+    only the newest entries, and each segment began with the carry holding those before it."""
+    report = await get_report(client, run_id)
+    latest = await client.get_workflow_handle(run_id).fetch_history()
+    chain = latest.events[0].workflow_execution_started_event_attributes.first_execution_run_id
+    entries: dict[str, AuditEntry] = {}
+    segments = [e async for e in client.list_workflows(f"WorkflowId = '{run_id}'")]
+    for execution in sorted(segments, key=lambda e: e.start_time):
+        history = await client.get_workflow_handle(run_id, run_id=execution.run_id).fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        if started.first_execution_run_id != chain or not started.input.payloads:
+            continue  # an earlier run that reused the id, or no input
+        (run,) = await client.data_converter.decode(started.input.payloads[:1], [AgentRunInput])
+        for entry in run.carry.report.audit if run.carry else []:
+            entries.setdefault(entry.model_dump_json(), entry)
+    for entry in report.audit:
+        entries.setdefault(entry.model_dump_json(), entry)
+    return sorted(entries.values(), key=lambda e: e.at)
 
 
 async def get_report(client: Client, run_id: str) -> RunReport:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
+from temporalio.worker import Replayer
 
 import examples.ledger as ledger
 from activities import BlobStore, Catalog
 from examples.ledger import store
+from keel import KeelPlugin
+from keel.runs import audit_trail
 from tests import sample_tools
 from tests.conftest import keel_worker
 from workflows import AgentWorkflow, contracts
@@ -379,6 +382,33 @@ async def test_a_long_plan_continues_as_new_and_stays_one_run(
     assert store.balances() == {f"w{i}": i for i in range(1, 31)}  # each effect once
     assert len(report.audit) == 30 and report.audit[0].target == "post_entry"
     assert any(p.message.startswith("continuing as new after") for p in report.progress)
+
+
+async def test_the_whole_audit_trail_survives_continue_as_new(
+    dev_client: Client, ledger_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The report keeps the newest 6 audit entries here (1000 by default); the run continues as
+    # new before 3 new entries pile up, so each entry is in some segment's carry.
+    monkeypatch.setattr(contracts, "AUDIT_KEPT", 6)
+    steps = [pay(f"a{i}", i) for i in range(1, 21)]
+    async with keel_worker(dev_client, CATALOG) as queue:
+        report = await dev_client.execute_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=PLAN_RUNNER, goal="audited", plan=plan(*steps)),
+            # Replayed here, with the lowered limit its continuations depended on.
+            id=f"self-replayed-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+    assert report.status == "DONE", report.reason
+    assert report.continued >= 6 and len(report.audit) == 6 and report.audit_dropped == 14
+    trail = await audit_trail(dev_client, report.run_id)
+    assert [(e.action, e.target, e.step) for e in trail] == [
+        ("tool_call", "post_entry", i) for i in range(1, 21)
+    ]
+    replayer = Replayer(workflows=[], plugins=[KeelPlugin()])
+    async for segment in dev_client.list_workflows(f"WorkflowId = '{report.run_id}'"):
+        handle = dev_client.get_workflow_handle(report.run_id, run_id=segment.run_id)
+        await replayer.replay_workflow(await handle.fetch_history())
 
 
 async def test_a_run_continues_as_new_by_history_size_too(

@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         ToolCall,
         ToolOutput,
         ToolSpec,
+        audit_kept,
     )
     from workflows.failures import attempts_made, describe_failure, retry_policy
     from workflows.gate import DecisionRefused, HumanGate, needs_approval
@@ -97,6 +98,7 @@ class AgentWorkflow(ActingMixin):
             self._repeats = Counter(run.carry.repeats)
             self._threads = {kind: (ref, 0) for kind, ref in run.carry.threads.items()}
             self._turn = run.carry.turn
+        self._segment_audit_start = self._report.audit_dropped + len(self._report.audit)
         self._gate = HumanGate(self._report, self._log, self._set_status)
         if run.carry is not None:
             self._gate.asked = run.carry.asked
@@ -187,9 +189,12 @@ class AgentWorkflow(ActingMixin):
             # Nothing ran since this run began: if its carried state alone is over a limit,
             # continuing again would loop; the next step runs first.
             return
+        report = self._report
+        audited = report.audit_dropped + len(report.audit) - self._segment_audit_start
         if (
             length < agent.max_history_events
             and info.get_current_history_size() < agent.max_history_bytes
+            and audited < audit_kept() // 2  # else an entry could leave unrecorded
             and not info.is_continue_as_new_suggested()
         ):
             return

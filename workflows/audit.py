@@ -6,11 +6,11 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import AUDIT_KEPT, AuditEntry, RunReport
+    from workflows.contracts import AuditEntry, RunReport, audit_kept
 
 
 def audit(report: RunReport, **fields: object) -> None:
     report.audit.append(AuditEntry(at=workflow.now(), **fields))  # type: ignore[arg-type]
-    if len(report.audit) > AUDIT_KEPT:
+    if len(report.audit) > audit_kept():
         del report.audit[0]
         report.audit_dropped += 1

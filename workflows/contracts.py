@@ -38,9 +38,15 @@ PROGRESS_KEPT = 200  # the report keeps the newest entries of the progress log
 # Settled steps the report keeps in full; older ones are counted (a run of 10,000 model-chosen
 # steps must fit a 2 MB payload when it continues as new or returns its report).
 STEPS_KEPT = 100
-# The audit trail's newest entries in the report (and so in each continue-as-new carry); the
-# older ones stay in the history of the run's earlier segments.
-AUDIT_KEPT = 500
+# The audit trail's newest entries in the report (and so in each continue-as-new carry). A run
+# continues as new before AUDIT_KEPT // 2 entries pile up in one segment, so every entry is in
+# some segment's carry or in the final report: `starter.py audit` reads them all.
+AUDIT_KEPT = 1000
+
+
+def audit_kept() -> int:
+    """AUDIT_KEPT, read when called (workflow modules are re-imported; this one is shared)."""
+    return AUDIT_KEPT
 
 
 class _Strict(BaseModel):
