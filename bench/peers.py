@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import sys
@@ -33,57 +32,25 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from raw_workflow import RawToolLoop  # bench/ is on sys.path when run as a script
+from counting_agent import counting_agent  # bench/ is on sys.path when run as a script
+from overhead import noop, noop_local
+from raw_workflow import RawToolLoop
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities import Catalog, scripted_model, tool
+from activities import Catalog
 from keel import KeelPlugin
 from workflows import AgentWorkflow
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, AgentSpec, Grant, PlanSpec, StepSpec
+from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 from workflows.model_contracts import (
-    Budget,
     ModelRef,
-    ModelReply,
-    ModelRequest,
     Route,
     Routes,
-    ToolCallRequest,
-    Usage,
 )
 
-
-@tool
-def noop(i: int) -> int:
-    """Returns its argument: the cheapest possible tool."""
-    return i
-
-
-@tool(local=True)
-def noop_local(i: int) -> int:
-    """The same, declared as a cheap read run as a local activity."""
-    return i
-
-
-@scripted_model("bench-peers")
-def next_noop(request: ModelRequest) -> ModelReply:
-    goal = next(m.content for m in request.messages if m.role == "user")
-    n = int(goal.split()[-1])
-    done = sum(1 for m in request.messages if m.role == "tool")  # trimmed ones count too
-    name, args = ("noop", {"i": done + 1}) if done < n else ("finish", {"summary": "done"})
-    call = ToolCallRequest(id=f"c{done + 1}", name=name, arguments=json.dumps(args))
-    return ModelReply(tool_calls=(call,), usage=Usage(input_tokens=100, output_tokens=10))
-
-
-REACT = AgentSpec(
-    name="bench-peers",
-    tools=("noop",),
-    routes=Routes(act=Route(models=(ModelRef(provider="scripted", model="bench-peers"),))),
-    budget=Budget(max_repeats=None),
-    grants=(Grant(scope="*"),),
-)
+next_noop, REACT = counting_agent("bench-peers", "noop")
 
 
 @dataclass

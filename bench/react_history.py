@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import sys
 import time
@@ -25,20 +24,12 @@ from temporalio.worker import Worker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from activities import Catalog, scripted_model, tool  # noqa: E402
+from counting_agent import counting_agent  # noqa: E402
+
+from activities import Catalog, tool  # noqa: E402
 from keel import KeelPlugin  # noqa: E402
 from workflows import AgentWorkflow  # noqa: E402
-from workflows.contracts import AgentRunInput, AgentSpec, Grant  # noqa: E402
-from workflows.model_contracts import (  # noqa: E402
-    Budget,
-    ModelRef,
-    ModelReply,
-    ModelRequest,
-    Route,
-    Routes,
-    ToolCallRequest,
-    Usage,
-)
+from workflows.contracts import AgentRunInput  # noqa: E402
 
 
 @tool
@@ -47,23 +38,7 @@ def lookup(i: int) -> str:
     return f"record {i}: " + "x" * 190
 
 
-@scripted_model("bench-react")
-def next_lookup(request: ModelRequest) -> ModelReply:
-    goal = next(m.content for m in request.messages if m.role == "user")
-    n = int(goal.split()[-1])
-    done = sum(1 for m in request.messages if m.role == "tool")  # trimmed ones count too
-    name, args = ("lookup", {"i": done + 1}) if done < n else ("finish", {"summary": "done"})
-    call = ToolCallRequest(id=f"c{done + 1}", name=name, arguments=json.dumps(args))
-    return ModelReply(tool_calls=(call,), usage=Usage(input_tokens=100, output_tokens=10))
-
-
-AGENT = AgentSpec(
-    name="bench-react",
-    tools=("lookup",),
-    routes=Routes(act=Route(models=(ModelRef(provider="scripted", model="bench-react"),))),
-    budget=Budget(max_repeats=None),
-    grants=(Grant(scope="*"),),
-)
+next_lookup, AGENT = counting_agent("bench-react", "lookup")
 
 
 async def main(sizes: list[int]) -> int:

@@ -1,0 +1,43 @@
+"""An offline agent for the benchmarks: its scripted model reads N from the goal ("... N") and
+calls one tool N times, one call a turn, then finishes. The same deterministic model for every
+step-by-step benchmark (react_history.py, peers.py)."""
+
+from __future__ import annotations
+
+import json
+
+from activities import scripted_model
+from activities.models.scripted import ScriptedModel
+from workflows.contracts import AgentSpec, Grant
+from workflows.model_contracts import (
+    Budget,
+    ModelRef,
+    ModelReply,
+    ModelRequest,
+    Route,
+    Routes,
+    ToolCallRequest,
+    Usage,
+)
+
+
+def counting_agent(name: str, tool_name: str) -> tuple[ScriptedModel, AgentSpec]:
+    """The scripted model (register it in the worker's catalog) and the agent routed to it."""
+
+    @scripted_model(name)
+    def next_call(request: ModelRequest) -> ModelReply:
+        goal = next(m.content for m in request.messages if m.role == "user")
+        n = int(goal.split()[-1])
+        done = sum(1 for m in request.messages if m.role == "tool")  # trimmed ones count too
+        call, args = (tool_name, {"i": done + 1}) if done < n else ("finish", {"summary": "done"})
+        request_ = ToolCallRequest(id=f"c{done + 1}", name=call, arguments=json.dumps(args))
+        return ModelReply(tool_calls=(request_,), usage=Usage(input_tokens=100, output_tokens=10))
+
+    agent = AgentSpec(
+        name=name,
+        tools=(tool_name,),
+        routes=Routes(act=Route(models=(ModelRef(provider="scripted", model=name),))),
+        budget=Budget(max_repeats=None),
+        grants=(Grant(scope="*"),),
+    )
+    return next_call, agent
