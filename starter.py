@@ -12,7 +12,8 @@
     python starter.py audit RUN_ID              (who did what and when, as JSON lines)
     python starter.py show RUN_ID [--json]      (the run's timeline, from its event history)
     python starter.py prune --older-than 7d [--dry-run]
-        (removes blobs in $KEEL_STORE_DIR older than that, except those a running run pins)
+        (removes blobs older than that from the blob store, $KEEL_STORE_DIR or
+        $KEEL_STORE_URL, except those a running run pins)
 
 Exit codes: run --wait and status: 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING (run --wait
 returns as soon as the run waits on a human). approve, reject, decide: 0 accepted, 6 refused.
@@ -36,7 +37,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.catalog import Catalog, CatalogError, explain
-from activities.store import BlobStore
+from activities.store import BlobStore, StoreUnavailable
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import exit_now, tool_modules
 from keel.codec import AesGcmCodec, CodecError
@@ -133,12 +134,15 @@ def duration(text: str) -> float:
 async def prune_blobs(client: Client, older_than: float, dry_run: bool) -> int:
     # Open runs come from the server, never guessed: an unreachable server fails before this.
     running = {w.id async for w in client.list_workflows("ExecutionStatus = 'Running'")}
-    store = BlobStore.from_env()
+    try:
+        store = BlobStore.from_env()
+    except StoreUnavailable as err:
+        raise UserError(str(err)) from err
     result = store.prune(running, older_than, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     print(
         f"{verb} {result.blobs_removed} blobs ({result.bytes_removed} bytes) and "
-        f"{result.pins_removed} pins of closed runs from {store.root}; kept "
+        f"{result.pins_removed} pins of closed runs from {store.location}; kept "
         f"{result.blobs_kept_for_open_runs} referenced by {len(running)} running runs and "
         f"{result.blobs_kept_young} younger than the limit"
     )

@@ -20,6 +20,7 @@ from datetime import timedelta
 from temporalio.worker import Worker
 
 from activities.catalog import Catalog, CatalogError
+from activities.store import BlobStore, StoreUnavailable
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import DEFAULT_TOOLS, exit_now, tool_modules
 from keel.codec import AesGcmCodec, CodecError
@@ -71,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     catalog = Catalog.from_modules(tool_modules(args.tools))
+    store = BlobStore.from_env()  # a bad KEEL_STORE_URL or a missing boto3 fails here, not mid-run
     codec = AesGcmCodec.from_env()
     plugins = [KeelPlugin(catalog, codec=codec), *tracing_plugins("keel-worker")]
     client = await connect(plugins=plugins)
@@ -88,6 +90,7 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with worker:
         tools = ", ".join(sorted(catalog.tools))
+        LOG.info(f"blob store: {store.location}")
         LOG.info(f"keel worker ready: task queue {queue!r}, tools: {tools}")
         await stop.wait()
         LOG.info("keel worker stopping")
@@ -99,7 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     install_runtime(args.metrics_address)
     try:
         asyncio.run(serve(args))
-    except (CatalogError, ConnectionFailed, TracingUnavailable, CodecError) as err:
+    except (
+        CatalogError,
+        ConnectionFailed,
+        TracingUnavailable,
+        CodecError,
+        StoreUnavailable,
+    ) as err:
         print(f"worker.py: error: {err}", file=sys.stderr)
         return 1
     return 0

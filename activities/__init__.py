@@ -6,7 +6,7 @@ from activities import tool, check, tool_context, RetrySpec
 from activities.catalog import Catalog, CatalogError
 from activities.context import ToolContext, tool_context
 from activities.models import ScriptedModel, ScriptedPlanner, scripted_model, scripted_planner
-from activities.store import BlobStore
+from activities.store import BlobStore, DirectoryStore
 from activities.tool import Tool, check, tool
 from workflows.contracts import CheckResult, RetrySpec, SecretRef
 
@@ -15,6 +15,7 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "CheckResult",
+    "DirectoryStore",
     "RetrySpec",
     "ScriptedModel",
     "ScriptedPlanner",

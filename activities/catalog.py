@@ -10,6 +10,7 @@ worker's verdict on a plan, so an unknown tool is refused before any step runs) 
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import sys
@@ -248,9 +249,11 @@ class KeelActivities:
         twice for the same turn."""
         if request.policy is None:
             return await self._answer(request)
-        view, conversation = expand(request)
+        # The store may be a bucket across the network: its reads and writes run in a thread.
+        view, conversation = await asyncio.to_thread(expand, request)
         reply = await self._answer(view)
-        return reply.model_copy(update={"context_ref": answered(request, conversation, reply)})
+        ref = await asyncio.to_thread(answered, request, conversation, reply)
+        return reply.model_copy(update={"context_ref": ref})
 
     async def _answer(self, request: ModelRequest) -> ModelReply:
         ref = request.model

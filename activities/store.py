@@ -6,8 +6,16 @@ model's conversation and its system prompt and tool schemas are kept here too (b
 
     ref = BlobStore.from_env().put(b"...", run_id="order-42")   # "sha256:..."
 
-Each blob written for a run is pinned to it (pins/<digest of the run id>, one reference a
-line), so `prune` can keep whatever a run still open references and remove the rest by age.
+Two backends, chosen by the environment of the worker (and of `starter.py prune`):
+- a directory (`KEEL_STORE_DIR`, default `.keel/blobs`): one machine, or a filesystem that
+  every worker mounts;
+- an S3-compatible bucket (`KEEL_STORE_URL=s3://bucket/prefix`, activities/store_s3.py): workers
+  on many machines. Endpoint and credentials come from the standard AWS variables
+  (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...), never from a workflow.
+
+Each blob written for a run is pinned to it, so `prune` can keep whatever a run still open
+references and remove the rest by age. Only activities and the command line use a store: a
+replay reads nothing from it.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +31,29 @@ from pathlib import Path
 DEFAULT_INLINE_LIMIT = 4096
 
 
+class StoreUnavailable(Exception):
+    """The configured store cannot be used (a bad KEEL_STORE_URL, boto3 missing)."""
+
+
 def inline_limit() -> int:
     return int(os.environ.get("KEEL_INLINE_LIMIT", DEFAULT_INLINE_LIMIT))
+
+
+def blob_ref(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def digest_of(ref: str) -> str:
+    """The hex digest of a reference; refuses anything else (a reference never names a path)."""
+    algo, _, digest = ref.partition(":")
+    if algo != "sha256" or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+        raise ValueError(f"not a blob reference: {ref!r}")
+    return digest
+
+
+def run_key(run_id: str) -> str:
+    """A run's pin name: run ids are free text, pin names must be safe file and key names."""
+    return hashlib.sha256(run_id.encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -35,29 +65,109 @@ class PruneResult:
     pins_removed: int = 0
 
 
-class BlobStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+@dataclass
+class Pin:
+    """What a run pins: its id, the references, when it last pinned one, and the backend's
+    handle to remove it."""
+
+    handle: str
+    run_id: str
+    refs: set[str]
+    modified: float
+
+
+@dataclass
+class Blob:
+    ref: str
+    size: int
+    modified: float  # last written: a blob written again is young again
+
+
+class BlobStore(ABC):
+    """The interface every backend implements; `prune` is the same for all of them."""
 
     @classmethod
     def from_env(cls) -> BlobStore:
-        return cls(Path(os.environ.get("KEEL_STORE_DIR", ".keel/blobs")))
+        url = os.environ.get("KEEL_STORE_URL", "")
+        if url:
+            from activities.store_s3 import S3Store  # boto3 only where a bucket is asked for
+
+            return S3Store.for_url(url)
+        return DirectoryStore(Path(os.environ.get("KEEL_STORE_DIR", ".keel/blobs")))
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the blobs are, for messages."""
+
+    @abstractmethod
+    def put(self, data: bytes, run_id: str | None = None) -> str:
+        """Store `data` (pinned to `run_id` when given) and return its reference."""
+
+    @abstractmethod
+    def get(self, ref: str) -> bytes:
+        """The blob's bytes; FileNotFoundError when the store does not have it."""
+
+    @abstractmethod
+    def pin(self, run_id: str, ref: str) -> None:
+        """Record that `run_id` references `ref` (safe from several workers at once)."""
+
+    @abstractmethod
+    def pins(self) -> Iterator[Pin]: ...
+
+    @abstractmethod
+    def blobs(self) -> Iterator[Blob]: ...
+
+    @abstractmethod
+    def remove_pin(self, pin: Pin) -> None: ...
+
+    @abstractmethod
+    def remove_blob(self, ref: str) -> None: ...
+
+    def prune(self, open_runs: set[str], older_than: float, dry_run: bool = False) -> PruneResult:
+        """Remove blobs last written more than `older_than` seconds ago that no open run pins,
+        and the pins of closed runs as old. `open_runs` must come from the server: a run
+        missing from it loses its blobs once they are old."""
+        cutoff = time.time() - older_than
+        result = PruneResult()
+        keep: set[str] = set()
+        for pin in self.pins():
+            if pin.run_id in open_runs:
+                keep |= pin.refs
+            elif pin.modified < cutoff:
+                result.pins_removed += 1
+                if not dry_run:
+                    self.remove_pin(pin)
+        for blob in self.blobs():
+            if blob.ref in keep:
+                result.blobs_kept_for_open_runs += 1
+            elif blob.modified >= cutoff:
+                result.blobs_kept_young += 1
+            else:
+                result.blobs_removed += 1
+                result.bytes_removed += blob.size
+                if not dry_run:
+                    self.remove_blob(blob.ref)
+        return result
+
+
+class DirectoryStore(BlobStore):
+    """Blobs as files under `root` (root/ab/abcd...), pins as one file a run
+    (root/pins/<digest of the run id>: a `run` line, then one reference a line)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
 
     def _path(self, ref: str) -> Path:
-        algo, _, digest = ref.partition(":")
-        if (
-            algo != "sha256"
-            or len(digest) != 64
-            or not all(c in "0123456789abcdef" for c in digest)
-        ):
-            raise ValueError(f"not a blob reference: {ref!r}")
+        digest = digest_of(ref)
         return self.root / digest[:2] / digest
 
-    def _pin_path(self, run_id: str) -> Path:
-        return self.root / "pins" / hashlib.sha256(run_id.encode()).hexdigest()[:32]
-
     def put(self, data: bytes, run_id: str | None = None) -> str:
-        ref = "sha256:" + hashlib.sha256(data).hexdigest()
+        ref = blob_ref(data)
         path = self._path(ref)
         if path.exists():
             os.utime(path)  # a blob written again is young again: its age is its last use
@@ -71,57 +181,37 @@ class BlobStore:
         return ref
 
     def pin(self, run_id: str, ref: str) -> None:
-        """Record that `run_id` references `ref` (appends: safe from several workers)."""
-        pin = self._pin_path(run_id)
+        pin = self.root / "pins" / run_key(run_id)
         pin.parent.mkdir(parents=True, exist_ok=True)
         new = not pin.exists()
-        with pin.open("a", encoding="utf-8") as out:
+        with pin.open("a", encoding="utf-8") as out:  # appends: safe from several workers
             out.write((f"run {run_id}\n" if new else "") + ref + "\n")
 
     def get(self, ref: str) -> bytes:
         return self._path(ref).read_bytes()
 
-    def _pins(self) -> Iterator[tuple[Path, str, set[str]]]:
+    def pins(self) -> Iterator[Pin]:
         folder = self.root / "pins"
         if not folder.is_dir():
             return
-        for pin in folder.iterdir():
-            lines = pin.read_text(encoding="utf-8").splitlines()
+        for path in folder.iterdir():
+            lines = path.read_text(encoding="utf-8").splitlines()
             run_id = next((line[4:] for line in lines if line.startswith("run ")), "")
-            yield pin, run_id, {line for line in lines if line.startswith("sha256:")}
+            refs = {line for line in lines if line.startswith("sha256:")}
+            yield Pin(str(path), run_id, refs, path.stat().st_mtime)
 
-    def _blobs(self) -> Iterator[Path]:
+    def blobs(self) -> Iterator[Blob]:
         if not self.root.is_dir():
             return
         for folder in self.root.iterdir():
             if folder.is_dir() and len(folder.name) == 2:
-                yield from (p for p in folder.iterdir() if len(p.name) == 64)
+                for path in folder.iterdir():
+                    if len(path.name) == 64:
+                        stat = path.stat()
+                        yield Blob("sha256:" + path.name, stat.st_size, stat.st_mtime)
 
-    def prune(self, open_runs: set[str], older_than: float, dry_run: bool = False) -> PruneResult:
-        """Remove blobs last written more than `older_than` seconds ago that no open run pins,
-        and the pins of closed runs as old. `open_runs` must come from the server: a run
-        missing from it loses its blobs once they are old."""
-        cutoff = time.time() - older_than
-        result = PruneResult()
-        keep: set[str] = set()
-        for pin, run_id, refs in self._pins():
-            if run_id in open_runs:
-                keep |= refs
-            elif pin.stat().st_mtime < cutoff:
-                result.pins_removed += 1
-                if not dry_run:
-                    pin.unlink(missing_ok=True)
-        for blob in self._blobs():
-            ref = "sha256:" + blob.name
-            if ref in keep:
-                result.blobs_kept_for_open_runs += 1
-                continue
-            stat = blob.stat()
-            if stat.st_mtime >= cutoff:
-                result.blobs_kept_young += 1
-                continue
-            result.blobs_removed += 1
-            result.bytes_removed += stat.st_size
-            if not dry_run:
-                blob.unlink(missing_ok=True)
-        return result
+    def remove_pin(self, pin: Pin) -> None:
+        Path(pin.handle).unlink(missing_ok=True)
+
+    def remove_blob(self, ref: str) -> None:
+        self._path(ref).unlink(missing_ok=True)

@@ -290,14 +290,15 @@ async def _attempt(
     if spec.kind == "check":
         value = value if isinstance(value, CheckResult) else CheckResult(passed=bool(value))
     value = redact(_ANY.dump_python(value, mode="json"), known_values(ctx.secrets_used))
-    return _output(value, ctx, attempt)
+    return await _output(value, ctx, attempt)
 
 
-def _output(value: Any, ctx: ToolContext, attempt: int) -> ToolOutput:
+async def _output(value: Any, ctx: ToolContext, attempt: int) -> ToolOutput:
     data = json.dumps(value, separators=(",", ":")).encode()
     if len(data) <= inline_limit():
         return ToolOutput(value=value, files_touched=ctx.files_touched, attempt=attempt)
-    ref = BlobStore.from_env().put(data, run_id=ctx.run_id)
+    # In a thread: the store may be a bucket across the network, and the loop serves others.
+    ref = await asyncio.to_thread(BlobStore.from_env().put, data, ctx.run_id)
     preview = data[:200].decode(errors="replace")
     return ToolOutput(
         ref=ResultRef(ref=ref, size=len(data), preview=preview),

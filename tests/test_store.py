@@ -22,7 +22,7 @@ from temporalio.converter import (
 from temporalio.worker import Replayer
 
 from activities import Catalog, tool
-from activities.store import BlobStore
+from activities.store import BlobStore, DirectoryStore
 from keel import KeelPlugin
 from tests.conftest import keel_worker
 from tests.processes import starter
@@ -38,12 +38,12 @@ def age(path: Path, seconds: float) -> None:
     os.utime(path, (then, then))
 
 
-def blob_path(store: BlobStore, ref: str) -> Path:
+def blob_path(store: DirectoryStore, ref: str) -> Path:
     return store.root / ref[7:9] / ref[7:]
 
 
 def test_prune_keeps_what_open_runs_pin_and_what_is_young(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "blobs")
+    store = DirectoryStore(tmp_path / "blobs")
     open_ref = store.put(b"context of a waiting run", run_id="open-run")
     closed_ref = store.put(b"result of a finished run", run_id="closed-run")
     loose_ref = store.put(b"written outside any run")
@@ -73,7 +73,7 @@ def test_prune_keeps_what_open_runs_pin_and_what_is_young(tmp_path: Path) -> Non
 
 
 def test_a_blob_written_again_is_young_again(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "blobs")
+    store = DirectoryStore(tmp_path / "blobs")
     ref = store.put(b"shared by two runs", run_id="first")
     age(blob_path(store, ref), 10 * DAY)
     store.put(b"shared by two runs", run_id="second")
@@ -91,6 +91,7 @@ async def test_prune_from_the_command_line_spares_a_waiting_run(
     )
     assert started.code == 4, started
     store = BlobStore.from_env()
+    assert isinstance(store, DirectoryStore)
     loose = store.put(b"an orphan from long ago")
     for blob in store.root.glob("??/*"):
         age(blob, 30 * DAY)

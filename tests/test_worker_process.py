@@ -83,7 +83,8 @@ async def test_json_logs_one_object_per_line_with_the_run(
     finally:
         await worker.stop()
     lines = [json.loads(line) for line in log.read_text().splitlines()]  # each one parses
-    assert lines[0]["message"].startswith("keel worker ready: task queue")
+    assert lines[0]["message"] == f"blob store: {tmp_path / 'blobs'}"
+    assert lines[1]["message"].startswith("keel worker ready: task queue")
     about_run = [line for line in lines if line.get("run_id") == run_id]
     events = {(line.get("event"), line.get("step")) for line in about_run}
     assert {("step_started", 1), ("step_done", 1), ("acceptance", None), ("final", None)} <= events

@@ -11,6 +11,7 @@ store: it sees the recorded reply and reference.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 
 from temporalio import activity
@@ -29,25 +30,38 @@ from workflows.model_contracts import (
 CACHE_SIZE = 256  # conversations this worker served last (the sticky queue sends them back here)
 _cache: OrderedDict[str, list[Message]] = OrderedDict()
 _preambles: OrderedDict[str, tuple[str, tuple[ToolSchema, ...]]] = OrderedDict()
+# Model calls read and write the store in threads (it may be a bucket across the network).
+_lock = threading.Lock()
 
 
 def _remember(ref: str, messages: list[Message]) -> None:
-    _cache[ref] = messages
-    _cache.move_to_end(ref)
-    while len(_cache) > CACHE_SIZE:
-        _cache.popitem(last=False)
+    with _lock:
+        _cache[ref] = messages
+        _cache.move_to_end(ref)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+
+
+def _cached(ref: str) -> list[Message] | None:
+    with _lock:
+        return _cache.get(ref)
 
 
 def load(store: BlobStore, ref: str | None) -> list[Message]:
     chain: list[list[Message]] = []
-    while ref is not None and ref not in _cache:
+    known: list[Message] = []
+    while ref is not None:
+        cached = _cached(ref)
+        if cached is not None:
+            known = list(cached)
+            break
         try:
             link = json.loads(store.get(ref))
         except FileNotFoundError:
             raise _missing("context", ref) from None
         chain.append([Message.model_validate(m) for m in link["messages"]])
         ref = link["parent"]
-    messages = list(_cache[ref]) if ref is not None else []
+    messages = known
     for added in reversed(chain):
         messages.extend(added)
     return messages
@@ -60,8 +74,8 @@ def _run_id() -> str | None:
 
 def _missing(what: str, ref: str) -> ApplicationError:
     return ApplicationError(
-        f"{what} {ref} is not in the blob store (KEEL_STORE_DIR): workers serving one run must "
-        "share their store",
+        f"{what} {ref} is not in the blob store {BlobStore.from_env().location}: workers serving "
+        "one run must share their store (KEEL_STORE_DIR or KEEL_STORE_URL)",
         type="ContextMissing",
         non_retryable=True,
     )
@@ -76,8 +90,8 @@ def preamble(store: BlobStore, request: ModelRequest) -> tuple[str, tuple[ToolSc
     if request.system or request.tools:
         store.put(preamble_blob(request.system, request.tools), run_id=_run_id())
         found = (request.system, request.tools)
-    elif ref in _preambles:
-        found = _preambles[ref]
+    elif (cached := _cached_preamble(ref)) is not None:
+        found = cached
     else:
         try:
             body = json.loads(store.get(ref))
@@ -85,11 +99,17 @@ def preamble(store: BlobStore, request: ModelRequest) -> tuple[str, tuple[ToolSc
             raise _missing("system prompt and tools", ref) from None
         tools = tuple(ToolSchema.model_validate(t) for t in body["tools"])
         found = (body["system"], tools)
-    _preambles[ref] = found
-    _preambles.move_to_end(ref)
-    while len(_preambles) > CACHE_SIZE:
-        _preambles.popitem(last=False)
+    with _lock:
+        _preambles[ref] = found
+        _preambles.move_to_end(ref)
+        while len(_preambles) > CACHE_SIZE:
+            _preambles.popitem(last=False)
     return found
+
+
+def _cached_preamble(ref: str) -> tuple[str, tuple[ToolSchema, ...]] | None:
+    with _lock:
+        return _preambles.get(ref)
 
 
 def expand(request: ModelRequest) -> tuple[ModelRequest, list[Message]]:
