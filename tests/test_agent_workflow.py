@@ -382,6 +382,9 @@ async def test_a_long_plan_continues_as_new_and_stays_one_run(
     assert store.balances() == {f"w{i}": i for i in range(1, 31)}  # each effect once
     assert len(report.audit) == 30 and report.audit[0].target == "post_entry"
     assert any(p.message.startswith("continuing as new after") for p in report.progress)
+    # Each continuation carried the newest 20 entries of the progress log; the rest are counted.
+    assert report.progress_dropped > 0
+    assert report.progress_dropped + len(report.progress) > 2 * len(steps)  # started, done
 
 
 async def test_the_whole_audit_trail_survives_continue_as_new(

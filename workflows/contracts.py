@@ -35,6 +35,10 @@ TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 DEFAULT_TASK_QUEUE = "keel"
 MAX_STEPS = 1000
 PROGRESS_KEPT = 200  # the report keeps the newest entries of the progress log
+# A continuation carries only the newest entries of the progress log and of the model calls:
+# the carry is recorded twice (the old segment's last event, the new one's first), and every
+# step stays in the history (`starter.py show`). The audit trail is carried whole (AUDIT_KEPT).
+CARRY_LOG_KEPT = 20
 # Settled steps the report keeps in full; older ones are counted (a run of 10,000 model-chosen
 # steps must fit a 2 MB payload when it continues as new or returns its report).
 STEPS_KEPT = 100
@@ -456,6 +460,19 @@ class RunReport(_Strict):
     @property
     def steps_done(self) -> int:
         return self.steps_dropped_done + sum(s.done for s in self.steps)
+
+    def carried(self) -> RunReport:
+        """The report a continuation carries: compacted, with the newest CARRY_LOG_KEPT
+        entries of the progress log and of the model calls."""
+        report = self.compacted()
+        cut = max(0, len(report.progress) - CARRY_LOG_KEPT)
+        return report.model_copy(
+            update={
+                "progress": report.progress[cut:],
+                "progress_dropped": report.progress_dropped + cut,
+                "model_calls": report.model_calls[-CARRY_LOG_KEPT:],
+            }
+        )
 
     def compacted(self) -> RunReport:
         """This report with only the newest STEPS_KEPT settled steps in full: a step still to
