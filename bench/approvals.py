@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 import time
@@ -25,11 +24,11 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from keel.devserver import start_dev_server  # noqa: E402
 from keel.humans import decide  # noqa: E402
 from keel.runs import start_run  # noqa: E402
 from tests.processes import WorkerProcess  # noqa: E402
@@ -170,9 +169,7 @@ async def measure(client: Client, address: str, runs: int, hold: float, cache: i
 
 
 async def main(runs: int, hold: float, caches: list[int]) -> int:
-    binary = Path(sys.executable).parent / "temporal"
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(binary) if binary.exists() else shutil.which("temporal"),
+    env = await start_dev_server(
         search_attributes=[SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)],
         data_converter=pydantic_data_converter,
     )

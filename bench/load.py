@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import sys
 import time
 import uuid
@@ -23,11 +22,11 @@ from pathlib import Path
 from raw_workflow import RawToolLoop  # bench/ is on sys.path when run as a script
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import Catalog, tool
 from keel import KeelPlugin
+from keel.devserver import start_dev_server
 from workflows import AgentWorkflow
 from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
 
@@ -112,10 +111,7 @@ async def measure_side(address: str, side: str, runs: int) -> dict[str, float]:
 
 
 async def main(runs: int) -> int:
-    binary = Path(sys.executable).parent / "temporal"
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(binary) if binary.exists() else shutil.which("temporal"),
-    )
+    env = await start_dev_server()
     address = env.client.service_client.config.target_host
     rows = {}
     try:

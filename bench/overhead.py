@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
-import sys
 import time
 import uuid
-from pathlib import Path
 
 from raw_workflow import RawToolLoop  # bench/ is on sys.path when run as a script
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import Catalog, tool
 from keel import KeelPlugin
+from keel.devserver import start_dev_server
 from workflows import AgentWorkflow
 from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 
@@ -77,10 +74,9 @@ async def time_raw(client: Client, queue: str, n: int) -> tuple[float, str]:
     return time.perf_counter() - started, run_id
 
 
-async def main(runs: int, sizes: list[int]) -> int:
-    binary = Path(sys.executable).parent / "temporal"
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(binary) if binary.exists() else shutil.which("temporal"),
+async def main(runs: int, sizes: list[int], tuned: bool) -> int:
+    env = await start_dev_server(
+        tuned=tuned,
         data_converter=pydantic_data_converter,
     )
     client, queue = env.client, f"bench-{uuid.uuid4().hex[:6]}"
@@ -131,10 +127,15 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--n", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--quick", action="store_true", help="2 runs of N = 20 (for CI)")
+    parser.add_argument(
+        "--server-default",
+        action="store_true",
+        help="keep the dev server's default transfer-queue read rate (keel/devserver.py)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs, args.n = 2, [20]
-    code = asyncio.run(main(args.runs, args.n))
+    code = asyncio.run(main(args.runs, args.n, not args.server_default))
     from keel.cli import exit_now
 
     exit_now(code)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
 import time
@@ -30,18 +29,17 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 from counting_agent import counting_agent  # bench/ is on sys.path when run as a script
 from overhead import noop, noop_local
 from raw_workflow import RawToolLoop
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import Catalog
 from keel import KeelPlugin
+from keel.devserver import start_dev_server
 from workflows import AgentWorkflow
 from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 from workflows.model_contracts import (
@@ -263,10 +261,9 @@ async def long_run(client: Client, queue: str, n: int) -> list[str]:
     ]
 
 
-async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int) -> int:
-    binary = Path(sys.executable).parent / "temporal"
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(binary) if binary.exists() else shutil.which("temporal"),
+async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int, tuned: bool) -> int:
+    env = await start_dev_server(
+        tuned=tuned,
         data_converter=pydantic_data_converter,
     )
     address = env.client.service_client.config.target_host
@@ -325,10 +322,17 @@ if __name__ == "__main__":
     parser.add_argument("--no-peers", action="store_true", help="Keel and raw temporalio only")
     parser.add_argument("--long", type=int, default=0, help="then one Keel ReAct run of N steps")
     parser.add_argument("--quick", action="store_true", help="N = 20, 1 run (for CI)")
+    parser.add_argument(
+        "--server-default",
+        action="store_true",
+        help="keep the dev server's default transfer-queue read rate (keel/devserver.py)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.n, args.runs = [20], 1
-    code = asyncio.run(main(args.n, args.runs, not args.no_peers, args.long))
+    code = asyncio.run(
+        main(args.n, args.runs, not args.no_peers, args.long, not args.server_default)
+    )
     from keel.cli import exit_now
 
     exit_now(code)

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import time
 import uuid
 from pathlib import Path
 
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +26,7 @@ from counting_agent import counting_agent  # noqa: E402
 
 from activities import Catalog, tool  # noqa: E402
 from keel import KeelPlugin  # noqa: E402
+from keel.devserver import start_dev_server  # noqa: E402
 from workflows import AgentWorkflow  # noqa: E402
 from workflows.contracts import AgentRunInput  # noqa: E402
 
@@ -42,9 +41,7 @@ next_lookup, AGENT = counting_agent("bench-react", "lookup")
 
 
 async def main(sizes: list[int]) -> int:
-    binary = Path(sys.executable).parent / "temporal"
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(binary) if binary.exists() else shutil.which("temporal"),
+    env = await start_dev_server(
         data_converter=pydantic_data_converter,
     )
     queue = f"bench-{uuid.uuid4().hex[:6]}"

@@ -45,6 +45,7 @@ from temporalio.worker import Replayer, Worker
 
 from activities.catalog import Catalog
 from keel import KeelPlugin
+from keel.devserver import start_dev_server
 from workflows.contracts import STATUS_ATTRIBUTE
 
 # Every span of the test session, in memory: the tracing test asserts span trees with it and
@@ -124,8 +125,8 @@ async def dev_client() -> AsyncIterator[Client]:
             address, data_converter=pydantic_data_converter, interceptors=[recorder]
         )
     else:
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=binary("temporal"),
+        binary("temporal")  # a missing binary stops the session with a hint
+        env = await start_dev_server(
             search_attributes=[SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)],
             data_converter=pydantic_data_converter,
             interceptors=[recorder],
