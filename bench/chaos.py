@@ -44,7 +44,9 @@ def rows(db: Path, sql: str) -> list[tuple]:
 
 
 def completed(db: Path) -> int:
-    return rows(db, "SELECT COUNT(*) FROM entries")[0][0] if db.exists() else 0
+    # No file, or no table yet (the worker creates it on its first write): nothing completed.
+    found = rows(db, "SELECT COUNT(*) FROM entries") if db.exists() else []
+    return found[0][0] if found else 0
 
 
 async def main(runs: int, kills: int, seed: int) -> int:

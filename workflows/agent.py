@@ -203,7 +203,7 @@ class AgentWorkflow(ActingMixin):
         self._log(f"continuing as new after {length} history events", event="continue_as_new")
         act_sent = self._threads.get("act", (None, 0))[1]
         carry = RunCarry(
-            report=self._report.carried(),
+            report=self._report.carried(self._segment_audit_start),
             tools=self._tools,
             turns=self._turns[act_sent:],
             threads={kind: ref for kind, (ref, _) in self._threads.items()},

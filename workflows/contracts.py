@@ -35,16 +35,18 @@ TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 DEFAULT_TASK_QUEUE = "keel"
 MAX_STEPS = 1000
 PROGRESS_KEPT = 200  # the report keeps the newest entries of the progress log
-# A continuation carries only the newest entries of the progress log and of the model calls:
-# the carry is recorded twice (the old segment's last event, the new one's first), and every
-# step stays in the history (`starter.py show`). The audit trail is carried whole (AUDIT_KEPT).
-CARRY_LOG_KEPT = 20
+# What a continuation carries of what the run has already settled (the carry is recorded twice,
+# as the old segment's last event and the new one's first, and every step stays in its
+# segment's history for `starter.py show`): the newest CARRY_KEPT settled steps, progress
+# entries and model calls, and the audit entries of the segment it ends (at least CARRY_KEPT),
+# so each audit entry is in exactly one carry or the final report (`starter.py audit`).
+CARRY_KEPT = 20
 # Settled steps the report keeps in full; older ones are counted (a run of 10,000 model-chosen
 # steps must fit a 2 MB payload when it continues as new or returns its report).
 STEPS_KEPT = 100
-# The audit trail's newest entries in the report (and so in each continue-as-new carry). A run
-# continues as new before AUDIT_KEPT // 2 entries pile up in one segment, so every entry is in
-# some segment's carry or in the final report: `starter.py audit` reads them all.
+# The audit trail's newest entries in the report. A run continues as new before AUDIT_KEPT // 2
+# entries pile up in one segment, so every entry is in some segment's carry or in the final
+# report: `starter.py audit` reads them all.
 AUDIT_KEPT = 1000
 
 
@@ -461,23 +463,27 @@ class RunReport(_Strict):
     def steps_done(self) -> int:
         return self.steps_dropped_done + sum(s.done for s in self.steps)
 
-    def carried(self) -> RunReport:
-        """The report a continuation carries: compacted, with the newest CARRY_LOG_KEPT
-        entries of the progress log and of the model calls."""
-        report = self.compacted()
-        cut = max(0, len(report.progress) - CARRY_LOG_KEPT)
+    def carried(self, segment_audit_start: int) -> RunReport:
+        """The report a continuation carries (see CARRY_KEPT); `segment_audit_start` is the
+        audit count (kept and dropped) when the segment began."""
+        report = self.compacted(min(CARRY_KEPT, STEPS_KEPT))
+        progress_cut = max(0, len(report.progress) - CARRY_KEPT)
+        new_audit = report.audit_dropped + len(report.audit) - segment_audit_start
+        audit_cut = max(0, len(report.audit) - max(new_audit, CARRY_KEPT))
         return report.model_copy(
             update={
-                "progress": report.progress[cut:],
-                "progress_dropped": report.progress_dropped + cut,
-                "model_calls": report.model_calls[-CARRY_LOG_KEPT:],
+                "progress": report.progress[progress_cut:],
+                "progress_dropped": report.progress_dropped + progress_cut,
+                "model_calls": report.model_calls[-CARRY_KEPT:],
+                "audit": report.audit[audit_cut:],
+                "audit_dropped": report.audit_dropped + audit_cut,
             }
         )
 
-    def compacted(self) -> RunReport:
-        """This report with only the newest STEPS_KEPT settled steps in full: a step still to
-        run is never dropped, so a run resumes from the compacted report alone."""
-        excess = len(self.steps) - STEPS_KEPT
+    def compacted(self, keep: int | None = None) -> RunReport:
+        """This report with only the newest `keep` (STEPS_KEPT) settled steps in full: a step
+        still to run is never dropped, so a run resumes from the compacted report alone."""
+        excess = len(self.steps) - (STEPS_KEPT if keep is None else keep)
         dropped = 0
         while dropped < excess and (self.steps[dropped].done or self.steps[dropped].skipped):
             dropped += 1
