@@ -18,6 +18,7 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowHistory,
     WorkflowQueryFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -82,19 +83,40 @@ def _cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-async def audit_trail(client: Client, run_id: str) -> list[AuditEntry]:
-    """The whole audit trail of a run, across its continue-as-new segments: the report keeps
-    only the newest entries, and each segment began with the carry holding those before it."""
-    report = await get_report(client, run_id)
-    latest = await client.get_workflow_handle(run_id).fetch_history()
-    chain = latest.events[0].workflow_execution_started_event_attributes.first_execution_run_id
-    entries: dict[str, AuditEntry] = {}
+async def segment_histories(client: Client, run_id: str) -> list[WorkflowHistory]:
+    """The event histories of a run's segments (it continues as new when long), oldest first;
+    RunNotFound when there is no such run."""
+    try:
+        latest = await client.get_workflow_handle(run_id).fetch_history()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise RunNotFound(f"no run with id {run_id!r}") from err
+        raise
+    if not latest.events:
+        raise RunNotFound(f"no run with id {run_id!r}")
+    started = latest.events[0].workflow_execution_started_event_attributes
+    if not started.continued_execution_run_id:
+        return [latest]  # one segment: no need to ask visibility
+    chain = started.first_execution_run_id
     segments = [e async for e in client.list_workflows(f"WorkflowId = '{run_id}'")]
+    histories = []
     for execution in sorted(segments, key=lambda e: e.start_time):
         history = await client.get_workflow_handle(run_id, run_id=execution.run_id).fetch_history()
+        first = history.events[0].workflow_execution_started_event_attributes
+        if first.first_execution_run_id == chain:  # not an earlier run that reused the id
+            histories.append(history)
+    return histories
+
+
+async def audit_trail(client: Client, run_id: str) -> list[AuditEntry]:
+    """The whole audit trail of a run, across its continue-as-new segments: each segment's
+    carry holds the entries of the segment before it, the report those of the last."""
+    report = await get_report(client, run_id)
+    entries: dict[str, AuditEntry] = {}
+    for history in await segment_histories(client, run_id):
         started = history.events[0].workflow_execution_started_event_attributes
-        if started.first_execution_run_id != chain or not started.input.payloads:
-            continue  # an earlier run that reused the id, or no input
+        if not started.input.payloads:
+            continue
         (run,) = await client.data_converter.decode(started.input.payloads[:1], [AgentRunInput])
         for entry in run.carry.report.audit if run.carry else []:
             entries.setdefault(entry.model_dump_json(), entry)

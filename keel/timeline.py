@@ -17,9 +17,8 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
-from keel.runs import RunNotFound
+from keel.runs import segment_histories
 
 Kind = Literal["run", "plan", "model", "step", "check", "compensation", "keel", "wait", "decision"]
 E = EventType
@@ -192,19 +191,16 @@ class _Builder:
 
 
 async def timeline(client: Client, run_id: str) -> list[TimelineEntry]:
-    try:
-        history = await client.get_workflow_handle(run_id).fetch_history()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise RunNotFound(f"no run with id {run_id!r}") from err
-        raise
-    events = list(history.events)
-    if not events:
-        raise RunNotFound(f"no run with id {run_id!r}")
-    builder = _Builder(events[0].event_time.ToDatetime())
-    builder.add(events[0], kind="run", name="started", outcome="ok", duration_s=0)
-    for event in events[1:]:
-        builder.feed(event)
+    """Every step of the run, all its continue-as-new segments included."""
+    histories = await segment_histories(client, run_id)
+    first = histories[0].events[0]
+    builder = _Builder(first.event_time.ToDatetime())
+    builder.add(first, kind="run", name="started", outcome="ok", duration_s=0)
+    for number, history in enumerate(histories):
+        builder.activities.clear()  # event and timer ids start again in each segment
+        builder.timers.clear()
+        for event in history.events[0 if number else 1 :]:
+            builder.feed(event)
     return builder.entries
 
 

@@ -16,6 +16,7 @@ from activities import BlobStore, Catalog
 from examples.ledger import store
 from keel import KeelPlugin
 from keel.runs import audit_trail
+from keel.timeline import timeline
 from tests import sample_tools
 from tests.conftest import keel_worker
 from workflows import AgentWorkflow, contracts
@@ -411,6 +412,11 @@ async def test_the_whole_audit_trail_survives_continue_as_new(
     assert [(e.action, e.target, e.step) for e in trail] == [
         ("tool_call", "post_entry", i) for i in range(1, 21)
     ]
+    # The timeline (`starter.py show`) reads every segment's history: all 20 steps are there.
+    entries = await timeline(dev_client, report.run_id)
+    assert [e.step for e in entries if e.kind == "step"] == list(range(1, 21))
+    continued = [e for e in entries if e.name == "continued as new"]
+    assert len(continued) == report.continued and entries[-1].name == "finished"
     replayer = Replayer(workflows=[], plugins=[KeelPlugin()])
     async for segment in dev_client.list_workflows(f"WorkflowId = '{report.run_id}'"):
         handle = dev_client.get_workflow_handle(report.run_id, run_id=segment.run_id)
