@@ -24,7 +24,11 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
+# Keel's deterministic workflow helpers (workflow APIs only, no module state) are passed
+# through, so the sandbox imports (and compiles) only this module again for each new run.
 with workflow.unsafe.imports_passed_through():
+    from workflows.acting import ActingMixin, Stop, extended
+    from workflows.audit import audit
     from workflows.authz import authorize
     from workflows.contracts import (
         PROGRESS_KEPT,
@@ -56,9 +60,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.metrics import count
     from workflows.saga import Saga
     from workflows.tracing import annotate, span
-
-from workflows.acting import ActingMixin, Stop, extended
-from workflows.audit import audit
 
 # Keel's own activities (planning, checking a plan or arguments) are cheap and idempotent.
 KEEL_ACTIVITY_TIMEOUT = timedelta(seconds=60)
