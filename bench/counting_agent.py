@@ -9,6 +9,7 @@ import json
 from activities import scripted_model
 from activities.models.scripted import ScriptedModel
 from workflows.contracts import AgentSpec, Grant
+from workflows.loop import results_seen
 from workflows.model_contracts import (
     Budget,
     ModelRef,
@@ -28,7 +29,7 @@ def counting_agent(name: str, tool_name: str) -> tuple[ScriptedModel, AgentSpec]
     def next_call(request: ModelRequest) -> ModelReply:
         goal = next(m.content for m in request.messages if m.role == "user")
         n = int(goal.split()[-1])
-        done = sum(1 for m in request.messages if m.role == "tool")  # trimmed ones count too
+        done = results_seen(request.messages)  # trimmed and not shown ones count too
         call, args = (tool_name, {"i": done + 1}) if done < n else ("finish", {"summary": "done"})
         request_ = ToolCallRequest(id=f"c{done + 1}", name=call, arguments=json.dumps(args))
         return ModelReply(tool_calls=(request_,), usage=Usage(input_tokens=100, output_tokens=10))

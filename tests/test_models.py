@@ -20,6 +20,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 
 import examples.ledger as ledger
 from activities import Catalog
+from activities.models.context_store import Version
 from examples.ledger import store
 from keel.timeline import timeline
 from tests.conftest import keel_worker, skip_time
@@ -44,7 +45,7 @@ from workflows.contracts import (
     ToolCall,
     ToolOutput,
 )
-from workflows.loop import REPEATS_CARRIED, context, recent_repeats
+from workflows.loop import REPEATS_CARRIED, context, recent_repeats, results_seen
 from workflows.model_contracts import (
     AgentLoop,
     Budget,
@@ -595,6 +596,46 @@ def test_context_keeps_the_newest_results_in_full_and_summarizes_older_ones() ->
     ]
     assert [m.tool_call_id for m in shown if m.role == "tool"] == ["c1", "c2", "c3", "c4"]
     assert context("system text", turns, policy) == shown  # deterministic
+
+
+def test_context_of_a_long_run_is_the_opening_and_the_newest_messages() -> None:
+    turns = [Message(role="user", content="Goal: look up 300")]
+    for i in range(1, 301):
+        call = ToolCallRequest(id=f"c{i}", name="lookup", arguments="{}")
+        turns.append(Message(role="assistant", tool_calls=(call,)))
+        turns.append(Message(role="tool", tool_call_id=f"c{i}", content=f"record {i}"))
+    policy = AgentLoop(keep_turns=7)  # odd: the window must not open on a tool result
+    shown = context("system text", turns, policy)
+    # The goal, then the newest three calls with their results (six messages, not seven).
+    assert shown[1] == turns[0]
+    assert [m.tool_call_id for m in shown if m.role == "tool"] == ["c298", "c299", "c300"]
+    assert shown[2].role == "assistant" and shown[2].tool_calls[0].id == "c298"
+    assert shown[0].content == (
+        "system text\n\n[Earlier in this run: 594 messages not shown, 297 of them tool "
+        "results; the newest messages follow.]"
+    )
+    assert results_seen(shown) == 300  # what a model counting its results still sees
+    assert len(context("system text", turns, AgentLoop())) == 202  # default: newest 200
+    short = turns[:5]
+    assert context("system text", short, policy)[0].content == "system text"  # nothing hidden
+
+
+def test_versions_of_a_conversation_share_one_list_until_they_branch() -> None:
+    goal = Message(role="user", content="Goal: pay ann 3")
+    call = Message(
+        role="assistant", tool_calls=(ToolCallRequest(id="c1", name="pay", arguments="{}"),)
+    )
+    first = Version([], 0, 0).extended([goal, call])
+    ok = first.extended([Message(role="tool", tool_call_id="c1", content="paid")])
+    assert ok.messages is first.messages and (ok.length, ok.tools) == (3, 1)  # in place
+    # A retried call answering differently branches from the older version: a copy, and the
+    # newer version still reads what it had.
+    failed = first.extended([Message(role="tool", tool_call_id="c1", content="refused")])
+    assert failed.messages is not first.messages
+    assert [m.content for m in failed.messages[: failed.length]][-1] == "refused"
+    assert [m.content for m in ok.messages[: ok.length]][-1] == "paid"
+    view = context("system", ok.messages, AgentLoop(), length=ok.length, tool_results=ok.tools)
+    assert view[1:] == tuple(ok.messages[:3])
 
 
 async def test_the_key_is_in_no_history_and_no_log_line(ts_client: Client) -> None:

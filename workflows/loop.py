@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
@@ -134,16 +136,43 @@ def review_prompt(goal: str, prompt: str) -> str:
     )
 
 
-def context(system: str, turns: list[Message], policy: AgentLoop) -> tuple[Message, ...]:
-    """The messages for the next model call. The newest `keep_results` tool results go in full
-    (cut at `result_chars`); older ones become a one-line summary, so a long run does not drown
-    the model in old output and the request stays small."""
-    results = [i for i, m in enumerate(turns) if m.role == "tool"]
-    old = set(results[: max(0, len(results) - policy.keep_results)])
-    shown: list[Message] = [Message(role="system", content=system)]
-    for i, message in enumerate(turns):
+def context(
+    system: str,
+    turns: Sequence[Message],
+    policy: AgentLoop,
+    length: int | None = None,
+    tool_results: int | None = None,
+) -> tuple[Message, ...]:
+    """The messages for the next model call. The opening messages (before the model's first
+    answer) and the newest `keep_turns` messages go to the model; what lies between is counted
+    in the system prompt, so the request (and the work to build it) stays bounded however long
+    the run. Within that, the newest `keep_results` tool results go in full (cut at
+    `result_chars`) and older ones as a one-line summary. `length` (default: all) takes the
+    first messages of `turns` only; `tool_results`, when the caller knows it, is how many of
+    those are tool results (else they are counted)."""
+    end = len(turns) if length is None else length
+    opening = next((i for i in range(end) if turns[i].role == "assistant"), end)
+    start = max(opening, end - policy.keep_turns)
+    while start < end and turns[start].role == "tool":
+        start += 1  # a tool result never goes without the call it answers
+    head, window = list(turns[:opening]), list(turns[start:end])
+    if start > opening:
+        if tool_results is None:
+            skipped_results = sum(1 for i in range(opening, start) if turns[i].role == "tool")
+        else:
+            shown = sum(1 for m in head + window if m.role == "tool")
+            skipped_results = tool_results - shown
+        system += (
+            f"\n\n[Earlier in this run: {start - opening} messages not shown, {skipped_results} "
+            "of them tool results; the newest messages follow.]"
+        )
+    visible = head + window
+    results_at = [i for i, m in enumerate(visible) if m.role == "tool"]
+    old = set(results_at[: max(0, len(results_at) - policy.keep_results)])
+    shown_messages: list[Message] = [Message(role="system", content=system)]
+    for i, message in enumerate(visible):
         if message.role != "tool":
-            shown.append(message)
+            shown_messages.append(message)
             continue
         text = message.content
         if i in old:
@@ -151,8 +180,19 @@ def context(system: str, turns: list[Message], policy: AgentLoop) -> tuple[Messa
             text = f"[older result, trimmed] {line[: policy.summary_chars]}"
         elif len(text) > policy.result_chars:
             text = text[: policy.result_chars] + f" [... {len(text) - policy.result_chars} more]"
-        shown.append(message.model_copy(update={"content": text}))
-    return tuple(shown)
+        shown_messages.append(message.model_copy(update={"content": text}))
+    return tuple(shown_messages)
+
+
+SKIPPED_RESULTS = re.compile(r"\[Earlier in this run: \d+ messages not shown, (\d+) of them")
+
+
+def results_seen(messages: tuple[Message, ...] | list[Message]) -> int:
+    """Tool results in a model call's view, those counted in the system prompt included."""
+    shown = sum(1 for m in messages if m.role == "tool")
+    system = next((m.content for m in messages if m.role == "system"), "")
+    found = SKIPPED_RESULTS.search(system)
+    return shown + (int(found.group(1)) if found else 0)
 
 
 def schema_problems(parameters: dict[str, Any], args: dict[str, Any]) -> list[str]:

@@ -242,7 +242,10 @@ class AgentLoop(_Wire):
     """How an agent acts step by step (a model call per step) instead of from a fixed plan."""
 
     max_turns: int = Field(50, ge=1, le=100_000)  # long runs continue as new
-    # Context policy: the newest results in full, older ones as a one-line summary each.
+    # Context policy: the opening messages and the newest `keep_turns` messages (older ones are
+    # counted in the system prompt); of those, the newest results in full, older ones as a
+    # one-line summary each.
+    keep_turns: int = Field(200, ge=2, le=100_000)
     keep_results: int = Field(5, ge=0, le=100)
     summary_chars: int = Field(120, ge=20, le=2000)
     result_chars: int = Field(4000, ge=100, le=100_000)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -28,32 +30,59 @@ from workflows.model_contracts import (
 )
 
 CACHE_SIZE = 256  # conversations this worker served last (the sticky queue sends them back here)
-_cache: OrderedDict[str, list[Message]] = OrderedDict()
 _preambles: OrderedDict[str, tuple[str, tuple[ToolSchema, ...]]] = OrderedDict()
 # Model calls read and write the store in threads (it may be a bucket across the network).
 _lock = threading.Lock()
 
 
-def _remember(ref: str, messages: list[Message]) -> None:
+@dataclass(frozen=True)
+class Version:
+    """One version of a conversation: the first `length` messages of a list that every later
+    version of the same conversation shares (appending to the newest version extends it in
+    place; appending to an older one, a retried call that answered otherwise, copies). So a
+    worker remembering the last versions of a 10,000-step conversation holds it once, not once
+    a version, and nothing per call walks the whole of it."""
+
+    messages: list[Message]
+    length: int
+    tools: int  # tool results among them
+
+    def extended(self, added: Sequence[Message]) -> Version:
+        tools = self.tools + sum(1 for m in added if m.role == "tool")
+        with _lock:
+            if len(self.messages) == self.length:
+                self.messages.extend(added)
+                shared = self.messages
+            else:
+                shared = self.messages[: self.length] + list(added)
+        return Version(shared, self.length + len(added), tools)
+
+
+_cache: OrderedDict[str, Version] = OrderedDict()
+
+
+def _remember(ref: str, version: Version) -> None:
     with _lock:
-        _cache[ref] = messages
+        _cache[ref] = version
         _cache.move_to_end(ref)
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
 
 
-def _cached(ref: str) -> list[Message] | None:
+def _cached(ref: str) -> Version | None:
     with _lock:
         return _cache.get(ref)
 
 
-def load(store: BlobStore, ref: str | None) -> list[Message]:
+def load(store: BlobStore, ref: str | None) -> Version:
+    """The conversation `ref` names: from this worker's cache, else rebuilt from the store's
+    chain of links back to one it has (or to the first)."""
     chain: list[list[Message]] = []
-    known: list[Message] = []
+    known = Version([], 0, 0)
     while ref is not None:
         cached = _cached(ref)
         if cached is not None:
-            known = list(cached)
+            known = cached
             break
         try:
             link = json.loads(store.get(ref))
@@ -61,10 +90,9 @@ def load(store: BlobStore, ref: str | None) -> list[Message]:
             raise _missing("context", ref) from None
         chain.append([Message.model_validate(m) for m in link["messages"]])
         ref = link["parent"]
-    messages = known
     for added in reversed(chain):
-        messages.extend(added)
-    return messages
+        known = known.extended(added)
+    return known
 
 
 def _run_id() -> str | None:
@@ -112,19 +140,25 @@ def _cached_preamble(ref: str) -> tuple[str, tuple[ToolSchema, ...]] | None:
         return _preambles.get(ref)
 
 
-def expand(request: ModelRequest) -> tuple[ModelRequest, list[Message]]:
-    """The request as the provider sees it (the whole conversation, trimmed by policy), and the
-    whole conversation including this call's new messages."""
+def expand(request: ModelRequest) -> tuple[ModelRequest, Version]:
+    """The request as the provider sees it (the conversation's opening and newest messages, by
+    policy), and the whole conversation including this call's new messages."""
     store = BlobStore.from_env()
     system, tools = preamble(store, request)
-    messages = load(store, request.context_ref) + list(request.messages)
+    conversation = load(store, request.context_ref).extended(request.messages)
     assert request.policy is not None
-    view = context(system, messages, request.policy)
+    view = context(
+        system,
+        conversation.messages,
+        request.policy,
+        length=conversation.length,
+        tool_results=conversation.tools,
+    )
     update = {"messages": view, "context_ref": None, "policy": None, "preamble_ref": None}
-    return request.model_copy(update={**update, "system": system, "tools": tools}), messages
+    return request.model_copy(update={**update, "system": system, "tools": tools}), conversation
 
 
-def answered(request: ModelRequest, messages: list[Message], reply: ModelReply) -> str:
+def answered(request: ModelRequest, conversation: Version, reply: ModelReply) -> str:
     """Store the conversation with the model's answer appended (the workflow appends the very
     same message, so it need not send it back) and return its reference."""
     said = Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls)
@@ -134,5 +168,5 @@ def answered(request: ModelRequest, messages: list[Message], reply: ModelReply) 
     }
     data = json.dumps(link, separators=(",", ":"), sort_keys=True).encode()
     ref = BlobStore.from_env().put(data, run_id=_run_id())
-    _remember(ref, [*messages, said])
+    _remember(ref, conversation.extended([said]))
     return ref

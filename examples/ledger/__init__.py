@@ -34,6 +34,7 @@ from workflows.contracts import (
     PlanSpec,
     StepSpec,
 )
+from workflows.loop import results_seen
 from workflows.model_contracts import (
     Budget,
     ModelRef,
@@ -209,7 +210,7 @@ def pay_one_at_a_time(request: ModelRequest) -> ModelReply:
     """
     goal = next(m.content for m in request.messages if m.role == "user")
     payments = [(name.lower(), int(amount)) for name, amount in PAYMENT.findall(goal)]
-    paid = sum(1 for m in request.messages if m.role == "tool")
+    paid = results_seen(request.messages)  # those counted, not shown, in a long run included
     usage = Usage(input_tokens=sum(len(m.content) for m in request.messages) // 4, output_tokens=12)
     if paid < len(payments):
         account, amount = payments[paid]
