@@ -34,7 +34,6 @@ from typing import Any
 
 from pydantic import ValidationError
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.catalog import Catalog, CatalogError, explain
 from activities.store import BlobStore, StoreUnavailable
@@ -49,6 +48,7 @@ from keel.runs import (
     audit_trail,
     format_report,
     get_report,
+    run_must_exist,
     start_run,
     wait_report,
 )
@@ -256,12 +256,8 @@ async def command(args: argparse.Namespace) -> int:
     if args.command == "status":
         return emit(await get_report(client, args.run_id), args.json)
     if args.command == "cancel":
-        try:
+        with run_must_exist(args.run_id, "running run"):
             await client.get_workflow_handle(args.run_id).cancel()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise RunNotFound(f"no running run with id {args.run_id!r}") from err
-            raise
         print(f"cancel requested for {args.run_id}")
         return 0
     assert run is not None

@@ -162,13 +162,13 @@ class DirectoryStore(BlobStore):
     def location(self) -> str:
         return str(self.root)
 
-    def _path(self, ref: str) -> Path:
+    def path_of(self, ref: str) -> Path:
         digest = digest_of(ref)
         return self.root / digest[:2] / digest
 
     def put(self, data: bytes, run_id: str | None = None) -> str:
         ref = blob_ref(data)
-        path = self._path(ref)
+        path = self.path_of(ref)
         if path.exists():
             os.utime(path)  # a blob written again is young again: its age is its last use
         else:
@@ -188,7 +188,7 @@ class DirectoryStore(BlobStore):
             out.write((f"run {run_id}\n" if new else "") + ref + "\n")
 
     def get(self, ref: str) -> bytes:
-        return self._path(ref).read_bytes()
+        return self.path_of(ref).read_bytes()
 
     def pins(self) -> Iterator[Pin]:
         folder = self.root / "pins"
@@ -214,4 +214,4 @@ class DirectoryStore(BlobStore):
         Path(pin.handle).unlink(missing_ok=True)
 
     def remove_blob(self, ref: str) -> None:
-        self._path(ref).unlink(missing_ok=True)
+        self.path_of(ref).unlink(missing_ok=True)

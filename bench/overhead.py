@@ -22,7 +22,7 @@ from temporalio.worker import Worker
 
 from activities import Catalog, tool
 from keel import KeelPlugin
-from keel.devserver import start_dev_server
+from keel.devserver import add_server_default_flag, start_dev_server
 from workflows import AgentWorkflow
 from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 
@@ -127,11 +127,7 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--n", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--quick", action="store_true", help="2 runs of N = 20 (for CI)")
-    parser.add_argument(
-        "--server-default",
-        action="store_true",
-        help="keep the dev server's default transfer-queue read rate (keel/devserver.py)",
-    )
+    add_server_default_flag(parser)
     args = parser.parse_args()
     if args.quick:
         args.runs, args.n = 2, [20]

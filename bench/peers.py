@@ -39,7 +39,7 @@ from temporalio.worker import Worker
 
 from activities import Catalog
 from keel import KeelPlugin
-from keel.devserver import start_dev_server
+from keel.devserver import add_server_default_flag, start_dev_server
 from workflows import AgentWorkflow
 from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 from workflows.model_contracts import (
@@ -322,11 +322,7 @@ if __name__ == "__main__":
     parser.add_argument("--no-peers", action="store_true", help="Keel and raw temporalio only")
     parser.add_argument("--long", type=int, default=0, help="then one Keel ReAct run of N steps")
     parser.add_argument("--quick", action="store_true", help="N = 20, 1 run (for CI)")
-    parser.add_argument(
-        "--server-default",
-        action="store_true",
-        help="keep the dev server's default transfer-queue read rate (keel/devserver.py)",
-    )
+    add_server_default_flag(parser)
     args = parser.parse_args()
     if args.quick:
         args.n, args.runs = [20], 1

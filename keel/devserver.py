@@ -10,6 +10,7 @@ task that is not eager, which is most of a step's wall time (raw temporalio: 51 
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 from collections.abc import Sequence
@@ -39,4 +40,13 @@ async def start_dev_server(
     args = [*(DEV_SERVER_TUNING if tuned else ()), *extra_args]
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(), dev_server_extra_args=args, **options
+    )
+
+
+def add_server_default_flag(parser: argparse.ArgumentParser) -> None:
+    """`--server-default`, for the benchmarks that measure either way."""
+    parser.add_argument(
+        "--server-default",
+        action="store_true",
+        help="keep the dev server's default transfer-queue read rate (keel/devserver.py)",
     )

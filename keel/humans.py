@@ -22,7 +22,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from keel.runs import RunNotFound, status_attribute_registered
+from keel.runs import run_must_exist, status_attribute_registered
 from workflows.agent import AgentWorkflow
 from workflows.contracts import STATUS_ATTRIBUTE, Choice, Decision, PendingRequest
 
@@ -41,12 +41,8 @@ class DecisionRefused(Exception):
 
 
 async def pending_request(client: Client, run_id: str) -> PendingRequest | None:
-    try:
+    with run_must_exist(run_id):
         desc = await client.get_workflow_handle(run_id).describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise RunNotFound(f"no run with id {run_id!r}") from err
-        raise
     memo = await desc.memo()
     return PendingRequest.model_validate(memo["pending"]) if memo.get("pending") else None
 

@@ -10,6 +10,8 @@ timed out) still gets one here: NOT_DONE with the cause in `reason`, so nothing 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
@@ -39,6 +41,17 @@ QUERY_TIMEOUT = timedelta(seconds=5)
 
 class RunNotFound(Exception):
     """No run has that id in this namespace."""
+
+
+@contextmanager
+def run_must_exist(run_id: str, what: str = "run") -> Iterator[None]:
+    """Turns the server's NOT_FOUND for `run_id` into RunNotFound (a one-line error)."""
+    try:
+        yield
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise RunNotFound(f"no {what} with id {run_id!r}") from err
+        raise
 
 
 class RunAlreadyRunning(Exception):
@@ -86,12 +99,8 @@ def _cause(err: BaseException) -> str:
 async def segment_histories(client: Client, run_id: str) -> list[WorkflowHistory]:
     """The event histories of a run's segments (it continues as new when long), oldest first;
     RunNotFound when there is no such run."""
-    try:
+    with run_must_exist(run_id):
         latest = await client.get_workflow_handle(run_id).fetch_history()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise RunNotFound(f"no run with id {run_id!r}") from err
-        raise
     if not latest.events:
         raise RunNotFound(f"no run with id {run_id!r}")
     started = latest.events[0].workflow_execution_started_event_attributes
@@ -127,12 +136,8 @@ async def audit_trail(client: Client, run_id: str) -> list[AuditEntry]:
 
 async def get_report(client: Client, run_id: str) -> RunReport:
     handle = client.get_workflow_handle(run_id, result_type=RunReport)
-    try:
+    with run_must_exist(run_id):
         desc = await handle.describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise RunNotFound(f"no run with id {run_id!r}") from err
-        raise
     memo = await desc.memo()
     skeleton = RunReport(
         run_id=run_id, agent=str(memo.get("agent", "?")), goal=str(memo.get("goal", "?"))
@@ -169,19 +174,16 @@ async def wait_report(client: Client, run_id: str, poll: float = 1.0) -> RunRepo
     handle = client.get_workflow_handle(run_id, result_type=RunReport)
     result = asyncio.ensure_future(handle.result())
     try:
-        while True:
-            done, _ = await asyncio.wait({result}, timeout=poll)
-            if done:
-                return result.result()
-            memo = await (await handle.describe()).memo()
-            if memo.get("pending"):
-                return await get_report(client, run_id)
+        with run_must_exist(run_id):
+            while True:
+                done, _ = await asyncio.wait({result}, timeout=poll)
+                if done:
+                    return result.result()
+                memo = await (await handle.describe()).memo()
+                if memo.get("pending"):
+                    return await get_report(client, run_id)
     except WorkflowFailureError:
         return await get_report(client, run_id)
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise RunNotFound(f"no run with id {run_id!r}") from err
-        raise
     finally:
         result.cancel()
 

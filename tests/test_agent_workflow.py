@@ -15,7 +15,7 @@ import examples.ledger as ledger
 from activities import BlobStore, Catalog
 from examples.ledger import store
 from keel import KeelPlugin
-from keel.runs import audit_trail
+from keel.runs import audit_trail, segment_histories
 from keel.timeline import timeline
 from tests import sample_tools
 from tests.conftest import keel_worker
@@ -24,6 +24,7 @@ from workflows.contracts import (
     PLAN_RUNNER,
     AcceptanceSpec,
     AgentRunInput,
+    AgentSpec,
     PlanSpec,
     RunReport,
     StepSpec,
@@ -52,11 +53,17 @@ def plan(*steps: StepSpec, acceptance: list[AcceptanceSpec] | None = None) -> Pl
     return PlanSpec(goal="test", steps=list(steps), acceptance=acceptance or [])
 
 
-async def run_plan(client: Client, queue: str, spec: PlanSpec) -> RunReport:
+async def run_plan(
+    client: Client,
+    queue: str,
+    spec: PlanSpec,
+    agent: AgentSpec = PLAN_RUNNER,
+    prefix: str = "test-",
+) -> RunReport:
     return await client.execute_workflow(
         AgentWorkflow.run,
-        AgentRunInput(agent=PLAN_RUNNER, goal=spec.goal, plan=spec),
-        id=f"test-{uuid.uuid4().hex[:8]}",
+        AgentRunInput(agent=agent, goal=spec.goal, plan=spec),
+        id=f"{prefix}{uuid.uuid4().hex[:8]}",
         task_queue=queue,
     )
 
@@ -399,13 +406,8 @@ async def test_the_whole_audit_trail_survives_continue_as_new(
     monkeypatch.setattr(contracts, "AUDIT_KEPT", 6)
     steps = [pay(f"a{i}", i) for i in range(1, 21)]
     async with keel_worker(dev_client, CATALOG) as queue:
-        report = await dev_client.execute_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=PLAN_RUNNER, goal="audited", plan=plan(*steps)),
-            # Replayed here, with the lowered limit its continuations depended on.
-            id=f"self-replayed-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
-        )
+        # Replayed here, with the lowered limit its continuations depended on.
+        report = await run_plan(dev_client, queue, plan(*steps), prefix="self-replayed-")
     assert report.status == "DONE", report.reason
     assert report.continued >= 6 and len(report.audit) == 6 and report.audit_dropped == 14
     trail = await audit_trail(dev_client, report.run_id)
@@ -418,9 +420,10 @@ async def test_the_whole_audit_trail_survives_continue_as_new(
     continued = [e for e in entries if e.name == "continued as new"]
     assert len(continued) == report.continued and entries[-1].name == "finished"
     replayer = Replayer(workflows=[], plugins=[KeelPlugin()])
-    async for segment in dev_client.list_workflows(f"WorkflowId = '{report.run_id}'"):
-        handle = dev_client.get_workflow_handle(report.run_id, run_id=segment.run_id)
-        await replayer.replay_workflow(await handle.fetch_history())
+    segments = await segment_histories(dev_client, report.run_id)
+    assert len(segments) == report.continued + 1
+    for history in segments:
+        await replayer.replay_workflow(history)
 
 
 async def test_a_run_continues_as_new_by_history_size_too(
@@ -430,12 +433,7 @@ async def test_a_run_continues_as_new_by_history_size_too(
     steps = [pay(f"s{i}", i, memo="m" * 20_000) for i in range(1, 13)]
     agent = PLAN_RUNNER.model_copy(update={"max_history_bytes": 100_000})
     async with keel_worker(ts_client, CATALOG) as queue:
-        report = await ts_client.execute_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=agent, goal="sized", plan=plan(*steps)),
-            id=f"test-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
-        )
+        report = await run_plan(ts_client, queue, plan(*steps), agent=agent)
     assert report.status == "DONE", report.reason
     assert report.continued >= 3  # by bytes: 12 steps are far below the event limit
     assert store.balances() == {f"s{i}": i for i in range(1, 13)}

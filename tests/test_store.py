@@ -38,10 +38,6 @@ def age(path: Path, seconds: float) -> None:
     os.utime(path, (then, then))
 
 
-def blob_path(store: DirectoryStore, ref: str) -> Path:
-    return store.root / ref[7:9] / ref[7:]
-
-
 def test_prune_keeps_what_open_runs_pin_and_what_is_young(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path / "blobs")
     open_ref = store.put(b"context of a waiting run", run_id="open-run")
@@ -49,13 +45,13 @@ def test_prune_keeps_what_open_runs_pin_and_what_is_young(tmp_path: Path) -> Non
     loose_ref = store.put(b"written outside any run")
     young_ref = store.put(b"written a minute ago", run_id="closed-run")
     for ref in (open_ref, closed_ref, loose_ref):
-        age(blob_path(store, ref), 10 * DAY)
+        age(store.path_of(ref), 10 * DAY)
     for pin in (store.root / "pins").iterdir():
         age(pin, 10 * DAY)
 
     counted = store.prune({"open-run"}, older_than=7 * DAY, dry_run=True)
     assert (counted.blobs_removed, counted.pins_removed) == (2, 1)
-    assert all(blob_path(store, r).exists() for r in (open_ref, closed_ref, loose_ref))
+    assert all(store.path_of(r).exists() for r in (open_ref, closed_ref, loose_ref))
 
     result = store.prune({"open-run"}, older_than=7 * DAY)
     assert (result.blobs_removed, result.blobs_kept_for_open_runs, result.blobs_kept_young) == (
@@ -68,14 +64,14 @@ def test_prune_keeps_what_open_runs_pin_and_what_is_young(tmp_path: Path) -> Non
     )
     assert store.get(open_ref) == b"context of a waiting run"
     assert store.get(young_ref) == b"written a minute ago"
-    assert not blob_path(store, closed_ref).exists() and not blob_path(store, loose_ref).exists()
+    assert not store.path_of(closed_ref).exists() and not store.path_of(loose_ref).exists()
     assert len(list((store.root / "pins").iterdir())) == 1  # the open run's pin stays
 
 
 def test_a_blob_written_again_is_young_again(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path / "blobs")
     ref = store.put(b"shared by two runs", run_id="first")
-    age(blob_path(store, ref), 10 * DAY)
+    age(store.path_of(ref), 10 * DAY)
     store.put(b"shared by two runs", run_id="second")
     assert store.prune(set(), older_than=7 * DAY).blobs_removed == 0
 
@@ -102,7 +98,7 @@ async def test_prune_from_the_command_line_spares_a_waiting_run(
     pruned = await starter("prune", "--older-than", "7d", env=cli_env)
     assert pruned.code == 0, pruned
     assert pruned.out.startswith("removed 1 blobs"), pruned.out
-    assert not blob_path(store, loose).exists()
+    assert not store.path_of(loose).exists()
 
     # Everything the waiting run wrote (its conversation, system prompt and tools) survived.
     pinned = [
@@ -112,7 +108,7 @@ async def test_prune_from_the_command_line_spares_a_waiting_run(
         if line.startswith("sha256:")
     ]
     assert len(pinned) >= 3
-    assert all(blob_path(store, ref).exists() for ref in pinned)
+    assert all(store.path_of(ref).exists() for ref in pinned)
     assert f"kept {len(set(pinned))} referenced by" in pruned.out
     assert run_id in (store.root / "pins").iterdir().__next__().read_text()
 

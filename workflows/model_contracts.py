@@ -87,7 +87,7 @@ class ModelRef(_Wire):
     output_price: float = Field(0.0, ge=0)
     # A model that answers within seconds on the worker's machine (the scripted model, a small
     # local server) can be asked as a local activity: same bounded retries, no round trip
-    # through the server's task queue, about half the wall time of a step. Keep it off for
+    # through the server's task queue (bench/peers.py: keel-react-lm). Keep it off for
     # remote providers: a local activity holds the workflow task while it runs.
     local: bool = False
 

@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -30,9 +31,27 @@ from workflows.model_contracts import (
 )
 
 CACHE_SIZE = 256  # conversations this worker served last (the sticky queue sends them back here)
-_preambles: OrderedDict[str, tuple[str, tuple[ToolSchema, ...]]] = OrderedDict()
 # Model calls read and write the store in threads (it may be a bucket across the network).
 _lock = threading.Lock()
+T = TypeVar("T")
+
+
+class _Recent(Generic[T]):
+    """The newest CACHE_SIZE entries by reference, safe from several threads."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, T] = OrderedDict()
+
+    def get(self, ref: str) -> T | None:
+        with _lock:
+            return self._entries.get(ref)
+
+    def put(self, ref: str, value: T) -> None:
+        with _lock:
+            self._entries[ref] = value
+            self._entries.move_to_end(ref)
+            while len(self._entries) > CACHE_SIZE:
+                self._entries.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -58,20 +77,8 @@ class Version:
         return Version(shared, self.length + len(added), tools)
 
 
-_cache: OrderedDict[str, Version] = OrderedDict()
-
-
-def _remember(ref: str, version: Version) -> None:
-    with _lock:
-        _cache[ref] = version
-        _cache.move_to_end(ref)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-
-
-def _cached(ref: str) -> Version | None:
-    with _lock:
-        return _cache.get(ref)
+_conversations: _Recent[Version] = _Recent()
+_preambles: _Recent[tuple[str, tuple[ToolSchema, ...]]] = _Recent()
 
 
 def load(store: BlobStore, ref: str | None) -> Version:
@@ -80,7 +87,7 @@ def load(store: BlobStore, ref: str | None) -> Version:
     chain: list[list[Message]] = []
     known = Version([], 0, 0)
     while ref is not None:
-        cached = _cached(ref)
+        cached = _conversations.get(ref)
         if cached is not None:
             known = cached
             break
@@ -118,7 +125,7 @@ def preamble(store: BlobStore, request: ModelRequest) -> tuple[str, tuple[ToolSc
     if request.system or request.tools:
         store.put(preamble_blob(request.system, request.tools), run_id=_run_id())
         found = (request.system, request.tools)
-    elif (cached := _cached_preamble(ref)) is not None:
+    elif (cached := _preambles.get(ref)) is not None:
         found = cached
     else:
         try:
@@ -127,17 +134,8 @@ def preamble(store: BlobStore, request: ModelRequest) -> tuple[str, tuple[ToolSc
             raise _missing("system prompt and tools", ref) from None
         tools = tuple(ToolSchema.model_validate(t) for t in body["tools"])
         found = (body["system"], tools)
-    with _lock:
-        _preambles[ref] = found
-        _preambles.move_to_end(ref)
-        while len(_preambles) > CACHE_SIZE:
-            _preambles.popitem(last=False)
+    _preambles.put(ref, found)
     return found
-
-
-def _cached_preamble(ref: str) -> tuple[str, tuple[ToolSchema, ...]] | None:
-    with _lock:
-        return _preambles.get(ref)
 
 
 def expand(request: ModelRequest) -> tuple[ModelRequest, Version]:
@@ -168,5 +166,5 @@ def answered(request: ModelRequest, conversation: Version, reply: ModelReply) ->
     }
     data = json.dumps(link, separators=(",", ":"), sort_keys=True).encode()
     ref = BlobStore.from_env().put(data, run_id=_run_id())
-    _remember(ref, conversation.extended([said]))
+    _conversations.put(ref, conversation.extended([said]))
     return ref
