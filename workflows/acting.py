@@ -120,6 +120,7 @@ class ActingMixin:
         malformed = 0
         system = system_prompt(self._run.goal, agent.prompt)
         while self._turn < agent.loop.max_turns:
+            self._stop_if_cancelled()  # type: ignore[attr-defined]
             await self._continue_if_long()  # type: ignore[attr-defined]
             self._turn += 1
             reply = await self._ask_model("act", schemas, system, self._turns)
@@ -143,6 +144,7 @@ class ActingMixin:
                     self._log(f"model finished: {action.text}")  # type: ignore[attr-defined]
                     return
                 text = await (self._ask_human(action) if action.kind == "ask" else self._do(action))
+                self._stop_if_cancelled()  # type: ignore[attr-defined]
                 self._turns.append(
                     Message(
                         role="tool", content=text, tool_call_id=action.call_id, name=action.tool

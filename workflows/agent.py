@@ -302,7 +302,7 @@ class AgentWorkflow(ActingMixin):
             grants=list(self._run.agent.grants) if spec.kind == "tool" else None,
         )
         if spec.local:
-            return await workflow.execute_local_activity(
+            handle = workflow.start_local_activity(
                 spec.name,
                 call,
                 result_type=ToolOutput,
@@ -310,17 +310,30 @@ class AgentWorkflow(ActingMixin):
                 retry_policy=retry_policy(spec.retry),
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
-        return await workflow.execute_activity(
-            spec.name,
-            call,
-            result_type=ToolOutput,
-            start_to_close_timeout=spec.timeout,
-            heartbeat_timeout=spec.heartbeat,
-            retry_policy=retry_policy(spec.retry),
-            # A cancelled run compensates only once the in-flight call has stopped: with
-            # TRY_CANCEL a write still running could land after its compensation.
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
+        else:
+            handle = workflow.start_activity(
+                spec.name,
+                call,
+                result_type=ToolOutput,
+                start_to_close_timeout=spec.timeout,
+                heartbeat_timeout=spec.heartbeat,
+                retry_policy=retry_policy(spec.retry),
+                # A cancelled run compensates only once the in-flight call has stopped: with
+                # TRY_CANCEL a write still running could land after its compensation.
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        try:
+            # Shielded: a cancel of the run must not reach the call before we know whether it
+            # completed. Its completion may arrive in the same activation as the cancel, and a
+            # write that landed must be recorded (so it is compensated), never dropped.
+            return await asyncio.shield(handle)
+        except asyncio.CancelledError:
+            await workflow.wait_condition(lambda: True)  # let this activation's results land
+            if not handle.done():
+                handle.cancel()  # still in flight: ask it to stop and wait for what it did
+            # Its result if it completed (the run notices the cancel before its next call),
+            # else the activity's cancellation error.
+            return await handle
 
     def _gate_policy(self, spec: ToolSpec, args: dict[str, Any]) -> ApprovalPolicy | None:
         policies = [spec.approval, self._run.agent.approvals.get(spec.name)]

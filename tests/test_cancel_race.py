@@ -1,0 +1,148 @@
+"""A cancel never loses a write: every write whose activity completed is reported done and
+compensated, however the cancel and the completion interleave (issue 13, item 1).
+
+The first test forces the worst interleaving: the write completes while no workflow worker
+runs, so the completion and the cancel request reach the run in one activation. The second
+cancels 10-step write plans at seeded random times, on one worker or two, and counts effects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+import examples.ledger as ledger
+from activities import Catalog
+from examples.ledger import store
+from keel import KeelPlugin
+from tests.conftest import dev_address
+from workflows import AgentWorkflow
+from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
+
+CATALOG = Catalog.from_modules([ledger])
+
+
+def write_plan(amounts: list[int], pauses: dict[int, float]) -> PlanSpec:
+    """Pay acct1..acctN; step i sleeps pauses[i] s after its write is committed."""
+    steps = [
+        StepSpec(
+            title=f"pay {i}",
+            tool="post_entry",
+            args={"account": f"acct{i}", "amount": amount, "pause_s": pauses.get(i, 0.0)},
+        )
+        for i, amount in enumerate(amounts, 1)
+    ]
+    return PlanSpec(goal="pay everyone", steps=steps)
+
+
+async def start(client: Client, queue: str, plan: PlanSpec, prefix: str) -> WorkflowHandle:
+    return await client.start_workflow(
+        AgentWorkflow.run,
+        AgentRunInput(agent=PLAN_RUNNER, goal=plan.goal, plan=plan),
+        id=f"{prefix}-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+        result_type=RunReport,
+    )
+
+
+def assert_world_matches(report: RunReport, run_id: str, accounts: int) -> None:
+    """After a cancel: every write that landed is reported done and compensated (or, when the
+    cancel came after the last step, the run is DONE and every write stands)."""
+    left = [i for i in range(1, accounts + 1) if store.run_total(run_id, f"acct{i}") != 0]
+    if report.status == "DONE":
+        assert left == list(range(1, accounts + 1))
+        assert report.compensations == []
+        return
+    assert report.status == "NOT_DONE"
+    assert left == [], f"writes left in the world: {left}"
+    done = sorted(s.index for s in report.steps if s.done)
+    compensated = sorted(c.step for c in report.compensations if c.status == "done")
+    assert done == compensated
+    with store.connect() as conn:
+        wrote = {
+            int(key.rsplit(":", 1)[-1])
+            for (key,) in conn.execute(
+                "SELECT key FROM entries WHERE run_id = ? AND amount > 0", (run_id,)
+            )
+        }
+    assert sorted(wrote) == done, "a write landed that the report does not list as done"
+
+
+async def wait_for_completions(handle: WorkflowHandle, count: int) -> None:
+    completed = EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    for _ in range(400):
+        history = await handle.fetch_history()
+        if sum(e.event_type == completed for e in history.events) >= count:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"fewer than {count} activities completed")
+
+
+async def test_a_write_completing_with_the_cancel_in_one_activation_is_compensated(
+    dev_client: Client, ledger_db: Path
+) -> None:
+    queue = f"race-{uuid.uuid4().hex[:8]}"
+
+    def workflow_worker() -> Worker:
+        # No cache: the next workflow task goes to whichever workflow worker polls next.
+        return Worker(
+            dev_client,
+            task_queue=queue,
+            plugins=[KeelPlugin(CATALOG)],
+            no_remote_activities=True,
+            max_cached_workflows=0,
+        )
+
+    async with Worker(dev_client, task_queue=queue, activities=CATALOG.activities()):
+        first = workflow_worker()
+        running = asyncio.create_task(first.run())
+        handle = await start(dev_client, queue, write_plan([1, 2, 3], {2: 2.0}), "race")
+        for _ in range(400):  # step 2 has written and now sleeps for 2 s before returning
+            if store.run_total(handle.id, "acct2"):
+                break
+            await asyncio.sleep(0.01)
+        await first.shutdown()
+        await running
+        await handle.cancel()
+        # Step 2 completes while no workflow worker runs: its completion and the cancel
+        # request reach the run in one workflow task.
+        await wait_for_completions(handle, 2)
+        async with workflow_worker():
+            report = await handle.result()
+    assert [c.step for c in report.compensations] == [2, 1]
+    assert_world_matches(report, handle.id, 3)
+
+
+@pytest.mark.parametrize("seed", range(16))
+async def test_random_cancels_never_leave_a_write_unreported(
+    dev_client: Client, ledger_db: Path, seed: int
+) -> None:
+    chance = random.Random(seed)
+    queue = f"cancels-{uuid.uuid4().hex[:8]}"
+    async with AsyncExitStack() as stack:
+        # Odd seeds: two workers (one client each), so the completion and the cancel may
+        # reach different ones.
+        clients = [dev_client]
+        if seed % 2:
+            clients.append(
+                await Client.connect(
+                    dev_address(dev_client), data_converter=dev_client.data_converter
+                )
+            )
+        for client in clients:
+            worker = Worker(client, task_queue=queue, plugins=[KeelPlugin(CATALOG)])
+            await stack.enter_async_context(worker)
+        plan = write_plan(list(range(1, 11)), {i: 0.02 for i in range(1, 11)})
+        handle = await start(dev_client, queue, plan, "cancels")
+        await asyncio.sleep(chance.uniform(0.0, 0.4))  # the run takes ~0.4 s
+        await handle.cancel()
+        report = await handle.result()
+    assert_world_matches(report, handle.id, 10)
