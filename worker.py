@@ -24,7 +24,7 @@ from activities.store import BlobStore, StoreUnavailable
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import DEFAULT_TOOLS, exit_now, tool_modules
 from keel.codec import AesGcmCodec, CodecError
-from keel.logs import add_logging_args, configure_logging
+from keel.logs import add_logging_args, configure_logging, redact_output
 from keel.telemetry import TracingUnavailable, install_runtime, tracing_plugins
 
 LOG = logging.getLogger("keel.worker")
@@ -98,6 +98,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    redact_output()  # before the log handler takes sys.stderr: tools may print secrets
     configure_logging(args.log_level, args.log_format)
     install_runtime(args.metrics_address)
     try:

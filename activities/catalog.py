@@ -30,6 +30,8 @@ from activities.models.providers import PROVIDERS
 from activities.models.scripted import ScriptedModel, ScriptedPlanner
 from activities.tool import Tool
 from workflows.contracts import (
+    PLAN_RUNNER,
+    AgentRequest,
     AgentSpec,
     ApprovalPolicy,
     ArgsCheck,
@@ -37,9 +39,10 @@ from workflows.contracts import (
     PlanSpec,
     PreparedPlan,
     PrepareRequest,
+    ResolvedAgent,
     ToolSpec,
 )
-from workflows.model_contracts import ModelReply, ModelRequest
+from workflows.model_contracts import AgentLoop, ModelReply, ModelRequest
 
 
 def explain(err: ValidationError) -> str:
@@ -101,6 +104,13 @@ class Catalog:
             )
         return cls.of(items)
 
+    def including(self, *items: Tool | AgentSpec | ScriptedPlanner | ScriptedModel) -> Catalog:
+        """A copy of this catalog with `items` added (say, an agent declared in a test)."""
+        copy = Catalog(dict(self.tools), dict(self.agents), dict(self.planners), dict(self.models))
+        for item in items:
+            copy.add(item)
+        return copy
+
     def add(self, item: Tool | AgentSpec | ScriptedPlanner | ScriptedModel) -> None:
         if isinstance(item, Tool):
             known = self.tools.get(item.name)
@@ -108,6 +118,11 @@ class Catalog:
                 raise CatalogError(f"two tools are named {item.name!r}")
             self.tools[item.name] = item
         elif isinstance(item, AgentSpec):
+            if item.name == PLAN_RUNNER.name and item != PLAN_RUNNER:
+                raise CatalogError(
+                    f"agent name {PLAN_RUNNER.name!r} is Keel's own (runs of a plan given up "
+                    "front); choose another name"
+                )
             if self.agents.get(item.name, item) != item:
                 raise CatalogError(f"two agents are named {item.name!r}")
             self.agents[item.name] = item
@@ -122,6 +137,20 @@ class Catalog:
         except KeyError:
             known = ", ".join(sorted(self.agents)) or "none"
             raise CatalogError(f"unknown agent {name!r} (known: {known})") from None
+
+    def resolve(self, requested: AgentSpec) -> AgentSpec:
+        """The agent a run may be: this catalog's definition of that name (PLAN_RUNNER for a
+        plan given up front), with the budget narrowed where the run asks for less. Nothing
+        else a client sends (grants, approvals, tools, routes) is trusted."""
+        own = PLAN_RUNNER if requested.name == PLAN_RUNNER.name else self.agent(requested.name)
+        turns = requested.loop.max_turns
+        loop = own.loop
+        # A value at its default is no opinion: a client naming only the agent narrows nothing.
+        if turns != AgentLoop().max_turns and turns < loop.max_turns:
+            loop = loop.model_copy(update={"max_turns": turns})
+        return own.model_copy(
+            update={"budget": own.budget.narrowed(requested.budget), "loop": loop}
+        )
 
     def prepare(self, agent: AgentSpec, plan: PlanSpec) -> PreparedPlan:
         """Check every step and criterion against what is registered; collect every problem."""
@@ -223,6 +252,7 @@ class Catalog:
     def activities(self) -> list[Callable[..., Any]]:
         keel = KeelActivities(self)
         return [
+            keel.resolve_agent,
             keel.prepare_plan,
             keel.propose_plan,
             keel.model_call,
@@ -236,6 +266,15 @@ class KeelActivities:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+
+    @activity.defn(name="keel.resolve_agent")
+    async def resolve_agent(self, request: AgentRequest) -> ResolvedAgent:
+        try:
+            agent = self.catalog.resolve(request.agent)
+        except CatalogError as err:
+            return ResolvedAgent(problem=f"{err}: this worker does not serve it")
+        tools = {n: self.catalog.tools[n].spec for n in request.tools if n in self.catalog.tools}
+        return ResolvedAgent(agent=agent, tools=tools)
 
     @activity.defn(name="keel.prepare_plan")
     async def prepare_plan(self, request: PrepareRequest) -> PreparedPlan:

@@ -1,7 +1,8 @@
 """Secrets by reference: workflows and plans carry a secret's NAME (`SecretRef`); only a running
 activity resolves it, from the environment or from the JSON file named by KEEL_SECRETS_FILE
-({"NAME": "value"}), at call time. A resolved value is redacted from whatever the tool returns
-(to the model, the history, the report) and from its error messages.
+({"NAME": "value"}), at call time. A resolved value is redacted, whatever its length, from
+everything that leaves the activity (its result, its errors, the files it reports touching)
+and from every log line and print of the worker process (keel.logs).
 
     @tool
     def call_payroll(token: SecretRef) -> str:
@@ -20,7 +21,9 @@ from temporalio.exceptions import ApplicationError
 from workflows.contracts import SecretRef
 
 REDACTED = "[redacted]"
-MIN_REDACTED_LENGTH = 4  # shorter values would redact ordinary words
+# Every secret value resolved in this process: the worker's log filter and its stdout/stderr
+# redact them (tool code may log or print what it resolved).
+_RESOLVED: set[str] = set()
 
 
 def file_secrets() -> dict[str, str]:
@@ -47,12 +50,20 @@ def resolve(ref: SecretRef | str) -> str:
             type="SecretMissing",
             non_retryable=True,
         )
+    _RESOLVED.add(value)
     return value
 
 
+def resolved_values() -> list[str]:
+    """Every secret value resolved in this process, longest first."""
+    return sorted(_RESOLVED, key=len, reverse=True)
+
+
 def known_values(used: list[str]) -> list[str]:
+    """The values to redact from one call's output: those it resolved and every value of
+    KEEL_SECRETS_FILE, of any length (a 3-digit PIN is a secret too), longest first."""
     values = {*used, *file_secrets().values()}
-    return sorted((v for v in values if len(v) >= MIN_REDACTED_LENGTH), key=len, reverse=True)
+    return sorted((v for v in values if v), key=len, reverse=True)
 
 
 def redact(value: Any, secrets: list[str]) -> Any:

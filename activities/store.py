@@ -31,6 +31,10 @@ from pathlib import Path
 DEFAULT_INLINE_LIMIT = 4096
 
 
+class BlobCorrupted(Exception):
+    """A blob's bytes do not hash to its reference: tampered with or damaged."""
+
+
 class StoreUnavailable(Exception):
     """The configured store cannot be used (a bad KEEL_STORE_URL, boto3 missing)."""
 
@@ -104,9 +108,21 @@ class BlobStore(ABC):
     def put(self, data: bytes, run_id: str | None = None) -> str:
         """Store `data` (pinned to `run_id` when given) and return its reference."""
 
-    @abstractmethod
     def get(self, ref: str) -> bytes:
-        """The blob's bytes; FileNotFoundError when the store does not have it."""
+        """The blob's bytes, checked against the hash its reference names: BlobCorrupted when
+        they differ (a tampered or damaged store is never used silently), FileNotFoundError
+        when the store does not have it."""
+        data = self._read(ref)
+        if blob_ref(data) != ref:
+            raise BlobCorrupted(
+                f"blob {ref} in {self.location} does not match its hash: the store was "
+                "changed outside Keel; it is not used"
+            )
+        return data
+
+    @abstractmethod
+    def _read(self, ref: str) -> bytes:
+        """The blob's bytes as stored; FileNotFoundError when the store does not have it."""
 
     @abstractmethod
     def pin(self, run_id: str, ref: str) -> None:
@@ -187,7 +203,7 @@ class DirectoryStore(BlobStore):
         with pin.open("a", encoding="utf-8") as out:  # appends: safe from several workers
             out.write((f"run {run_id}\n" if new else "") + ref + "\n")
 
-    def get(self, ref: str) -> bytes:
+    def _read(self, ref: str) -> bytes:
         return self.path_of(ref).read_bytes()
 
     def pins(self) -> Iterator[Pin]:

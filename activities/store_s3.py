@@ -81,7 +81,7 @@ class S3Store(BlobStore):
                     self._runs_written.popitem(last=False)
         self.client.put_object(Bucket=self.bucket, Key=folder + digest_of(ref), Body=b"")
 
-    def get(self, ref: str) -> bytes:
+    def _read(self, ref: str) -> bytes:
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=self._blob_key(ref))
         except self.client.exceptions.NoSuchKey:

@@ -289,20 +289,23 @@ async def _attempt(
         _current.reset(token)
     if spec.kind == "check":
         value = value if isinstance(value, CheckResult) else CheckResult(passed=bool(value))
-    value = redact(_ANY.dump_python(value, mode="json"), known_values(ctx.secrets_used))
-    return await _output(value, ctx, attempt)
+    secrets = known_values(ctx.secrets_used)
+    value = redact(_ANY.dump_python(value, mode="json"), secrets)
+    # Everything that leaves the activity goes through the same redaction.
+    touched = redact(ctx.files_touched, secrets)
+    return await _output(value, touched, ctx.run_id, attempt)
 
 
-async def _output(value: Any, ctx: ToolContext, attempt: int) -> ToolOutput:
+async def _output(value: Any, touched: list[str], run_id: str, attempt: int) -> ToolOutput:
     data = json.dumps(value, separators=(",", ":")).encode()
     if len(data) <= inline_limit():
-        return ToolOutput(value=value, files_touched=ctx.files_touched, attempt=attempt)
+        return ToolOutput(value=value, files_touched=touched, attempt=attempt)
     # In a thread: the store may be a bucket across the network, and the loop serves others.
-    ref = await asyncio.to_thread(BlobStore.from_env().put, data, ctx.run_id)
+    ref = await asyncio.to_thread(BlobStore.from_env().put, data, run_id)
     preview = data[:200].decode(errors="replace")
     return ToolOutput(
         ref=ResultRef(ref=ref, size=len(data), preview=preview),
-        files_touched=ctx.files_touched,
+        files_touched=touched,
         attempt=attempt,
     )
 

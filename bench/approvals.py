@@ -99,6 +99,7 @@ async def measure(client: Client, address: str, runs: int, hold: float, cache: i
             queue,
             "--tools",
             "examples.ledger",
+            __file__,  # AGENT: the worker resolves a run's agent from its own catalog
             "--max-cached-workflows",
             str(cache),
         )

@@ -11,6 +11,7 @@ from activities.models.scripted import ScriptedModel
 from workflows.contracts import AgentSpec, Grant
 from workflows.loop import results_seen
 from workflows.model_contracts import (
+    AgentLoop,
     Budget,
     ModelRef,
     ModelReply,
@@ -39,6 +40,8 @@ def counting_agent(name: str, tool_name: str) -> tuple[ScriptedModel, AgentSpec]
         tools=(tool_name,),
         routes=Routes(act=Route(models=(ModelRef(provider="scripted", model=name),))),
         budget=Budget(max_repeats=None),
+        # As many turns as any run may ask for; each run narrows it to its own n + 5.
+        loop=AgentLoop(max_turns=100_000),
         grants=(Grant(scope="*"),),
     )
     return next_call, agent

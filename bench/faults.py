@@ -107,7 +107,13 @@ async def main(quick: bool) -> int:
         getattr(fault_tools, n)
         for n in ("stock", "stock_raw", "prices", "prices_raw", "customer", "customer_raw")
     ]
-    catalog = Catalog.of([*Catalog.from_modules([ledger]).tools.values(), *tools])
+    agents = {
+        name: PLAN_RUNNER.model_copy(
+            update={"name": name, "on_failure": "ask" if name in ESCALATES else "fail"}
+        )
+        for name in SCENARIOS
+    }
+    catalog = Catalog.of([*Catalog.from_modules([ledger]).tools.values(), *tools, *agents.values()])
     queue = f"faults-{uuid.uuid4().hex[:6]}"
     rates = [0.3] if quick else [0.1, 0.3]
     trials = 1 if quick else 4
@@ -134,12 +140,7 @@ async def main(quick: bool) -> int:
                         ]
                         set_injector(Injector(specs) if rate else None)
                         for name, steps in SCENARIOS.items():
-                            agent = PLAN_RUNNER.model_copy(
-                                update={
-                                    "name": name,
-                                    "on_failure": "ask" if name in ESCALATES else "fail",
-                                }
-                            )
+                            agent = agents[name]
                             plan = PlanSpec(goal=name, steps=steps if validators else raw(steps))
                             report = await env.client.execute_workflow(
                                 AgentWorkflow.run,

@@ -49,6 +49,15 @@ from workflows.model_contracts import (
 )
 
 next_noop, REACT = counting_agent("bench-peers", "noop")
+# The same agent asking its model as a local activity (keel-react-lm).
+REACT_LM = REACT.model_copy(
+    update={
+        "name": "bench-peers-lm",
+        "routes": Routes(
+            act=Route(models=(ModelRef(provider="scripted", model="bench-peers", local=True),))
+        ),
+    }
+)
 
 
 @dataclass
@@ -106,14 +115,12 @@ def keel_systems(client: Client, queue: str) -> list[System]:
         )
 
     def react(n: int, local_model: bool = False) -> AgentRunInput:
-        model = ModelRef(provider="scripted", model="bench-peers", local=local_model)
-        agent = REACT.model_copy(
-            update={
-                "loop": REACT.loop.model_copy(update={"max_turns": n + 5}),
-                "routes": Routes(act=Route(models=(model,))),
-            }
+        agent = REACT_LM if local_model else REACT
+        # The worker's agent, narrowed to n + 5 turns (a client may lower limits).
+        narrowed = agent.model_copy(
+            update={"loop": agent.loop.model_copy(update={"max_turns": n + 5})}
         )
-        return AgentRunInput(agent=agent, goal=f"call noop {n}")
+        return AgentRunInput(agent=narrowed, goal=f"call noop {n}")
 
     return [
         System("raw", raw, client),
@@ -268,7 +275,7 @@ async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int, tuned
     )
     address = env.client.service_client.config.target_host
     queue = f"peers-keel-{uuid.uuid4().hex[:6]}"
-    catalog = Catalog.of([noop, noop_local, next_noop])
+    catalog = Catalog.of([noop, noop_local, next_noop, REACT, REACT_LM])
     workers = [
         Worker(env.client, task_queue=queue, workflows=[RawToolLoop], plugins=[KeelPlugin(catalog)])
     ]

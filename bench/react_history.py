@@ -47,7 +47,7 @@ async def main(sizes: list[int]) -> int:
     queue = f"bench-{uuid.uuid4().hex[:6]}"
     print(f"{'N':>6} {'wall s':>8} {'ms/step':>8} {'events':>8} {'bytes':>11} {'bytes/step':>11}")
     try:
-        catalog = Catalog.of([lookup, next_lookup])
+        catalog = Catalog.of([lookup, next_lookup, AGENT])
         async with Worker(env.client, task_queue=queue, plugins=[KeelPlugin(catalog)]):
             for n in sizes:
                 agent = AGENT.model_copy(

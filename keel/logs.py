@@ -6,6 +6,11 @@ where Keel knows them. Workflow code logs through `workflow.logger`, which stays
 workflow replays, so a decision is logged once however often its history is replayed.
 
     configure_logging("info", "json")
+
+Secret values a tool resolved in this process are redacted from every record (a filter on the
+handler, so records of every logger pass it) and, in the worker, from whatever is printed to
+stdout or stderr (`redact_output`). What Keel cannot redact: a secret a tool writes to its own
+file or sends elsewhere, or one it reads by itself instead of through tool_context().secret.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from activities.secrets import REDACTED, resolved_values
 from keel.telemetry import install_runtime
 
 LogFormat = Literal["json", "text"]
@@ -43,6 +49,47 @@ def run_fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+def _scrub(text: str) -> str:
+    for secret in resolved_values():
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces every secret value resolved in this process in a record's message and error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not resolved_values():
+            return True
+        record.msg, record.args = _scrub(record.getMessage()), None
+        if record.exc_info:
+            record.exc_text = _scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class _RedactingStream:
+    """A text stream that redacts resolved secrets from what is written to it."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        self._inner.write(_scrub(text) if resolved_values() else text)
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def redact_output() -> None:
+    """Redact resolved secrets from this process's stdout and stderr (tool code that prints)."""
+    if not isinstance(sys.stdout, _RedactingStream):
+        sys.stdout = _RedactingStream(sys.stdout)
+    if not isinstance(sys.stderr, _RedactingStream):
+        sys.stderr = _RedactingStream(sys.stderr)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -55,6 +102,8 @@ class JsonFormatter(logging.Formatter):
         line.update(run_fields(record))
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        elif record.exc_text:
+            line["error"] = record.exc_text.splitlines()[-1]
         return json.dumps(line, default=str)
 
 
@@ -80,6 +129,7 @@ def configure_logging(
         raise ValueError(f"log format must be json or text, not {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

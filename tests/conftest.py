@@ -14,6 +14,7 @@ so a change that breaks determinism fails the suite.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
@@ -46,7 +47,7 @@ from temporalio.worker import Replayer, Worker
 from activities.catalog import Catalog
 from keel import KeelPlugin
 from keel.devserver import start_dev_server
-from workflows.contracts import STATUS_ATTRIBUTE
+from workflows.contracts import STATUS_ATTRIBUTE, AgentSpec
 
 # Every span of the test session, in memory: the tracing test asserts span trees with it and
 # the secret tests scan it. The SDK takes one tracer provider per process, so it is set here.
@@ -60,6 +61,7 @@ BIN = Path(sys.executable).parent
 # Runs of these ids are not replayed here: non-deterministic on purpose (the test of that), or
 # replayed by their own test (which holds what their replay needs, e.g. a storage driver).
 NOT_REPLAYED_PREFIXES = ("nondeterminism-", "self-replayed-")
+REPLAY_TIMEOUT = 60  # seconds for one history
 
 
 def binary(name: str) -> str:
@@ -94,7 +96,12 @@ async def replay_all(client: Client, runs: list[tuple[str, str | None]]) -> int:
         if workflow_id.startswith(NOT_REPLAYED_PREFIXES):
             continue
         history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        await replayer.replay_workflow(history)  # raises on a non-determinism error
+        # Raises on a non-determinism error; the bound turns a replay that never ends (the
+        # replayer can hang after one) into a failure that names the run.
+        try:
+            await asyncio.wait_for(replayer.replay_workflow(history), REPLAY_TIMEOUT)
+        except TimeoutError:
+            raise AssertionError(f"replaying {workflow_id} did not finish") from None
         count += 1
     return count
 
@@ -166,8 +173,10 @@ def ledger_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @asynccontextmanager
-async def keel_worker(client: Client, catalog: Catalog) -> AsyncIterator[str]:
-    """An in-process worker with Keel and `catalog` on a fresh task queue; yields the queue."""
+async def keel_worker(client: Client, catalog: Catalog, *agents: AgentSpec) -> AsyncIterator[str]:
+    """An in-process worker with Keel, `catalog` and `agents` (the worker resolves a run's
+    agent by name from its own catalog) on a fresh task queue; yields the queue."""
     queue = f"test-{uuid.uuid4().hex[:8]}"
-    async with Worker(client, task_queue=queue, plugins=[KeelPlugin(catalog)]):
+    plugin = KeelPlugin(catalog.including(*agents))
+    async with Worker(client, task_queue=queue, plugins=[plugin]):
         yield queue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from activities import RetrySpec, SecretRef, tool, tool_context
 
@@ -132,6 +133,16 @@ def call_payroll(token: SecretRef, fail: bool = False) -> dict[str, str]:
     if fail:
         raise PermissionError(f"payroll refused token {value}")
     return {"authorized_with": value, "note": f"used {value} for the call"}
+
+
+@tool(effect="write", retry=FAST_RETRY)
+def careless_with_pin(pin: SecretRef) -> str:
+    """A careless tool: names a file after its PIN, logs it and prints it."""
+    value = tool_context().secret(pin)
+    tool_context().touched(f"out/{value}.txt")
+    logging.getLogger("tests.careless").warning("unlocking with %s", value)
+    print(f"the pin is {value}", flush=True)
+    return f"unlocked with {value}"
 
 
 @tool(local=True, retry=RetrySpec(max_attempts=3, initial_interval=0.1))

@@ -372,8 +372,8 @@ async def test_a_long_plan_continues_as_new_and_stays_one_run(
     monkeypatch.setattr(contracts, "STEPS_KEPT", 8)
     steps = [pay(f"w{i}", i) for i in range(1, 31)]
     accept = [posted("w30", 30)]
-    agent = PLAN_RUNNER.model_copy(update={"max_history_events": 60})
-    async with keel_worker(ts_client, CATALOG) as queue:
+    agent = PLAN_RUNNER.model_copy(update={"name": "long-planner", "max_history_events": 60})
+    async with keel_worker(ts_client, CATALOG, agent) as queue:
         handle = await ts_client.start_workflow(
             AgentWorkflow.run,
             AgentRunInput(agent=agent, goal="long", plan=plan(*steps, acceptance=accept)),
@@ -431,8 +431,8 @@ async def test_a_run_continues_as_new_by_history_size_too(
 ) -> None:
     # 12 payments with 20 KB memos: ~50 KB of history per step, over 100 KB every ~2 steps.
     steps = [pay(f"s{i}", i, memo="m" * 20_000) for i in range(1, 13)]
-    agent = PLAN_RUNNER.model_copy(update={"max_history_bytes": 100_000})
-    async with keel_worker(ts_client, CATALOG) as queue:
+    agent = PLAN_RUNNER.model_copy(update={"name": "size-planner", "max_history_bytes": 100_000})
+    async with keel_worker(ts_client, CATALOG, agent) as queue:
         report = await run_plan(ts_client, queue, plan(*steps), agent=agent)
     assert report.status == "DONE", report.reason
     assert report.continued >= 3  # by bytes: 12 steps are far below the event limit
@@ -445,8 +445,10 @@ async def test_an_agent_acting_step_by_step_continues_as_new_with_its_context(
     monkeypatch.setattr(contracts, "STEPS_KEPT", 5)
     names = [f"p{letter}" for letter in "abcdefghijkl"]  # the clerk's words: NAME AMOUNT
     goal = "Pay " + " and ".join(f"{name} {i}" for i, name in enumerate(names, 1))
-    agent = ledger.ledger_agent.model_copy(update={"max_history_events": 40})
-    async with keel_worker(ts_client, CATALOG) as queue:
+    agent = ledger.ledger_agent.model_copy(
+        update={"name": "short-ledger-agent", "max_history_events": 40}
+    )
+    async with keel_worker(ts_client, CATALOG, agent) as queue:
         report = await ts_client.execute_workflow(
             AgentWorkflow.run,
             AgentRunInput(agent=agent, goal=goal),

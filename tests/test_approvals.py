@@ -85,7 +85,7 @@ async def refused(handle: WorkflowHandle, decision: Decision, message: str) -> N
 async def test_gated_step_waits_with_the_request_then_runs_when_approved(
     ts_client: Client, ledger_db: Path
 ) -> None:
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, agent()) as queue:
         handle = await start(ts_client, queue, [pay("amy", 50), pay("bo", 500)])
         report = await waiting(handle)
         pending = report.pending
@@ -116,7 +116,7 @@ async def test_gated_step_waits_with_the_request_then_runs_when_approved(
 async def test_three_day_deadline_passes_in_test_time_and_rejects(
     ts_client: Client, ledger_db: Path
 ) -> None:
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, agent()) as queue:
         handle = await start(ts_client, queue, [pay("cy", 5), pay("di", 500)])
         await waiting(handle)
         started = time.monotonic()
@@ -131,7 +131,7 @@ async def test_three_day_deadline_passes_in_test_time_and_rejects(
 
 async def test_deadline_default_skip_and_reminder(ts_client: Client, ledger_db: Path) -> None:
     spec = agent(on_timeout="skip", remind_after=timedelta(days=1), reminder="notify")
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, spec) as queue:
         handle = await start(ts_client, queue, [pay("ed", 500), pay("fay", 600)], spec)
         request = (await waiting(handle)).pending.request_id
         await skip_time(ts_client, timedelta(days=3, minutes=1))  # past reminder and deadline
@@ -156,7 +156,7 @@ async def test_deadline_default_skip_and_reminder(ts_client: Client, ledger_db: 
 
 async def test_refused_decisions_change_nothing(ts_client: Client, ledger_db: Path) -> None:
     spec = agent(approvers=("ops@example.com",))
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, spec) as queue:
         handle = await start(ts_client, queue, [pay("gus", 500)], spec)
         pending = (await waiting(handle)).pending
         rid = pending.request_id
@@ -196,7 +196,7 @@ async def test_refused_decisions_change_nothing(ts_client: Client, ledger_db: Pa
 
 
 async def test_edited_arguments_are_what_runs(ts_client: Client, ledger_db: Path) -> None:
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, agent()) as queue:
         handle = await start(ts_client, queue, [pay("hal", 900)])
         rid = (await waiting(handle)).pending.request_id
         await handle.execute_update(
@@ -212,7 +212,7 @@ async def test_edited_arguments_are_what_runs(ts_client: Client, ledger_db: Path
 async def test_signals_decide_too_and_a_duplicate_is_refused(
     ts_client: Client, ledger_db: Path
 ) -> None:
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, agent()) as queue:
         handle = await start(ts_client, queue, [pay("ivy", 500), pay("jo", 500)])
         first = (await waiting(handle)).pending.request_id
         await handle.signal(
@@ -246,7 +246,7 @@ async def test_tool_declared_gate_hides_secret_looking_args(
         tool="send_email",
         args={"to": "a@b.c", "body": "x" * 200, "api_token": "s3cr3t"},
     )
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, agent()) as queue:
         handle = await start(ts_client, queue, [step], PLAN_RUNNER)
         pending = (await waiting(handle)).pending
         assert pending.args_summary == {"to": "a@b.c", "body": "x" * 80 + "...", "api_token": "***"}
@@ -262,7 +262,7 @@ async def test_failed_step_escalates_when_the_agent_says_ask(
     spec = AgentSpec(name="asker", on_failure="ask", grants=LEDGER)
     label = uuid.uuid4().hex[:8]
     steps = [pay("kim", 3), StepSpec(title="boom", tool="fails_quickly", args={"label": label})]
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, spec) as queue:
         handle = await start(ts_client, queue, steps, spec)
         pending = (await waiting(handle)).pending
         assert pending.kind == "escalation"
@@ -286,7 +286,7 @@ async def test_failed_step_escalates_when_the_agent_says_ask(
 
 async def test_validator_flags_an_implausible_result(ts_client: Client, ledger_db: Path) -> None:
     step = StepSpec(title="price", tool="quote", args={"sku": "a", "price": -5})
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, agent()) as queue:
         final = await (await start(ts_client, queue, [step], PLAN_RUNNER)).result()
     assert final.status == "NOT_DONE"
     assert "ImplausibleResult: implausible result: negative price" in final.reason

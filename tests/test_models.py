@@ -132,7 +132,7 @@ def clerk(*models: ModelRef, **extra: Any) -> AgentSpec:
 
 
 async def run_agent(client: Client, agent: AgentSpec, goal: str = "pay ann 5") -> RunReport:
-    async with keel_worker(client, CATALOG) as queue:
+    async with keel_worker(client, CATALOG, agent) as queue:
         run_id = f"model-{uuid.uuid4().hex[:8]}"
         RUN_IDS.append(run_id)
         return await client.execute_workflow(
@@ -395,7 +395,7 @@ async def test_a_human_extends_the_budget_and_answers_a_question(
     ]
     server.script(OPENAI, replies)
     agent = clerk(openai_ref(server), budget=Budget(max_model_calls=2), on_budget="ask")
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, agent) as queue:
         run_id = f"model-{uuid.uuid4().hex[:8]}"
         RUN_IDS.append(run_id)
         handle = await ts_client.start_workflow(
@@ -461,7 +461,9 @@ async def test_a_quick_model_can_answer_as_a_local_activity(
     ts_client: Client, ledger_db: Path
 ) -> None:
     route = Route(models=(ModelRef(provider="scripted", model="ledger-react", local=True),))
-    agent = ledger.ledger_agent.model_copy(update={"routes": Routes(act=route)})
+    agent = ledger.ledger_agent.model_copy(
+        update={"name": "ledger-agent-local", "routes": Routes(act=route)}
+    )
     report = await run_agent(ts_client, agent, goal="Pay ann 3 and bo 4")
     assert report.status == "DONE", report.reason
     assert report.summary == "paid ann 3, bo 4" and store.balances() == {"ann": 3, "bo": 4}
@@ -477,13 +479,16 @@ async def test_a_quick_model_can_answer_as_a_local_activity(
         if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
     ]
     assert "keel.model_call" not in scheduled and scheduled.count("post_entry") == 2
-    # Three model calls and the worker's check of the tools, recorded as local activity markers.
-    assert len(markers) == 4
+    # The worker's agent, its check of the tools and three model calls: local activity markers.
+    assert len(markers) == 5
     entries = await timeline(ts_client, report.run_id)
     local = [(e.kind, e.name, e.outcome) for e in entries if e.name.endswith("(local)")]
     assert (
         local
-        == [("plan", "keel.prepare_plan (local)", "ok")]
+        == [
+            ("keel", "keel.resolve_agent (local)", "ok"),
+            ("plan", "keel.prepare_plan (local)", "ok"),
+        ]
         + [("model", "keel.model_call (local)", "ok")] * 3
     )
     with pytest.raises(ValidationError, match="local=True is for quick models"):
@@ -556,7 +561,7 @@ async def test_the_deadline_budget_counts_workflow_time_spent_waiting(
         [openai_call("ask_human", question="Which account?"), openai_call("finish", summary="x")],
     )
     agent = clerk(openai_ref(server), budget=Budget(max_duration=timedelta(hours=1)))
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, agent) as queue:
         run_id = f"model-{uuid.uuid4().hex[:8]}"
         RUN_IDS.append(run_id)
         handle = await ts_client.start_workflow(

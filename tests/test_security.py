@@ -53,7 +53,7 @@ def reader(server: ModelServer, **extra: object) -> AgentSpec:
 
 
 async def run(client: Client, agent: AgentSpec, goal: str, plan: PlanSpec | None = None):
-    async with keel_worker(client, CATALOG) as queue:
+    async with keel_worker(client, CATALOG, agent) as queue:
         run_id = f"sec-{uuid.uuid4().hex[:8]}"
         RUN_IDS.append(run_id)
         return await client.execute_workflow(
@@ -160,7 +160,7 @@ async def test_an_approver_outside_the_list_is_refused_and_audited(
     spec = AgentSpec(
         name="guarded", approvals={"post_entry": gate}, grants=(Grant(scope="ledger:*"),)
     )
-    async with keel_worker(ts_client, CATALOG) as queue:
+    async with keel_worker(ts_client, CATALOG, spec) as queue:
         handle = await start(
             ts_client,
             queue,

@@ -73,7 +73,7 @@ async def test_span_tree_of_a_run_with_a_retry_a_wait_and_a_compensation(
         ],
     )
     EXPORTER.clear()
-    async with Worker(traced, task_queue=queue, plugins=[KeelPlugin(CATALOG)]):
+    async with Worker(traced, task_queue=queue, plugins=[KeelPlugin(CATALOG.including(agent))]):
         handle = await traced.start_workflow(
             AgentWorkflow.run,
             AgentRunInput(agent=agent, goal="trace", plan=plan),

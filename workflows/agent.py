@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         PROGRESS_KEPT,
         STATUS_ATTRIBUTE,
         AcceptanceState,
+        AgentRequest,
         AgentRunInput,
         ApprovalPolicy,
         ArgsCheck,
@@ -44,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         PreparedPlan,
         PrepareRequest,
         ProgressEntry,
+        ResolvedAgent,
         RunCarry,
         RunReport,
         RunStatus,
@@ -92,6 +94,7 @@ class AgentWorkflow(ActingMixin):
         self._tools: dict[str, ToolSpec] = {}
         self._turn = 0
         self._segment_steps = 0  # steps run since this run (or continuation) began
+        self._agent_from_worker = False
         if run.carry is not None:  # a continuation: the state carries on, the history does not
             self._report = run.carry.report
             self._tools = run.carry.tools
@@ -145,6 +148,17 @@ class AgentWorkflow(ActingMixin):
     async def _execute(self, run: AgentRunInput) -> RunReport:
         self._set_status("RUNNING")
         try:
+            if run.carry is not None and workflow.info().continued_run_id is None:
+                # A carry is what a run hands its own continuation; from a client it could
+                # claim steps, tools or compensations the run never had.
+                return self._finish("NOT_DONE", "refused: a carry is written by Keel only")
+            # Runs started before the worker became the authority on agents replay as they ran.
+            self._agent_from_worker = workflow.patched("keel-agent-from-worker")
+            if self._agent_from_worker:
+                problem = await self._resolve_agent()
+                if problem is not None:
+                    return self._finish("NOT_DONE", f"agent refused: {problem}")
+                run = self._run
             if run.plan is None and run.agent.routes.act is not None:
                 return await self._run_loop(run)
             if run.carry is not None:
@@ -241,6 +255,26 @@ class AgentWorkflow(ActingMixin):
         if workflow.cancellation_reason() is not None:
             raise asyncio.CancelledError
 
+    async def _resolve_agent(self) -> str | None:
+        """The worker's definition of the agent replaces the one in the run's input (a client
+        may lower budget limits, nothing else); a continuation's tools are re-read too. Every
+        segment asks again, so a carry forged by a client widens nothing."""
+        resolved = await workflow.execute_local_activity(
+            "keel.resolve_agent",
+            AgentRequest(agent=self._run.agent, tools=sorted(self._tools)),
+            result_type=ResolvedAgent,
+            start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+            retry_policy=KEEL_RETRY,
+        )
+        if resolved.agent is None:
+            return resolved.problem or f"unknown agent {self._run.agent.name!r}"
+        self._run = self._run.model_copy(update={"agent": resolved.agent})
+        if self._run.carry is None:
+            self._report.budget = resolved.agent.budget
+        else:
+            self._tools = resolved.tools
+        return None
+
     async def _propose(self, run: AgentRunInput) -> PlanSpec:
         if run.agent.routes.plan is not None:
             prepared = await self._prepare(run, None)
@@ -271,7 +305,9 @@ class AgentWorkflow(ActingMixin):
         request = PrepareRequest(agent=run.agent, plan=plan)
         # The worker's check of the plan is a catalog lookup: a local activity spares a round
         # trip through the server per run. Runs started before this change replay as they ran.
-        if workflow.patched("keel-prepare-local"):
+        # A run resolving its agent is newer than this patch: asking patched() again after a
+        # local activity would put its marker in another workflow task on replay.
+        if self._agent_from_worker or workflow.patched("keel-prepare-local"):
             return await workflow.execute_local_activity(
                 "keel.prepare_plan",
                 request,

@@ -1,6 +1,12 @@
 """Authorization, outside the model: a tool's scopes, filled from the call's arguments, must each
 match one of the agent's grants, and that grant's argument rules must hold.
 
+A grant is a glob in which `*` and `?` never cross a path separator (`/`) and `**` crosses any
+number of them: `fs:write:.keel/out/*` covers `.keel/out/a.json`, not `.keel/out/x/a.json`.
+Only the grant is a pattern; an argument's value is matched as literal text, so metacharacters
+in it never widen a match. A value filled into a scope that climbs a directory (a `..`
+segment) is refused, and other path-like values are normalised (`a//./b` is `a/b`) first.
+
 Pure: the workflow checks before scheduling a call and the activity checks again with the same
 function (defence in depth), so both say the same thing about the same call.
 
@@ -11,9 +17,11 @@ function (defence in depth), so both say the same thing about the same call.
 from __future__ import annotations
 
 import operator
+import posixpath
+import re
 import string
 from collections.abc import Callable, Sequence
-from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 
 from workflows.contracts import ArgRule, Grant, ToolSpec
@@ -35,9 +43,25 @@ class _Args(dict[str, Any]):
         return "?"  # a scope naming an argument the call lacks cannot match a narrow grant
 
 
+class Traversal(ValueError):
+    """An argument filled into a scope climbs out of its directory."""
+
+
+def scope_value(value: Any) -> str:
+    """An argument's value as it is matched in a scope: path-like values normalised, a value
+    with a `..` segment refused (Traversal)."""
+    text = str(value)
+    if "/" not in text and "\\" not in text:
+        return text
+    if ".." in re.split(r"[/\\]", text):
+        raise Traversal(f"{text!r} climbs out of its directory ('..')")
+    return posixpath.normpath(text)
+
+
 def scopes_of(spec: ToolSpec, args: dict[str, Any]) -> list[str]:
+    """The scopes a call needs, filled from its arguments; Traversal for a climbing path."""
     # Only plain {name} fields: a template cannot reach into attributes or indexes of args.
-    values = _Args({k: str(v) for k, v in args.items()})
+    values = _Args({k: scope_value(v) for k, v in args.items()})
     out = []
     for template in spec.scopes:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
@@ -45,6 +69,18 @@ def scopes_of(spec: ToolSpec, args: dict[str, Any]) -> list[str]:
             template.format_map(values) if all(f.isidentifier() for f in fields) else template
         )
     return out
+
+
+@lru_cache(maxsize=1024)
+def _grant_pattern(glob: str) -> re.Pattern[str]:
+    parts = re.split(r"(\*\*|\*|\?)", glob)
+    wild = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.compile("".join(wild.get(p) or re.escape(p) for p in parts), re.DOTALL)
+
+
+def grant_covers(glob: str, scope: str) -> bool:
+    """Whether a grant's glob covers a filled scope (see the module's docstring)."""
+    return _grant_pattern(glob).fullmatch(scope) is not None
 
 
 def allows(rule: ArgRule, args: dict[str, Any]) -> bool:
@@ -59,8 +95,12 @@ def allows(rule: ArgRule, args: dict[str, Any]) -> bool:
 
 def authorize(spec: ToolSpec, args: dict[str, Any], grants: Sequence[Grant]) -> str | None:
     """Why the call is denied, or None when every scope it needs is granted."""
-    for scope in scopes_of(spec, args):
-        matching = [g for g in grants if fnmatchcase(scope, g.scope)]
+    try:
+        scopes = scopes_of(spec, args)
+    except Traversal as err:
+        return f"{spec.name}: {err}; refused"
+    for scope in scopes:
+        matching = [g for g in grants if grant_covers(g.scope, scope)]
         if not matching:
             return f"{spec.name} needs {scope!r}; no grant covers it"
         if not any(all(allows(rule, args) for rule in g.rules) for g in matching):

@@ -126,7 +126,8 @@ class SecretRef(_Strict):
 
 class Grant(_Strict, WireCompact):
     """A scope an agent holds: a glob over scopes ("ledger:write:*", "fs:write:/data/out/*"),
-    narrowed by rules on the call's arguments (all must hold): "can write" is not "anywhere"."""
+    narrowed by rules on the call's arguments (all must hold): "can write" is not "anywhere".
+    `*` and `?` stop at a `/`; `**` crosses any number of them (workflows.authz)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -226,12 +227,16 @@ class AgentSpec(_Strict):
 PLAN_RUNNER = AgentSpec(
     name="plan",
     description="Runs a plan given up front; no model involved.",
-    grants=(Grant(scope="*"),),  # the operator wrote the plan: every scope
+    grants=(Grant(scope="**"),),  # the operator wrote the plan: every scope
 )
 
 
 class AgentRunInput(_Strict):
-    """The workflow's input: small, and free of secrets (those travel as references)."""
+    """The workflow's input: small, and free of secrets (those travel as references).
+
+    The worker is the authority on agents: it resolves `agent` by name from its own catalog
+    (keel.resolve_agent) and takes nothing else from it but budget limits lower than its own.
+    """
 
     agent: AgentSpec
     goal: str = Field(min_length=1)
@@ -314,6 +319,22 @@ class PrepareRequest(_Strict):
 
     agent: AgentSpec
     plan: PlanSpec | None = None
+
+
+class AgentRequest(_Strict):
+    """The agent a run asks to be (only its name and lower budget limits count) and the tools
+    it already uses (a continuation's), to be resolved from the worker's catalog."""
+
+    agent: AgentSpec
+    tools: list[str] = Field(default_factory=list)
+
+
+class ResolvedAgent(_Strict):
+    """The worker's own definition of the agent, and of the tools asked for; or why not."""
+
+    agent: AgentSpec | None = None
+    tools: dict[str, ToolSpec] = Field(default_factory=dict)
+    problem: str | None = None
 
 
 class PreparedPlan(_Strict):

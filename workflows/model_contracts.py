@@ -142,6 +142,28 @@ class Budget(_Frozen):
     # Calls refused by authorization before the run stops (a model probing for what it may do).
     max_denials: int = Field(3, ge=0, le=100)
 
+    def narrowed(self, requested: Budget) -> Budget:
+        """This budget with the lower of each limit a client `requested` (None: no opinion).
+        A client may narrow an agent's budget, never widen it; the loop guards (repeats,
+        malformed answers, denials) stay the worker's."""
+        changes: dict[str, Any] = {}
+        for name in NARROWABLE_LIMITS:
+            mine, theirs = getattr(self, name), getattr(requested, name)
+            if theirs is not None and (mine is None or theirs < mine):
+                changes[name] = theirs
+        return self.model_copy(update=changes) if changes else self
+
+
+NARROWABLE_LIMITS = (
+    "max_tool_calls",
+    "max_model_calls",
+    "max_input_tokens",
+    "max_output_tokens",
+    "max_cost",
+    "max_duration",
+    "max_steps",
+)
+
 
 class BudgetUsed(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.store import BlobStore
+from activities.store import BlobCorrupted, BlobStore
 from workflows.loop import context
 from workflows.model_contracts import (
     Message,
@@ -45,6 +45,11 @@ class _Recent(Generic[T]):
     def get(self, ref: str) -> T | None:
         with _lock:
             return self._entries.get(ref)
+
+    def clear(self) -> None:
+        """Forget everything, as a restarted worker has (the tests use it)."""
+        with _lock:
+            self._entries.clear()
 
     def put(self, ref: str, value: T) -> None:
         with _lock:
@@ -91,10 +96,7 @@ def load(store: BlobStore, ref: str | None) -> Version:
         if cached is not None:
             known = cached
             break
-        try:
-            link = json.loads(store.get(ref))
-        except FileNotFoundError:
-            raise _missing("context", ref) from None
+        link = json.loads(_read(store, ref, "context"))
         chain.append([Message.model_validate(m) for m in link["messages"]])
         ref = link["parent"]
     for added in reversed(chain):
@@ -107,13 +109,20 @@ def _run_id() -> str | None:
     return activity.info().workflow_id if activity.in_activity() else None
 
 
-def _missing(what: str, ref: str) -> ApplicationError:
-    return ApplicationError(
-        f"{what} {ref} is not in the blob store {BlobStore.from_env().location}: workers serving "
-        "one run must share their store (KEEL_STORE_DIR or KEEL_STORE_URL)",
-        type="ContextMissing",
-        non_retryable=True,
-    )
+def _read(store: BlobStore, ref: str, what: str) -> bytes:
+    """A blob the model's context needs; a missing or tampered one fails the call for good
+    (asking again reads the same store)."""
+    try:
+        return store.get(ref)
+    except FileNotFoundError:
+        raise ApplicationError(
+            f"{what} {ref} is not in the blob store {store.location}: workers serving one run "
+            "must share their store (KEEL_STORE_DIR or KEEL_STORE_URL)",
+            type="ContextMissing",
+            non_retryable=True,
+        ) from None
+    except BlobCorrupted as err:
+        raise ApplicationError(f"{what}: {err}", type="BlobCorrupted", non_retryable=True) from None
 
 
 def preamble(store: BlobStore, request: ModelRequest) -> tuple[str, tuple[ToolSchema, ...]]:
@@ -128,10 +137,7 @@ def preamble(store: BlobStore, request: ModelRequest) -> tuple[str, tuple[ToolSc
     elif (cached := _preambles.get(ref)) is not None:
         found = cached
     else:
-        try:
-            body = json.loads(store.get(ref))
-        except FileNotFoundError:
-            raise _missing("system prompt and tools", ref) from None
+        body = json.loads(_read(store, ref, "system prompt and tools"))
         tools = tuple(ToolSchema.model_validate(t) for t in body["tools"])
         found = (body["system"], tools)
     _preambles.put(ref, found)

@@ -134,8 +134,9 @@ ledger_clerk = AgentSpec(
             rules=(ArgRule(arg="amount", op=">", value=100),), timeout=timedelta(days=1)
         )
     },
-    # Any ledger account, and statements anywhere (narrow this to e.g. "fs:write:.keel/out/*").
-    grants=(Grant(scope="ledger:*"), Grant(scope="fs:write:*")),
+    # Any ledger account, and statements anywhere: `**` crosses directories, `*` does not
+    # (narrow this to e.g. "fs:write:.keel/out/*").
+    grants=(Grant(scope="ledger:*"), Grant(scope="fs:write:**")),
 )
 
 PAYMENT = re.compile(r"\b([A-Za-z][A-Za-z_]*)\s+(\d+)\b")

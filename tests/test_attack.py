@@ -1,0 +1,271 @@
+"""Holding under attack (issue 13): each test names the item of the attack it closes.
+
+The cancel race (item 1) has its own module, tests/test_cancel_race.py.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+import examples.ledger as ledger
+from activities import Catalog
+from activities.catalog import CatalogError
+from activities.models import context_store
+from activities.store import BlobCorrupted, DirectoryStore
+from examples.ledger import store
+from keel.humans import decide
+from tests import sample_tools
+from tests.conftest import dev_address, keel_worker
+from tests.processes import WorkerProcess, starter
+from tests.test_approvals import waiting
+from workflows import AgentWorkflow
+from workflows.authz import authorize, grant_covers
+from workflows.contracts import (
+    PLAN_RUNNER,
+    AgentRunInput,
+    AgentSpec,
+    ApprovalPolicy,
+    ArgRule,
+    Grant,
+    PlanSpec,
+    RunReport,
+    StepSpec,
+)
+from workflows.model_contracts import AgentLoop, Budget
+
+CATALOG = Catalog.from_modules([ledger, sample_tools])
+STATEMENT = CATALOG.tools["write_statement"].spec
+
+
+async def run_plan(
+    client: Client, catalog: Catalog, agent: AgentSpec, steps: list[StepSpec]
+) -> RunReport:
+    plan = PlanSpec(goal="attack", steps=steps)
+    async with keel_worker(client, catalog) as queue:
+        return await client.execute_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=agent, goal=plan.goal, plan=plan),
+            id=f"attack-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+            result_type=RunReport,
+        )
+
+
+# --- item 2: path traversal through grant globs ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        (".keel/out/statement.json", True),
+        (".keel/out/./statement.json", True),
+        (".keel/out//statement.json", True),
+        (".keel/out/../../../anywhere", False),
+        (".keel/out/../secret.json", False),
+        (".keel/out/sub/statement.json", False),  # `*` stops at a separator
+        (".keel/out\\..\\..\\anywhere", False),
+        (".keel/out/*", True),  # a literal star: matched as text, it widens nothing
+        (".keel/outside.json", False),
+    ],
+)
+def test_a_grant_glob_never_crosses_a_directory_or_climbs_out(path: str, allowed: bool) -> None:
+    grants = (Grant(scope="fs:write:.keel/out/*"),)
+    denied = authorize(STATEMENT, {"path": path}, grants)
+    assert (denied is None) == allowed, denied
+
+
+def test_double_star_crosses_directories_and_metacharacters_in_values_are_literal() -> None:
+    assert grant_covers("fs:write:.keel/out/**", "fs:write:.keel/out/a/b/c.json")
+    assert not grant_covers("fs:write:.keel/out/*", "fs:write:.keel/out/a/b.json")
+    assert not grant_covers("ledger:write:a?c", "ledger:write:a/c")
+    # A value that looks like a pattern is text: "[a-z]" matches only itself.
+    assert not grant_covers("ledger:write:[a-z]", "ledger:write:b")
+    assert grant_covers("ledger:write:[a-z]", "ledger:write:[a-z]")
+
+
+async def test_a_traversing_path_is_denied_before_the_tool_runs(
+    ts_client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    writer = AgentSpec(name="statement-writer", grants=(Grant(scope="fs:write:.keel/out/*"),))
+    target = ".keel/out/../../escaped.json"
+    step = StepSpec(title="escape", tool="write_statement", args={"path": target})
+    report = await run_plan(ts_client, CATALOG.including(writer), writer, [step])
+    assert report.status == "NOT_DONE" and "climbs out of its directory" in report.reason
+    assert not (tmp_path.parent / "escaped.json").exists()
+    assert [a.action for a in report.audit] == ["denied"]
+
+
+# --- item 5: the worker is the authority on agents --------------------------------------------
+
+GATED = AgentSpec(
+    name="gated-clerk",
+    tools=("post_entry",),
+    approvals={"post_entry": ApprovalPolicy(rules=(ArgRule(arg="amount", op=">", value=100),))},
+    grants=(Grant(scope="ledger:write:*"),),
+    budget=Budget(max_tool_calls=10),
+)
+
+
+async def test_a_client_redefining_an_agent_gets_the_workers_definition(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    forged = GATED.model_copy(
+        update={"approvals": {}, "grants": (Grant(scope="**"),), "budget": Budget()}
+    )
+    plan = PlanSpec(
+        goal="pay big",
+        steps=[StepSpec(title="pay", tool="post_entry", args={"account": "z", "amount": 500})],
+    )
+    async with keel_worker(ts_client, CATALOG, GATED) as queue:
+        handle = await ts_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=forged, goal=plan.goal, plan=plan),
+            id=f"attack-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+        report = await waiting(handle)  # the worker's gate holds, whatever the client said
+        assert report.pending is not None and report.pending.tool == "post_entry"
+        assert report.budget.max_tool_calls == 10
+        await handle.cancel()
+        assert (await handle.result()).status == "NOT_DONE"
+    assert store.balances() == {}
+
+
+async def test_an_agent_the_worker_does_not_serve_is_refused(ts_client: Client) -> None:
+    stranger = AgentSpec(name="stranger", grants=(Grant(scope="**"),))
+    step = StepSpec(title="read", tool="get_balance", args={"account": "a"})
+    report = await run_plan(ts_client, CATALOG, stranger, [step])
+    assert report.status == "NOT_DONE"
+    assert "agent refused: unknown agent 'stranger'" in report.reason
+    assert report.steps == []
+
+
+def test_a_client_may_narrow_limits_never_widen_them() -> None:
+    catalog = CATALOG.including(GATED.model_copy(update={"loop": AgentLoop(max_turns=80)}))
+    lower = AgentSpec(
+        name="gated-clerk", budget=Budget(max_tool_calls=3), loop=AgentLoop(max_turns=20)
+    )
+    higher = AgentSpec(
+        name="gated-clerk",
+        budget=Budget(max_tool_calls=99, max_cost=1.0),
+        grants=(Grant(scope="**"),),
+    )
+    narrowed = catalog.resolve(lower)
+    assert (narrowed.budget.max_tool_calls, narrowed.loop.max_turns) == (3, 20)
+    widened = catalog.resolve(higher)
+    assert widened.budget.max_tool_calls == 10 and widened.budget.max_cost == 1.0
+    assert widened.grants == GATED.grants and widened.approvals == GATED.approvals
+    assert catalog.resolve(AgentSpec(name="plan")) == PLAN_RUNNER
+    with pytest.raises(CatalogError, match="Keel's own"):
+        Catalog.of([AgentSpec(name="plan", grants=(Grant(scope="**"),))])
+
+
+# --- items 3 and 11: a secret of any length never leaves the worker ----------------------------
+
+PIN = "pZq"  # three characters: short secrets are secrets too
+
+
+async def test_a_short_secret_in_a_touched_path_is_redacted_from_report_and_history(
+    ts_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEL_TEST_PIN", PIN)
+    step = StepSpec(
+        title="unlock", tool="careless_with_pin", args={"pin": {"secret": "KEEL_TEST_PIN"}}
+    )
+    report = await run_plan(ts_client, CATALOG, PLAN_RUNNER, [step])
+    assert report.files_touched == ["out/[redacted].txt"]
+    assert report.steps[0].result == "unlocked with [redacted]"
+    history = await ts_client.get_workflow_handle(report.run_id).fetch_history()
+    assert PIN not in history.to_json()
+    assert PIN not in report.model_dump_json()
+
+
+async def test_a_secret_a_tool_logs_or_prints_is_redacted_in_the_worker_log(
+    dev_client: Client, tmp_path: Path
+) -> None:
+    env = {
+        "TEMPORAL_ADDRESS": dev_address(dev_client),
+        "KEEL_TEST_PIN": PIN,
+        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
+    }
+    log = tmp_path / "worker.log"
+    queue = f"attack-{uuid.uuid4().hex[:8]}"
+    worker = WorkerProcess(
+        env, log, "--log-format", "json", "--task-queue", queue, "--tools", "tests/sample_tools.py"
+    )
+    await worker.start()
+    try:
+        plan = tmp_path / "plan.json"
+        plan.write_text(
+            json.dumps(
+                {
+                    "goal": "unlock",
+                    "steps": [
+                        {
+                            "title": "unlock",
+                            "tool": "careless_with_pin",
+                            "args": {"pin": {"secret": "KEEL_TEST_PIN"}},
+                        }
+                    ],
+                }
+            )
+        )
+        done = await starter(
+            "run",
+            "--plan",
+            str(plan),
+            "--task-queue",
+            queue,
+            "--tools",
+            "tests/sample_tools.py",
+            "--wait",
+            "--json",
+            env=env,
+        )
+        assert json.loads(done.out)["steps"][0]["done"], done
+    finally:
+        await worker.stop()
+    text = log.read_text()
+    assert "unlocking with [redacted]" in text and "the pin is [redacted]" in text
+    assert PIN not in text
+
+
+# --- item 8: the blob store does not trust its contents ----------------------------------------
+
+
+def test_a_tampered_blob_is_refused_loudly(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    ref = store.put(b"the real context")
+    store.path_of(ref).write_bytes(b"a forged context")
+    with pytest.raises(BlobCorrupted, match="does not match its hash"):
+        store.get(ref)
+
+
+async def test_a_run_whose_context_was_tampered_with_stops_and_compensates(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    async with keel_worker(ts_client, CATALOG) as queue:
+        handle = await ts_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=ledger.ledger_agent, goal="Pay ann 3 and zed 500"),
+            id=f"attack-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+            result_type=RunReport,
+        )
+        await waiting(handle)  # ann is paid; zed's 500 waits for approval
+        for blob in (ledger_db.parent / "blobs").rglob("*"):
+            if blob.is_file() and "pins" not in blob.parts:
+                blob.write_bytes(b'{"messages": [], "parent": null}')  # a forged link
+        context_store._conversations.clear()  # a worker that must read the store again
+        context_store._preambles.clear()
+        await decide(ts_client, handle.id, choice="approve", approver="ops")
+        report = await handle.result()
+    assert report.status == "NOT_DONE" and "does not match its hash" in report.reason
+    assert sorted(c.step for c in report.compensations if c.status == "done") == [1, 2]
+    assert store.balances() == {"ann": 0, "zed": 0}
