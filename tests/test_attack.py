@@ -10,7 +10,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 
 import examples.ledger as ledger
 from activities import Catalog
@@ -24,6 +25,7 @@ from tests.conftest import dev_address, keel_worker
 from tests.processes import WorkerProcess, starter
 from tests.test_approvals import waiting
 from workflows import AgentWorkflow
+from workflows.acting import extended
 from workflows.authz import authorize, grant_covers
 from workflows.contracts import (
     PLAN_RUNNER,
@@ -31,6 +33,7 @@ from workflows.contracts import (
     AgentSpec,
     ApprovalPolicy,
     ArgRule,
+    Decision,
     Grant,
     PlanSpec,
     RunReport,
@@ -269,3 +272,55 @@ async def test_a_run_whose_context_was_tampered_with_stops_and_compensates(
     assert report.status == "NOT_DONE" and "does not match its hash" in report.reason
     assert sorted(c.step for c in report.compensations if c.status == "done") == [1, 2]
     assert store.balances() == {"ann": 0, "zed": 0}
+
+
+# --- item 12: a budget extension can raise a limit, never remove it ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"max_tool_calls": None}, "cannot be removed"),
+        ({"max_cost": float("inf")}, "finite number"),
+        ({"max_cost": float("nan")}, "finite number"),
+        ({"max_cost": "Infinity"}, "finite number"),
+        ({"max_tool_calls": 0}, "can only be raised"),
+        ({"max_steps": 10}, "no limit to extend"),
+        ({"max_turns": 10}, "is not a limit"),
+    ],
+)
+def test_an_extension_that_would_lift_a_limit_is_refused(changes: dict, why: str) -> None:
+    with pytest.raises(ApplicationError, match=why):
+        extended(Budget(max_tool_calls=1, max_cost=0.5), changes)
+
+
+async def test_a_run_refuses_an_unlimited_extension_and_takes_a_finite_one(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    agent = ledger.ledger_agent.model_copy(
+        update={"name": "budgeted", "budget": Budget(max_tool_calls=1), "on_budget": "ask"}
+    )
+    async with keel_worker(ts_client, CATALOG, agent) as queue:
+        handle = await ts_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=agent, goal="Pay ann 3 and bo 4"),
+            id=f"attack-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+            result_type=RunReport,
+        )
+        pending = (await waiting(handle)).pending
+        assert pending is not None and pending.choices == ["extend", "abort"]
+        for limit in (None, float("inf"), float("nan")):
+            with pytest.raises(WorkflowUpdateFailedError):
+                await handle.execute_update(
+                    AgentWorkflow.decide,
+                    Decision(
+                        request_id=pending.request_id,
+                        choice="extend",
+                        args={"max_tool_calls": limit},
+                    ),
+                )
+        assert (await handle.query(AgentWorkflow.report)).budget.max_tool_calls == 1
+        await decide(ts_client, handle.id, choice="extend", args={"max_tool_calls": 2})
+        report = await handle.result()
+    assert report.status == "DONE" and report.budget.max_tool_calls == 2

@@ -9,6 +9,7 @@ context is built from plan state, the budgets are checked against workflow time.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         ModelCallRecord,
         ModelRef,
         ModelReply,
+        NARROWABLE_LIMITS,
         ModelRequest,
         StepKind,
         ToolSchema,
@@ -314,14 +316,40 @@ class ActingMixin:
 
 
 def extended(budget: Budget, changes: dict[str, Any]) -> Budget:
-    try:
-        return Budget.model_validate({**budget.model_dump(), **changes})
-    except ValidationError as err:
+    """The budget with some limits raised. A limit is a finite positive number and an extension
+    only raises one the budget has: null, infinity, NaN, a lower value or an unknown name is
+    refused (ApplicationError), so no decision can turn a limit off."""
+    problems = [f"{name!r} is not a limit" for name in changes if name not in EXTENDABLE_LIMITS]
+    if not problems:
+        try:
+            raised = Budget.model_validate({**budget.model_dump(), **changes})
+        except ValidationError as err:
+            problems.append(err.errors()[0]["msg"])
+        else:
+            problems = [p for name in changes if (p := _not_raised(name, budget, raised))]
+    if problems:
         raise ApplicationError(
-            f"the budget cannot be extended that way: {err.errors()[0]['msg']}",
+            f"the budget cannot be extended that way: {'; '.join(problems)}",
             type="InvalidBudget",
             non_retryable=True,
-        ) from None
+        )
+    return raised
+
+
+EXTENDABLE_LIMITS = (*NARROWABLE_LIMITS, "max_repeats", "max_malformed", "max_denials")
+
+
+def _not_raised(name: str, old: Budget, new: Budget) -> str | None:
+    before, after = getattr(old, name), getattr(new, name)
+    if after is None:
+        return f"{name} cannot be removed (null)"
+    if isinstance(after, float) and not math.isfinite(after):
+        return f"{name} must be a finite number, not {after}"
+    if before is None:
+        return f"{name} has no limit to extend"
+    if after < before:
+        return f"{name} can only be raised ({after} is below {before})"
+    return None
 
 
 def compact(args: dict[str, Any]) -> str:

@@ -132,7 +132,7 @@ class Budget(_Frozen):
     max_model_calls: int | None = Field(None, ge=0)
     max_input_tokens: int | None = Field(None, ge=0)
     max_output_tokens: int | None = Field(None, ge=0)
-    max_cost: float | None = Field(None, ge=0)
+    max_cost: float | None = Field(None, ge=0, allow_inf_nan=False)
     max_duration: timedelta | None = None  # from the run's start, in workflow time
     max_steps: int | None = Field(None, ge=0)
     # The same tool with the same args this many times is a loop, not progress.
