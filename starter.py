@@ -2,15 +2,18 @@
 
     python starter.py run AGENT --goal TEXT [--id ID] [--wait] [--json]
     python starter.py run [AGENT] --plan FILE.json [--id ID] [--wait] [--json]
-    python starter.py status RUN_ID [--json]
+        (an id that exists is refused; --rerun starts a closed run's id again with the same
+        idempotency keys, --rerun --new-keys with keys of its own)
+    python starter.py status RUN_ID [--execution E] [--json]
     python starter.py cancel RUN_ID
     python starter.py approve RUN_ID [--request ID] [--reason TEXT] [--approver NAME] [--signal]
     python starter.py reject RUN_ID --reason TEXT [--request ID] [--approver NAME] [--signal]
     python starter.py decide RUN_ID --choice retry|skip|abort|edit|extend|answer [--args JSON]
         (edit: the new arguments; extend: new budget limits; answer: the answer in --reason)
     python starter.py pending [--json]
-    python starter.py audit RUN_ID              (who did what and when, as JSON lines)
-    python starter.py show RUN_ID [--json]      (the run's timeline, from its event history)
+    python starter.py audit RUN_ID [--execution E]  (who did what and when, as JSON lines)
+    python starter.py show RUN_ID [--execution E] [--json]  (the timeline, from its history)
+        (--execution: an earlier run of a rerun id, by the execution id `run --rerun` prints)
     python starter.py prune --older-than 7d [--dry-run]
         (removes blobs older than that from the blob store, $KEEL_STORE_DIR or
         $KEEL_STORE_URL, except those a running run pins)
@@ -43,11 +46,12 @@ from keel.codec import AesGcmCodec, CodecError
 from keel.humans import DecisionRefused, StatusAttributeMissing, decide, pending_runs
 from keel.logs import add_logging_args, configure_logging
 from keel.runs import (
-    RunAlreadyRunning,
+    RunExists,
     RunNotFound,
     audit_trail,
     format_report,
     get_report,
+    previous_execution,
     run_must_exist,
     start_run,
     wait_report,
@@ -76,9 +80,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--json", action="store_true", help="print JSON")
     run.add_argument("--task-queue", help="task queue (default: $KEEL_TASK_QUEUE or keel)")
     run.add_argument("--tools", nargs="+", metavar="MODULE", help="where agents are declared")
+    run.add_argument(
+        "--rerun",
+        action="store_true",
+        help="start a closed run's id again; writes keep their idempotency keys, so a tool "
+        "that dedupes on them does not repeat a write that completed",
+    )
+    run.add_argument(
+        "--new-keys", action="store_true", help="with --rerun: new idempotency keys (writes repeat)"
+    )
     status = sub.add_parser("status", help="print a run's report")
     status.add_argument("run_id")
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--execution", help="an earlier run under this id (after --rerun)")
     cancel = sub.add_parser("cancel", help="cancel a run")
     cancel.add_argument("run_id")
     for name, text in (
@@ -107,8 +121,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             )
     audit = sub.add_parser("audit", help="a run's audit trail as JSON lines")
     audit.add_argument("run_id")
+    audit.add_argument("--execution", help="an earlier run under this id (after --rerun)")
     show = sub.add_parser("show", help="a run's timeline from its event history")
     show.add_argument("run_id")
+    show.add_argument("--execution", help="an earlier run under this id (after --rerun)")
     show.add_argument("--json", action="store_true", help="print JSON")
     pending = sub.add_parser("pending", help="list the runs waiting on a human")
     pending.add_argument("--json", action="store_true", help="print JSON")
@@ -175,8 +191,16 @@ def build_run(args: argparse.Namespace) -> AgentRunInput:
         problems = catalog.prepare(agent, plan).problems
         if problems:
             raise UserError("plan refused: " + "; ".join(problems))
+    if args.new_keys and not args.rerun:
+        raise UserError("--new-keys goes with --rerun")
     status_attribute = os.environ.get("KEEL_STATUS_ATTRIBUTE", "1") != "0"
-    return AgentRunInput(agent=agent, goal=goal, plan=plan, status_attribute=status_attribute)
+    return AgentRunInput(
+        agent=agent,
+        goal=goal,
+        plan=plan,
+        status_attribute=status_attribute,
+        key_scope=uuid.uuid4().hex[:12] if args.new_keys else None,
+    )
 
 
 def emit(report: RunReport, as_json: bool) -> int:
@@ -243,18 +267,18 @@ async def command(args: argparse.Namespace) -> int:
     if args.command == "prune":
         return await prune_blobs(client, args.older_than, args.dry_run)
     if args.command == "audit":
-        for entry in await audit_trail(client, args.run_id):
+        for entry in await audit_trail(client, args.run_id, args.execution):
             print(entry.model_dump_json())
         return 0
     if args.command == "show":
-        entries = await timeline(client, args.run_id)
+        entries = await timeline(client, args.run_id, args.execution)
         if args.json:
             print(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
         else:
             print(format_timeline(args.run_id, entries))
         return 0
     if args.command == "status":
-        return emit(await get_report(client, args.run_id), args.json)
+        return emit(await get_report(client, args.run_id, args.execution), args.json)
     if args.command == "cancel":
         with run_must_exist(args.run_id, "running run"):
             await client.get_workflow_handle(args.run_id).cancel()
@@ -262,7 +286,16 @@ async def command(args: argparse.Namespace) -> int:
         return 0
     assert run is not None
     run_id = args.id or f"{run.agent.name}-{uuid.uuid4().hex[:8]}"
-    await start_run(client, run, run_id=run_id, task_queue=task_queue(args.task_queue))
+    earlier = await previous_execution(client, run_id) if args.rerun else None
+    await start_run(
+        client, run, run_id=run_id, task_queue=task_queue(args.task_queue), rerun=args.rerun
+    )
+    if earlier is not None:
+        print(
+            f"rerun of {run_id}: the earlier run is execution {earlier[0]} ({earlier[1]}); "
+            f"see it with: starter.py status {run_id} --execution {earlier[0]}",
+            file=sys.stderr,
+        )
     if args.wait:
         return emit(await wait_report(client, run_id), args.json)
     if args.json:
@@ -284,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         CatalogError,
         ConnectionFailed,
         RunNotFound,
-        RunAlreadyRunning,
+        RunExists,
         StatusAttributeMissing,
         TracingUnavailable,
         CodecError,

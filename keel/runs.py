@@ -54,8 +54,8 @@ def run_must_exist(run_id: str, what: str = "run") -> Iterator[None]:
         raise
 
 
-class RunAlreadyRunning(Exception):
-    """A run with that id is still running."""
+class RunExists(Exception):
+    """A run with that id exists (running or closed) and no rerun was asked for."""
 
 
 async def status_attribute_registered(client: Client) -> bool:
@@ -70,10 +70,18 @@ async def status_attribute_registered(client: Client) -> bool:
 
 
 async def start_run(
-    client: Client, run: AgentRunInput, *, run_id: str, task_queue: str
+    client: Client,
+    run: AgentRunInput,
+    *,
+    run_id: str,
+    task_queue: str,
+    rerun: bool = False,
 ) -> WorkflowHandle[AgentWorkflow, RunReport]:
-    """Start a run. A status attribute the namespace lacks is dropped, never upserted: the
-    server would refuse every workflow task of the run and it would never move."""
+    """Start a run. An id that exists is refused (RunExists): starting it again would repeat its
+    writes. With `rerun` a closed run's id starts again; its writes keep their idempotency keys
+    (so a write that completed before is not repeated by a tool that dedupes on the key) unless
+    the input asks for new ones (`AgentRunInput.key_scope`). A status attribute the namespace
+    lacks is dropped, never upserted: the server would refuse every workflow task of the run."""
     if run.status_attribute and not await status_attribute_registered(client):
         run = run.model_copy(update={"status_attribute": False})
     try:
@@ -84,10 +92,35 @@ async def start_run(
             task_queue=task_queue,
             memo={"agent": run.agent.name, "goal": run.goal},
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_reuse_policy=(
+                WorkflowIDReusePolicy.ALLOW_DUPLICATE
+                if rerun
+                else WorkflowIDReusePolicy.REJECT_DUPLICATE
+            ),
         )
     except WorkflowAlreadyStartedError as err:
-        raise RunAlreadyRunning(f"a run with id {run_id!r} is already running") from err
+        existing = await get_report(client, run_id)
+        if existing.status in ("RUNNING", "WAITING_ON_YOU"):
+            raise RunExists(
+                f"a run with id {run_id!r} is already running ({existing.status})"
+            ) from err
+        raise RunExists(
+            f"run {run_id!r} exists ({existing.status}: {existing.reason}); starting it again "
+            "would repeat its writes. See it with: starter.py status "
+            f"{run_id}; start it again with --rerun"
+        ) from err
+
+
+async def previous_execution(client: Client, run_id: str) -> tuple[str, str] | None:
+    """The newest earlier run under this id: its execution id and its Temporal status."""
+    try:
+        desc = await client.get_workflow_handle(run_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    status = desc.status.name if desc.status else "UNKNOWN"
+    return desc.run_id, status
 
 
 def _cause(err: BaseException) -> str:
@@ -96,33 +129,39 @@ def _cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-async def segment_histories(client: Client, run_id: str) -> list[WorkflowHistory]:
+async def segment_histories(
+    client: Client, run_id: str, execution: str | None = None
+) -> list[WorkflowHistory]:
     """The event histories of a run's segments (it continues as new when long), oldest first;
-    RunNotFound when there is no such run."""
+    `execution` picks an earlier run of the same id (a rerun). RunNotFound when there is none."""
     with run_must_exist(run_id):
-        latest = await client.get_workflow_handle(run_id).fetch_history()
+        latest = await client.get_workflow_handle(run_id, run_id=execution).fetch_history()
     if not latest.events:
         raise RunNotFound(f"no run with id {run_id!r}")
     started = latest.events[0].workflow_execution_started_event_attributes
     if not started.continued_execution_run_id:
         return [latest]  # one segment: no need to ask visibility
     chain = started.first_execution_run_id
+    if execution is not None:
+        return [latest]  # that execution alone (its own continuations are not followed)
     segments = [e async for e in client.list_workflows(f"WorkflowId = '{run_id}'")]
     histories = []
-    for execution in sorted(segments, key=lambda e: e.start_time):
-        history = await client.get_workflow_handle(run_id, run_id=execution.run_id).fetch_history()
+    for segment in sorted(segments, key=lambda e: e.start_time):
+        history = await client.get_workflow_handle(run_id, run_id=segment.run_id).fetch_history()
         first = history.events[0].workflow_execution_started_event_attributes
         if first.first_execution_run_id == chain:  # not an earlier run that reused the id
             histories.append(history)
     return histories
 
 
-async def audit_trail(client: Client, run_id: str) -> list[AuditEntry]:
+async def audit_trail(
+    client: Client, run_id: str, execution: str | None = None
+) -> list[AuditEntry]:
     """The whole audit trail of a run, across its continue-as-new segments: each segment's
     carry holds the entries of the segment before it, the report those of the last."""
-    report = await get_report(client, run_id)
+    report = await get_report(client, run_id, execution)
     entries: dict[str, AuditEntry] = {}
-    for history in await segment_histories(client, run_id):
+    for history in await segment_histories(client, run_id, execution):
         started = history.events[0].workflow_execution_started_event_attributes
         if not started.input.payloads:
             continue
@@ -134,8 +173,9 @@ async def audit_trail(client: Client, run_id: str) -> list[AuditEntry]:
     return sorted(entries.values(), key=lambda e: e.at)
 
 
-async def get_report(client: Client, run_id: str) -> RunReport:
-    handle = client.get_workflow_handle(run_id, result_type=RunReport)
+async def get_report(client: Client, run_id: str, execution: str | None = None) -> RunReport:
+    """The run's report (the newest run under this id, or the `execution` named)."""
+    handle = client.get_workflow_handle(run_id, run_id=execution, result_type=RunReport)
     with run_must_exist(run_id):
         desc = await handle.describe()
     memo = await desc.memo()

@@ -190,9 +190,11 @@ class _Builder:
             )
 
 
-async def timeline(client: Client, run_id: str) -> list[TimelineEntry]:
+async def timeline(
+    client: Client, run_id: str, execution: str | None = None
+) -> list[TimelineEntry]:
     """Every step of the run, all its continue-as-new segments included."""
-    histories = await segment_histories(client, run_id)
+    histories = await segment_histories(client, run_id, execution)
     first = histories[0].events[0]
     builder = _Builder(first.event_time.ToDatetime())
     builder.add(first, kind="run", name="started", outcome="ok", duration_s=0)

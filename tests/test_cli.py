@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from temporalio.client import Client
 
 import examples.ledger as ledger
 from activities import Catalog
+from examples.ledger import store
 from keel.runs import RunNotFound, get_report
 from tests.conftest import dev_address, keel_worker
 from tests.processes import Result, starter
@@ -174,3 +176,26 @@ async def test_unreachable_server(tmp_path: Path) -> None:
     one_line_error(
         await starter("run", "--plan", str(plan), env=env), "cannot reach Temporal at 127.0.0.1:1"
     )
+
+
+async def test_an_id_that_exists_is_refused_and_a_rerun_repeats_no_write(
+    cli_env: dict, tmp_path: Path
+) -> None:
+    """Issue 13, item 4: re-using a run id never repeats a write by accident."""
+    run_id = f"cli-{uuid.uuid4().hex[:8]}"
+    path = str(write_plan(tmp_path, pay_plan("rita", 7, 7)))
+    first = await starter("run", "--plan", path, "--id", run_id, "--wait", env=cli_env)
+    assert first.code == 0, first
+    again = await starter("run", "--plan", path, "--id", run_id, "--wait", env=cli_env)
+    one_line_error(again, f"run {run_id!r} exists (DONE")
+    rerun = await starter("run", "--plan", path, "--id", run_id, "--rerun", "--wait", env=cli_env)
+    assert rerun.code == 0, rerun
+    assert store.balance("rita") == 7  # the write's key had completed: not done again
+    found = re.search(r"execution (\S+) \(COMPLETED\)", rerun.err)
+    assert found, rerun.err
+    earlier = await starter("status", run_id, "--execution", found[1], "--json", env=cli_env)
+    assert json.loads(earlier.out)["status"] == "DONE", earlier
+    fresh = await starter(
+        "run", "--plan", path, "--id", run_id, "--rerun", "--new-keys", "--wait", env=cli_env
+    )
+    assert fresh.code == 3 and store.balance("rita") == 14  # asked for: the write repeats

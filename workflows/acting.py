@@ -45,12 +45,12 @@ with workflow.unsafe.imports_passed_through():
     from workflows.metrics import count
     from workflows.model_contracts import (
         ASK_HUMAN,
+        NARROWABLE_LIMITS,
         Budget,
         Message,
         ModelCallRecord,
         ModelRef,
         ModelReply,
-        NARROWABLE_LIMITS,
         ModelRequest,
         StepKind,
         ToolSchema,

@@ -325,9 +325,13 @@ class AgentWorkflow(ActingMixin):
 
     def _key(self, suffix: str) -> str:
         info = workflow.info()
-        # first_execution_run_id survives continue-as-new but differs when an id is reused,
-        # so a new run with the same id never mistakes its writes for an earlier run's.
-        return f"{info.workflow_id}:{info.first_execution_run_id}:{suffix}"
+        if not self._agent_from_worker:
+            # Runs started before reruns existed keep their keys (run id per execution).
+            return f"{info.workflow_id}:{info.first_execution_run_id}:{suffix}"
+        # Stable across a rerun of the same id: a write that completed is not done again by a
+        # tool that dedupes on its key, unless the rerun asked for keys of its own.
+        scope = f"{self._run.key_scope}:" if self._run.key_scope else ""
+        return f"{info.workflow_id}:{scope}{suffix}"
 
     async def _call(self, spec: ToolSpec, step: int, args: dict[str, Any]) -> ToolOutput:
         call = ToolCall(

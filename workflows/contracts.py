@@ -243,6 +243,10 @@ class AgentRunInput(_Strict):
     plan: PlanSpec | None = None
     # Upsert the KeelStatus search attribute (the namespace must have it registered).
     status_attribute: bool = False
+    # Idempotency keys are the run id and the step (stable when a closed run's id is started
+    # again with --rerun, so a write that completed is not repeated); a scope gives a rerun
+    # keys of its own (--rerun --new-keys).
+    key_scope: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
     # Set by the run itself when it continues as new: the state it carries on with.
     carry: RunCarry | None = None
 
