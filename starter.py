@@ -194,13 +194,16 @@ def build_run(args: argparse.Namespace) -> AgentRunInput:
     if args.new_keys and not args.rerun:
         raise UserError("--new-keys goes with --rerun")
     status_attribute = os.environ.get("KEEL_STATUS_ATTRIBUTE", "1") != "0"
-    return AgentRunInput(
-        agent=agent,
-        goal=goal,
-        plan=plan,
-        status_attribute=status_attribute,
-        key_scope=uuid.uuid4().hex[:12] if args.new_keys else None,
-    )
+    try:
+        return AgentRunInput(
+            agent=agent,
+            goal=goal,
+            plan=plan,
+            status_attribute=status_attribute,
+            key_scope=uuid.uuid4().hex[:12] if args.new_keys else None,
+        )
+    except ValidationError as err:
+        raise UserError(f"the run cannot start: {explain(err)}") from err
 
 
 def emit(report: RunReport, as_json: bool) -> int:

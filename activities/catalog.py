@@ -29,6 +29,7 @@ from activities.models.context_store import answered, expand
 from activities.models.providers import PROVIDERS
 from activities.models.scripted import ScriptedModel, ScriptedPlanner
 from activities.tool import Tool
+from workflows.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
 from workflows.contracts import (
     PLAN_RUNNER,
     AgentRequest,
@@ -179,7 +180,7 @@ class Catalog:
             problems += self._companions(spec, used)
         for policy in agent.approvals.values():
             problems += self._reminder(policy, used)
-        return PreparedPlan(tools=used, problems=problems)
+        return PreparedPlan(tools=used, problems=problems + _oversized(calls))
 
     def prepare_agent(self, agent: AgentSpec) -> PreparedPlan:
         """For an agent that acts step by step: the specs of every tool it may call and of its
@@ -259,6 +260,24 @@ class Catalog:
             keel.check_args,
             *(t.activity for t in self.tools.values()),
         ]
+
+
+def _oversized(calls: list[tuple[str, str, dict[str, Any], str]]) -> list[str]:
+    """A plan's arguments stay in the run's state: each call's and all of them together are
+    bounded (workflows.bounds), so the run's report always fits a payload."""
+    problems = [
+        f"{where}: arguments of {name!r} are {size} bytes, over the {MAX_ARGS_BYTES}-byte limit "
+        "(pass large data by reference: a path, a URL, a stored blob)"
+        for where, name, args, _ in calls
+        if (size := json_size(args)) > MAX_ARGS_BYTES
+    ]
+    total = sum(json_size(args) for _, _, args, _ in calls)
+    if total > MAX_PLAN_ARGS_BYTES:
+        problems.append(
+            f"the plan's arguments are {total} bytes in all, over the {MAX_PLAN_ARGS_BYTES}-byte "
+            "limit (pass large data by reference: a path, a URL, a stored blob)"
+        )
+    return problems
 
 
 class KeelActivities:

@@ -27,6 +27,7 @@ from tests.test_approvals import waiting
 from workflows import AgentWorkflow
 from workflows.acting import extended
 from workflows.authz import authorize, grant_covers
+from workflows.bounds import PAYLOAD_LIMIT, fit, json_size
 from workflows.contracts import (
     PLAN_RUNNER,
     AgentRunInput,
@@ -38,6 +39,7 @@ from workflows.contracts import (
     PlanSpec,
     RunReport,
     StepSpec,
+    StepState,
 )
 from workflows.model_contracts import AgentLoop, Budget
 
@@ -324,3 +326,67 @@ async def test_a_run_refuses_an_unlimited_extension_and_takes_a_finite_one(
         await decide(ts_client, handle.id, choice="extend", args={"max_tool_calls": 2})
         report = await handle.result()
     assert report.status == "DONE" and report.budget.max_tool_calls == 2
+
+
+# --- item 6: every payload the run produces fits ----------------------------------------------
+
+BIG_MEMO = "x" * 200_000
+
+
+async def test_a_plan_whose_arguments_outgrow_a_payload_is_refused_before_any_write(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    steps = [
+        StepSpec(
+            title=f"pay {i}",
+            tool="post_entry",
+            args={"account": f"a{i}", "amount": 1, "memo": BIG_MEMO},
+        )
+        for i in range(8)
+    ]
+    report = await run_plan(ts_client, CATALOG, PLAN_RUNNER, steps)
+    assert report.status == "NOT_DONE"
+    assert "the plan's arguments are" in report.reason and "in all, over the" in report.reason
+    assert store.balances() == {}
+
+
+async def test_edited_arguments_get_the_same_size_check(ts_client: Client, ledger_db: Path) -> None:
+    async with keel_worker(ts_client, CATALOG, GATED) as queue:
+        plan = PlanSpec(
+            goal="pay big",
+            steps=[StepSpec(title="pay", tool="post_entry", args={"account": "z", "amount": 500})],
+        )
+        handle = await ts_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=GATED, goal=plan.goal, plan=plan),
+            id=f"attack-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+            result_type=RunReport,
+        )
+        pending = (await waiting(handle)).pending
+        assert pending is not None
+        huge = {"account": "z", "amount": 5, "memo": "y" * 300_000}
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(
+                AgentWorkflow.decide,
+                Decision(request_id=pending.request_id, choice="edit", args=huge),
+            )
+        assert "over the 262144 limit" in str(refused.value.cause)
+        await handle.cancel()
+        assert (await handle.result()).status == "NOT_DONE"
+    assert store.balances() == {}
+
+
+def test_a_report_over_the_limit_is_slimmed_and_one_that_cannot_fit_is_refused() -> None:
+    def step(i: int, done: bool) -> StepState:
+        return StepState(index=i, title="t", tool="post_entry", args={"m": BIG_MEMO}, done=done)
+
+    settled = RunReport(run_id="r", agent="a", goal="g", steps=[step(i, True) for i in range(10)])
+    assert json_size(settled) > PAYLOAD_LIMIT
+    fitted = fit(settled, keep_saga=False)
+    assert fitted is not None and json_size(fitted) <= PAYLOAD_LIMIT
+    assert fitted.steps[0].args == {
+        "omitted": "[200008 bytes: too large to keep in the run's state]"
+    }
+    waiting_steps = settled.model_copy(update={"steps": [step(i, False) for i in range(10)]})
+    assert fit(waiting_steps, keep_saga=False) is None  # steps still to run keep their arguments

@@ -15,7 +15,6 @@ without running a finished tool again. The `report` query returns that state at 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -30,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.acting import ActingMixin, Stop, extended
     from workflows.audit import audit
     from workflows.authz import authorize
+    from workflows.bounds import MAX_ARGS_BYTES, PAYLOAD_LIMIT, fit, json_size
     from workflows.contracts import (
         PROGRESS_KEPT,
         STATUS_ATTRIBUTE,
@@ -67,9 +67,6 @@ with workflow.unsafe.imports_passed_through():
 KEEL_ACTIVITY_TIMEOUT = timedelta(seconds=60)
 KEEL_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
 STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
-# Tool arguments travel in the history; Temporal caps a payload at 2 MB. Larger data goes by
-# reference (results above KEEL_INLINE_LIMIT already do).
-MAX_ARGS_BYTES = 256 * 1024
 
 
 class Unwind(Exception):
@@ -111,8 +108,30 @@ class AgentWorkflow(ActingMixin):
     @workflow.query
     def report(self) -> RunReport:
         """The plan state as it stands: steps with checkboxes, progress, acceptance, status."""
+        return self._payload()
+
+    def _payload(self, final: bool = False) -> RunReport:
+        """The report as it may leave the workflow: within PAYLOAD_LIMIT (workflows.bounds).
+        One that cannot fit is cut to its summary, and a run ending with it is NOT_DONE."""
         self._report.resume_notes = self._resume_notes()
-        return self._report.compacted()
+        report = self._report.compacted()
+        fitted = fit(report, keep_saga=False)
+        if fitted is not None:
+            return fitted
+        status = "NOT_DONE" if final else report.status
+        why = f"its report ({json_size(report)} bytes) is over the {PAYLOAD_LIMIT}-byte limit"
+        return RunReport(
+            run_id=report.run_id,
+            agent=report.agent,
+            goal=report.goal,
+            status=status,
+            reason=f"{report.reason}; {why}: only this summary is kept (see starter.py show)",
+            budget=report.budget,
+            used=report.used,
+            steps_dropped=report.step_total,
+            steps_dropped_done=report.steps_done,
+            continued=report.continued,
+        )
 
     @workflow.update
     async def decide(self, decision: Decision) -> str:
@@ -217,8 +236,13 @@ class AgentWorkflow(ActingMixin):
         self._report.continued += 1
         self._log(f"continuing as new after {length} history events", event="continue_as_new")
         act_sent = self._threads.get("act", (None, 0))[1]
+        carried = fit(
+            self._report.carried(self._segment_audit_start), keep_saga=True, keep_audit=True
+        )
+        if carried is None:
+            raise Unwind(self._too_large("its state"))
         carry = RunCarry(
-            report=self._report.carried(self._segment_audit_start),
+            report=carried,
             tools=self._tools,
             turns=self._turns[act_sent:],
             threads={kind: ref for kind, (ref, _) in self._threads.items()},
@@ -226,9 +250,18 @@ class AgentWorkflow(ActingMixin):
             asked=self._gate.asked,
             turn=self._turn,
         )
+        if json_size(carry) > PAYLOAD_LIMIT:
+            raise Unwind(self._too_large("what it would carry on with"))
         workflow.continue_as_new(
             self._run.model_copy(update={"carry": carry}),
             memo={"agent": self._run.agent.name, "goal": self._run.goal, "pending": None},
+        )
+
+    @staticmethod
+    def _too_large(what: str) -> str:
+        return (
+            f"the run cannot continue as new: {what} is over the {PAYLOAD_LIMIT}-byte payload "
+            "limit (pass large data by reference: a path, a URL, a stored blob)"
         )
 
     async def _run_loop(self, run: AgentRunInput) -> RunReport:
@@ -444,7 +477,7 @@ class AgentWorkflow(ActingMixin):
     def _oversized(self, step: StepState, key: str | None) -> bool:
         """Arguments too large for a payload never reach the server: Temporal treats an
         over-limit payload as retryable, so sending it would only fail again and again."""
-        size = len(json.dumps(step.args, separators=(",", ":"), default=str).encode())
+        size = json_size(step.args)
         if size <= MAX_ARGS_BYTES:
             return False
         step.error = (
@@ -465,7 +498,8 @@ class AgentWorkflow(ActingMixin):
             return self._skip(step, "skipped at its approval deadline")
         self._report.used.steps += 1
         while True:
-            if self._denied(step, spec, key):  # an edit may have changed the arguments
+            # An edit may have changed the arguments: they pass the same checks again.
+            if self._denied(step, spec, key) or self._oversized(step, key):
                 return None
             await self._pay("tool", key)
             self._report.used.tool_calls += 1
@@ -574,6 +608,13 @@ class AgentWorkflow(ActingMixin):
             return
         if decision.choice != "edit" or decision.args is None or pending is None:
             return
+        if (size := json_size(decision.args)) > MAX_ARGS_BYTES:
+            raise ApplicationError(
+                f"edited arguments are {size} bytes, over the {MAX_ARGS_BYTES} limit: pass large "
+                "data by reference",
+                type="InvalidEdit",
+                non_retryable=True,
+            )
         problems = await workflow.execute_activity(
             "keel.check_args",
             ArgsCheck(tool=pending.tool, args=decision.args),
@@ -714,9 +755,13 @@ class AgentWorkflow(ActingMixin):
         self._set_status(status)
         self._report.reason = reason
         self._log(f"{status}: {reason}", event="final", outcome=status)
+        out = self._payload(final=status != "WAITING_ON_YOU")
+        if out.status != status:  # the report could not fit: the run ends NOT_DONE
+            self._set_status(out.status)
+            self._report.status, self._report.reason = out.status, out.reason
         if status != "WAITING_ON_YOU":
-            count("runs_finished", self._run.agent.name, status=status)
-        return self.report()
+            count("runs_finished", self._run.agent.name, status=out.status)
+        return out
 
     def _resume_notes(self) -> str:
         report = self._report

@@ -34,6 +34,7 @@ STATUS_ATTRIBUTE = "KeelStatus"  # a Keyword search attribute: `starter.py pendi
 TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 DEFAULT_TASK_QUEUE = "keel"
 MAX_STEPS = 1000
+MAX_GOAL_CHARS = 16_000
 PROGRESS_KEPT = 200  # the report keeps the newest entries of the progress log
 # What a continuation carries of what the run has already settled (the carry is recorded twice,
 # as the old segment's last event and the new one's first, and every step stays in its
@@ -239,7 +240,8 @@ class AgentRunInput(_Strict):
     """
 
     agent: AgentSpec
-    goal: str = Field(min_length=1)
+    # The goal travels in every segment's input and report: long material goes by reference.
+    goal: str = Field(min_length=1, max_length=MAX_GOAL_CHARS)
     plan: PlanSpec | None = None
     # Upsert the KeelStatus search attribute (the namespace must have it registered).
     status_attribute: bool = False

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
 
 SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "authorization", "credential")
 SUMMARY_CHARS = 80
+SUMMARY_ITEMS = 20  # keys of a dict, items of a list
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -60,19 +61,29 @@ def call_hash(tool: str, args: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def summarize(args: dict[str, Any]) -> dict[str, Any]:
-    """Arguments as a human should see them: secret-looking keys hidden, long values cut."""
+def summarize(args: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """Arguments as a human should see them: secret-looking keys hidden, long values cut (the
+    summary travels in the memo and the report, so it stays small whatever the arguments)."""
     out: dict[str, Any] = {}
-    for key, value in args.items():
-        if any(word in key.lower() for word in SECRET_WORDS):
+    for key, value in list(args.items())[:SUMMARY_ITEMS]:
+        if any(word in str(key).lower() for word in SECRET_WORDS):
             out[key] = "***"
-        elif isinstance(value, str) and len(value) > SUMMARY_CHARS:
-            out[key] = value[:SUMMARY_CHARS] + "..."
-        elif isinstance(value, dict):
-            out[key] = summarize(value)
         else:
-            out[key] = value
+            out[key] = _summary_of(value, depth)
+    if len(args) > SUMMARY_ITEMS:
+        out["..."] = f"{len(args) - SUMMARY_ITEMS} more"
     return out
+
+
+def _summary_of(value: Any, depth: int) -> Any:
+    if isinstance(value, str) and len(value) > SUMMARY_CHARS:
+        return value[:SUMMARY_CHARS] + "..."
+    if isinstance(value, dict):
+        return summarize(value, depth + 1) if depth < 3 else f"{{{len(value)} keys}}"
+    if isinstance(value, list | tuple):
+        head = [_summary_of(v, depth + 1) for v in value[:SUMMARY_ITEMS]] if depth < 3 else []
+        return head + ([f"... {len(value) - len(head)} more"] if len(value) > len(head) else [])
+    return value
 
 
 def rule_holds(rule: ArgRule, args: dict[str, Any]) -> bool:
