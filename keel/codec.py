@@ -9,6 +9,12 @@ payload whose key id is unknown, or that does not decrypt under its key, is an e
 
     codec = AesGcmCodec.from_env()                  # None when KEEL_CODEC_KEYS is unset
     plugin = KeelPlugin(catalog, codec=codec)       # also encodes failure messages and traces
+
+With keys, a plaintext payload is refused (a run started by a client without the keys would
+otherwise run with its goal and arguments in clear in the history); KEEL_CODEC_ALLOW_PLAINTEXT=1
+accepts it while histories written before encryption still matter. Without keys, KeelPlugin
+uses `EncryptedPayloadGuard`, which says in one line that a run is encrypted and names
+KEEL_CODEC_KEYS instead of failing on an unknown encoding.
 """
 
 from __future__ import annotations
@@ -64,16 +70,20 @@ def new_key() -> str:
 
 
 class AesGcmCodec(PayloadCodec):
-    def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
+    def __init__(self, keys: Sequence[tuple[str, bytes]], *, allow_plaintext: bool = False) -> None:
         if not keys:
             raise CodecError("a codec needs at least one key")
         self.current = keys[0][0]
         self.keys = {key_id: AESGCM(key) for key_id, key in keys}
+        self.allow_plaintext = allow_plaintext
 
     @classmethod
     def from_env(cls) -> AesGcmCodec | None:
         text = os.environ.get("KEEL_CODEC_KEYS", "").strip()
-        return cls(parse_keys(text)) if text else None
+        allow = os.environ.get("KEEL_CODEC_ALLOW_PLAINTEXT", "0").strip()
+        if allow not in ("0", "1"):
+            raise CodecError(f"KEEL_CODEC_ALLOW_PLAINTEXT must be 0 or 1, not {allow!r}")
+        return cls(parse_keys(text), allow_plaintext=allow == "1") if text else None
 
     def encrypt(self, payload: Payload) -> Payload:
         nonce = os.urandom(NONCE_BYTES)
@@ -84,7 +94,13 @@ class AesGcmCodec(PayloadCodec):
 
     def decrypt(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
-            return payload  # written before the codec was on: left as it is
+            if self.allow_plaintext:
+                return payload  # written before the codec was on: left as it is
+            raise CodecError(
+                "refused a plaintext payload: this side encrypts (KEEL_CODEC_KEYS), so the run "
+                "was started or signalled by a client without the keys; start it with "
+                "KEEL_CODEC_KEYS set, or set KEEL_CODEC_ALLOW_PLAINTEXT=1 while migrating"
+            )
         key_id = payload.metadata.get(KEY_ID, b"").decode()
         key = self.keys.get(key_id)
         if key is None:
@@ -108,3 +124,19 @@ class AesGcmCodec(PayloadCodec):
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self.decrypt(p) for p in payloads]
+
+
+class EncryptedPayloadGuard(PayloadCodec):
+    """For a client or worker without keys: payloads pass as they are, and an encrypted one is
+    one clear error naming KEEL_CODEC_KEYS (not an unknown-encoding KeyError)."""
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        if any(p.metadata.get("encoding") == ENCODING for p in payloads):
+            raise CodecError(
+                "this run's payloads are encrypted: set KEEL_CODEC_KEYS to the keys its "
+                "workers use to read it"
+            )
+        return list(payloads)

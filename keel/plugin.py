@@ -15,7 +15,7 @@ from temporalio.plugin import SimplePlugin
 from temporalio.workflow import NondeterminismError
 
 from activities.catalog import Catalog
-from keel.codec import EncodedFailureConverter
+from keel.codec import EncodedFailureConverter, EncryptedPayloadGuard
 from workflows.agent import AgentWorkflow
 
 WORKFLOWS = (AgentWorkflow,)
@@ -31,7 +31,9 @@ def _with_pydantic(existing: DataConverter | None) -> DataConverter:
 def keel_converter(existing: DataConverter | None, codec: PayloadCodec | None) -> DataConverter:
     converter = _with_pydantic(existing)
     if codec is None:
-        return converter
+        if converter.payload_codec is not None:
+            return converter  # the user's own codec
+        return dataclasses.replace(converter, payload_codec=EncryptedPayloadGuard())
     return dataclasses.replace(
         converter, payload_codec=codec, failure_converter_class=EncodedFailureConverter
     )

@@ -20,9 +20,11 @@ from temporalio.worker import Replayer, Worker
 
 import examples.ledger as ledger
 from activities import Catalog
+from examples.ledger import store
 from keel import KeelPlugin
 from keel.codec import AesGcmCodec, CodecError, parse_keys
 from keel.codec_server import make_server
+from keel.runs import get_report
 from tests import sample_tools
 from workflows import AgentWorkflow
 from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
@@ -96,7 +98,10 @@ def test_rotation_and_explicit_errors() -> None:
         AesGcmCodec([("k2", K2)]).decrypt(old)
     with pytest.raises(CodecError, match="does not decrypt with key 'k1'"):
         AesGcmCodec([("k1", K2)]).decrypt(old)
-    assert rotated.decrypt(payload) == payload  # written before the codec: left alone
+    with pytest.raises(CodecError, match="refused a plaintext payload"):
+        rotated.decrypt(payload)  # plaintext reaching an encrypting side: refused ...
+    migrating = AesGcmCodec([("k1", K1)], allow_plaintext=True)
+    assert migrating.decrypt(payload) == payload  # ... unless histories before it still matter
     with pytest.raises(CodecError, match="must be 32 bytes"):
         parse_keys("k1:" + base64.b64encode(b"short").decode())
     with pytest.raises(CodecError, match="ID:BASE64KEY"):
@@ -141,3 +146,41 @@ async def test_codec_server_needs_the_token() -> None:
         server.shutdown()
     with pytest.raises(CodecError, match="needs KEEL_CODEC_TOKEN"):
         make_server(codec, "", 0, "x")
+
+
+async def test_an_encrypting_worker_refuses_a_run_started_in_plaintext(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    """Issue 13, item 10; and a client without keys reading an encrypted run gets one line."""
+    target = ts_client.service_client.config.target_host
+    codec = AesGcmCodec([("k1", K1)])
+    sealed = await Client.connect(target, plugins=[KeelPlugin(CATALOG, codec=codec)])
+    plain = await Client.connect(target, plugins=[KeelPlugin(CATALOG)])
+    queue = f"codec-{uuid.uuid4().hex[:6]}"
+    plan = PlanSpec(
+        goal="pay in clear",
+        steps=[StepSpec(title="pay", tool="post_entry", args={"account": "cy", "amount": 3})],
+    )
+    run = AgentRunInput(agent=PLAN_RUNNER, goal=plan.goal, plan=plan)
+    async with Worker(sealed, task_queue=queue):
+        handle = await plain.start_workflow(
+            AgentWorkflow.run, run, id=f"codec-{uuid.uuid4().hex[:8]}", task_queue=queue
+        )
+        failure = None
+        for _ in range(200):
+            history = await sealed.get_workflow_handle(handle.id).fetch_history()
+            failed = [
+                e for e in history.events if e.HasField("workflow_task_failed_event_attributes")
+            ]
+            if failed:
+                failure = failed[0].workflow_task_failed_event_attributes.failure
+                break
+            await asyncio.sleep(0.05)
+        assert failure is not None, "the encrypting worker ran the plaintext run"
+        error = await sealed.data_converter.decode_failure(failure)
+        assert "refused a plaintext payload" in str(error)
+        await handle.terminate()
+        sealed_run, _ = await run_marked(sealed, "readable-only-with-keys")
+    assert store.balance("cy") == 0  # no step of the plaintext run ran
+    with pytest.raises(CodecError, match="encrypted: set KEEL_CODEC_KEYS"):
+        await get_report(plain, sealed_run)
