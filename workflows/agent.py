@@ -758,7 +758,7 @@ class AgentWorkflow(ActingMixin):
         out = self._payload(final=status != "WAITING_ON_YOU")
         if out.status != status:  # the report could not fit: the run ends NOT_DONE
             self._set_status(out.status)
-            self._report.status, self._report.reason = out.status, out.reason
+            self._report.reason = out.reason
         if status != "WAITING_ON_YOU":
             count("runs_finished", self._run.agent.name, status=out.status)
         return out

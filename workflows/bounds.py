@@ -74,18 +74,20 @@ def fit(report: RunReport, *, keep_saga: bool, keep_audit: bool = False) -> RunR
 def _slim_step(step: StepState) -> StepState:
     if not (step.done or step.skipped):
         return step  # a step still to run needs its arguments
-    changes: dict[str, Any] = {}
-    if (size := json_size(step.args)) > KEPT_VALUE_BYTES:
-        changes["args"] = {"omitted": omitted(size)}
-    if (size := json_size(step.result)) > KEPT_VALUE_BYTES:
-        changes["result"] = omitted(size)
+    changes = _large_values(step.args, step.result)
     return step.model_copy(update=changes) if changes else step
 
 
 def _slim_entry(entry: SagaEntry) -> SagaEntry:
-    changes: dict[str, Any] = {}
-    if (size := json_size(entry.args)) > KEPT_VALUE_BYTES:
-        changes["args"] = {"omitted": omitted(size)}
-    if (size := json_size(entry.result)) > KEPT_VALUE_BYTES:
-        changes["result"] = omitted(size)
+    changes = _large_values(entry.args, entry.result)
     return entry.model_copy(update=changes) if changes else entry
+
+
+def _large_values(args: dict[str, Any], result: Any) -> dict[str, Any]:
+    """Replacements for arguments and a result over KEPT_VALUE_BYTES: a note of their size."""
+    changes: dict[str, Any] = {}
+    if (size := json_size(args)) > KEPT_VALUE_BYTES:
+        changes["args"] = {"omitted": omitted(size)}
+    if (size := json_size(result)) > KEPT_VALUE_BYTES:
+        changes["result"] = omitted(size)
+    return changes
