@@ -19,9 +19,11 @@
         $KEEL_STORE_URL, except those a running run pins)
 
 Exit codes: run --wait and status: 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING (run --wait
-returns as soon as the run waits on a human). approve, reject, decide: 0 accepted, 6 refused.
-1 for an error (bad input, unknown run, unreachable server), 2 for bad usage. Errors are one
-line on stderr, never a traceback (set KEEL_DEBUG=1 to see one).
+returns as soon as the run waits on a human). approve, reject, decide: 0 accepted, 6 refused,
+7 not confirmed (sent with --signal, or no worker answered within $KEEL_DECISION_TIMEOUT s: it
+may still apply). cancel: 0 requested, 6 refused (the run has already ended). 1 for an error
+(bad input, unknown run, unreachable server), 2 for bad usage. Errors are one line on stderr,
+never a traceback (set KEEL_DEBUG=1 to see one).
 """
 
 from __future__ import annotations
@@ -43,16 +45,23 @@ from activities.store import BlobStore, StoreUnavailable
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import exit_now, tool_modules
 from keel.codec import AesGcmCodec, CodecError
-from keel.humans import DecisionRefused, StatusAttributeMissing, decide, pending_runs
+from keel.humans import (
+    DecisionNotConfirmed,
+    DecisionRefused,
+    StatusAttributeMissing,
+    decide,
+    pending_runs,
+)
 from keel.logs import add_logging_args, configure_logging
 from keel.runs import (
+    RunClosed,
     RunExists,
     RunNotFound,
     audit_trail,
+    cancel_run,
     format_report,
     get_report,
     previous_execution,
-    run_must_exist,
     start_run,
     wait_report,
 )
@@ -62,6 +71,7 @@ from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport
 
 EXIT_CODES = {"DONE": 0, "NOT_DONE": 3, "WAITING_ON_YOU": 4, "RUNNING": 5}
 EXIT_REFUSED = 6
+EXIT_NOT_CONFIRMED = 7
 
 
 class UserError(Exception):
@@ -239,6 +249,9 @@ async def send_decision(client: Client, args: argparse.Namespace) -> int:
     except DecisionRefused as err:
         print(f"starter.py: refused: {err}", file=sys.stderr)
         return EXIT_REFUSED
+    except DecisionNotConfirmed as err:
+        print(f"starter.py: {err}", file=sys.stderr)
+        return EXIT_NOT_CONFIRMED
     print(answer)
     return 0
 
@@ -283,8 +296,11 @@ async def command(args: argparse.Namespace) -> int:
     if args.command == "status":
         return emit(await get_report(client, args.run_id, args.execution), args.json)
     if args.command == "cancel":
-        with run_must_exist(args.run_id, "running run"):
-            await client.get_workflow_handle(args.run_id).cancel()
+        try:
+            await cancel_run(client, args.run_id)
+        except RunClosed as err:
+            print(f"starter.py: refused: {err}", file=sys.stderr)
+            return EXIT_REFUSED
         print(f"cancel requested for {args.run_id}")
         return 0
     assert run is not None

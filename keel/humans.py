@@ -40,6 +40,11 @@ class DecisionRefused(Exception):
     """The run did not accept the decision; the message says why. Nothing changed."""
 
 
+class DecisionNotConfirmed(Exception):
+    """The decision was handed to the server but no run answered for it (sent as a signal, or
+    no worker took the update in time): it may still apply, or be refused, when a worker runs."""
+
+
 async def pending_request(client: Client, run_id: str) -> PendingRequest | None:
     with run_must_exist(run_id):
         desc = await client.get_workflow_handle(run_id).describe()
@@ -58,7 +63,8 @@ async def decide(
     approver: str = "",
     by_signal: bool = False,
 ) -> str:
-    """Send a decision; returns what the run answered (or that the signal was sent)."""
+    """Send a decision; returns what the run answered. Raises DecisionRefused when the run
+    refused it, DecisionNotConfirmed when nothing answered (always so for a signal)."""
     pending = await pending_request(client, run_id)
     if request_id is None:
         if pending is None:
@@ -76,7 +82,10 @@ async def decide(
     handle = client.get_workflow_handle(run_id)
     if by_signal:
         await handle.signal(AgentWorkflow.decide_signal, decision)
-        return f"sent {choice} for {request_id} as a signal; it applies when a worker runs"
+        raise DecisionNotConfirmed(
+            f"sent {choice} for {request_id} as a signal, not confirmed: it applies when a "
+            "worker runs, unless the run refuses it (see status and audit)"
+        )
     wait = update_timeout()
     try:
         return await asyncio.wait_for(handle.execute_update(AgentWorkflow.decide, decision), wait)
@@ -86,9 +95,9 @@ async def decide(
         raise DecisionRefused(text) from err
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
         # The server may still hold the update for a worker that comes back; say so.
-        raise DecisionRefused(
-            f"no worker answered within {wait:g} s; it may still apply when a worker returns "
-            "(check with status), or send it with --signal to be sure it does"
+        raise DecisionNotConfirmed(
+            f"not confirmed: no worker answered within {wait:g} s; the decision may still apply "
+            "when a worker returns (check with status)"
         ) from err
     except RPCError as err:
         if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):

@@ -50,8 +50,26 @@ def run_must_exist(run_id: str, what: str = "run") -> Iterator[None]:
         yield
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
+            if "namespace" in err.message.lower():  # e.g. "Namespace prod is not found."
+                raise RunNotFound(f"{err.message.rstrip('.')} (check TEMPORAL_NAMESPACE)") from err
             raise RunNotFound(f"no {what} with id {run_id!r}") from err
         raise
+
+
+class RunClosed(Exception):
+    """The run has already ended; a cancel has nothing to stop."""
+
+
+async def cancel_run(client: Client, run_id: str) -> None:
+    """Ask a running run to cancel (it compensates and ends NOT_DONE); RunClosed if it ended."""
+    handle = client.get_workflow_handle(run_id)
+    with run_must_exist(run_id):
+        desc = await handle.describe()
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        state = desc.status.name if desc.status else "closed"
+        raise RunClosed(f"run {run_id!r} has already ended ({state}); nothing to cancel")
+    with run_must_exist(run_id):
+        await handle.cancel()
 
 
 class RunExists(Exception):

@@ -5,13 +5,16 @@ The cancel race (item 1) has its own module, tests/test_cancel_race.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
 
 import examples.ledger as ledger
 from activities import Catalog
@@ -19,6 +22,7 @@ from activities.catalog import CatalogError
 from activities.models import context_store
 from activities.store import BlobCorrupted, DirectoryStore
 from examples.ledger import store
+from keel import KeelPlugin
 from keel.humans import decide
 from tests import sample_tools
 from tests.conftest import dev_address, keel_worker
@@ -239,6 +243,86 @@ async def test_a_secret_a_tool_logs_or_prints_is_redacted_in_the_worker_log(
     text = log.read_text()
     assert "unlocking with [redacted]" in text and "the pin is [redacted]" in text
     assert PIN not in text
+
+
+# --- item 7: a decision's time is when the server took it, not when a worker saw it ----------
+
+
+QUICK_GATE = AgentSpec(
+    name="quick-gate",
+    approvals={
+        "post_entry": ApprovalPolicy(
+            rules=(ArgRule(arg="amount", op=">", value=100),), timeout=timedelta(seconds=3)
+        )
+    },
+    grants=(Grant(scope="ledger:*"),),
+)
+
+
+async def test_a_signal_sent_in_time_is_taken_when_the_worker_returns_after_the_deadline(
+    dev_client: Client, ledger_db: Path
+) -> None:
+    queue = f"late-{uuid.uuid4().hex[:8]}"
+    plan = PlanSpec(
+        goal="late worker",
+        steps=[
+            StepSpec(title="pay hal", tool="post_entry", args={"account": "hal", "amount": 500})
+        ],
+    )
+    catalog = CATALOG.including(QUICK_GATE)
+    async with Worker(dev_client, task_queue=queue, plugins=[KeelPlugin(catalog)]):
+        handle = await dev_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=QUICK_GATE, goal=plan.goal, plan=plan),
+            id=f"attack-late-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+            result_type=RunReport,
+        )
+        pending = (await waiting(handle)).pending
+    assert pending is not None
+    # No worker runs: the server takes the decision before the deadline and holds it.
+    decision = Decision(request_id=pending.request_id, choice="approve", approver="ann")
+    await handle.signal(AgentWorkflow.decide_signal, decision)
+    await asyncio.sleep(max(0.0, (pending.deadline - datetime.now(UTC)).total_seconds()) + 1.5)
+    async with Worker(dev_client, task_queue=queue, plugins=[KeelPlugin(catalog)]):
+        final = await handle.result()
+    assert [(d.choice, d.approver) for d in final.decisions] == [("approve", "ann")]
+    assert final.status == "DONE", final.reason
+    assert store.balances() == {"hal": 500}
+
+
+async def test_a_refused_signal_decision_is_audited(ts_client: Client, ledger_db: Path) -> None:
+    async with keel_worker(ts_client, CATALOG, QUICK_GATE) as queue:
+        plan = PlanSpec(
+            goal="forged",
+            steps=[
+                StepSpec(title="pay ivy", tool="post_entry", args={"account": "ivy", "amount": 500})
+            ],
+        )
+        handle = await ts_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=QUICK_GATE, goal=plan.goal, plan=plan),
+            id=f"attack-forged-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+        await waiting(handle)
+        forged = Decision(request_id="approval-9-9", choice="approve", approver="mallory")
+        await handle.signal(AgentWorkflow.decide_signal, forged)
+        report = await handle.query(AgentWorkflow.report)
+        for _ in range(200):
+            report = await handle.query(AgentWorkflow.report)
+            if any(e.action == "decision_refused" for e in report.audit):
+                break
+            await asyncio.sleep(0.025)
+        await handle.cancel()
+    refusal = next(e for e in report.audit if e.action == "decision_refused")
+    assert (refusal.actor, refusal.target, refusal.outcome) == (
+        "mallory",
+        "approval-9-9",
+        "refused",
+    )
+    assert "unknown request 'approval-9-9'" in refusal.detail
+    assert report.pending is not None and report.decisions == []  # nothing changed
 
 
 # --- item 8: the blob store does not trust its contents ----------------------------------------

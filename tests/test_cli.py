@@ -120,6 +120,9 @@ async def test_cancel_a_running_run(cli_env: dict, tmp_path: Path, dev_client: C
     status = await starter("status", run_id, "--json", env=cli_env)
     assert status.code == 3
     assert json.loads(status.out)["reason"] == "cancelled before the plan finished"
+    closed = await starter("cancel", run_id, env=cli_env)
+    assert closed.code == 6 and "Traceback" not in closed.err, closed
+    assert f"refused: run '{run_id}' has already ended (COMPLETED); nothing to cancel" in closed.err
 
 
 @pytest.mark.parametrize(
@@ -133,11 +136,19 @@ async def test_cancel_a_running_run(cli_env: dict, tmp_path: Path, dev_client: C
         (["run"], "name an agent or give --plan FILE.json"),
         (["run", "--plan", "/nonexistent/plan.json"], "cannot read plan file"),
         (["status", "no-such-run"], "no run with id 'no-such-run'"),
-        (["cancel", "no-such-run"], "no running run with id 'no-such-run'"),
+        (["cancel", "no-such-run"], "no run with id 'no-such-run'"),
     ],
 )
 async def test_bad_input_is_one_line(cli_env: dict, args: list[str], expected: str) -> None:
     one_line_error(await starter(*args, env=cli_env), expected)
+
+
+async def test_a_wrong_namespace_is_named_not_taken_for_a_missing_run(cli_env: dict) -> None:
+    elsewhere = cli_env | {"TEMPORAL_NAMESPACE": "no-such-namespace"}
+    one_line_error(
+        await starter("status", "some-run", env=elsewhere),
+        "amespace no-such-namespace is not found (check TEMPORAL_NAMESPACE)",
+    )
 
 
 @pytest.mark.parametrize(

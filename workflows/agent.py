@@ -149,13 +149,23 @@ class AgentWorkflow(ActingMixin):
 
     @workflow.signal
     async def decide_signal(self, decision: Decision) -> None:
-        """The same decision, fire and forget: a refusal is only logged in the progress log."""
+        """The same decision, fire and forget: nobody hears a refusal, so it is logged in the
+        progress log and audited."""
         try:
             self._gate.validate(decision)
             await self._check_edit(decision)
             self._gate.accept(decision)
         except (DecisionRefused, ApplicationError) as err:
-            self._log(f"refused decision on {decision.request_id}: {err}")
+            text = err.message if isinstance(err, ApplicationError) else str(err)
+            self._log(f"refused decision on {decision.request_id}: {text}")
+            audit(
+                self._report,
+                actor=decision.approver or "anonymous",
+                action="decision_refused",
+                target=decision.request_id,
+                outcome="refused",
+                detail=text,
+            )
 
     @workflow.run
     async def run(self, run: AgentRunInput) -> RunReport:

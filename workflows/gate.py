@@ -136,8 +136,9 @@ class HumanGate:
             )
         if self._answer is not None:
             raise DecisionRefused(f"request {pending.request_id!r} was already decided")
-        if workflow.now() > pending.deadline:
-            raise DecisionRefused(f"request {pending.request_id!r} expired at {pending.deadline}")
+        # No clock check: a decision the server took before the deadline may reach a worker
+        # after it (no worker ran meanwhile). Until the gate has acted on its deadline (then
+        # `pending` is gone, or the timeout is recorded), the request is open.
         if decision.choice not in pending.choices:
             raise DecisionRefused(
                 f"choice {decision.choice!r} is not offered for {pending.request_id!r} "
@@ -270,7 +271,9 @@ class HumanGate:
         try:
             await workflow.wait_condition(lambda: self._answer is not None, timeout=timeout)
         except TimeoutError:
-            return False
+            # A decision and the deadline's timer can land in one activation (a worker that was
+            # down); the decision was taken first, so it wins over the timer.
+            return self._answer is not None
         return True
 
     def _take(self) -> Decision:
