@@ -21,6 +21,7 @@ from temporalio.worker import Worker
 
 from activities.catalog import Catalog, CatalogError
 from activities.store import BlobStore, StoreUnavailable
+from activities.tool import calls_in_threads
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import DEFAULT_TOOLS, exit_now, tool_modules
 from keel.codec import AesGcmCodec, CodecError
@@ -57,6 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "from its history when it wakes, so this bounds memory, not what can wait (default 1000)",
     )
     parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=float(os.environ.get("KEEL_SHUTDOWN_GRACE", "5")),
+        help="seconds running activities get to finish on Ctrl-C or SIGTERM before they are "
+        "cancelled; the worker exits at most 5 s later, abandoning a sync tool that never "
+        "returns (default 5)",
+    )
+    parser.add_argument(
         "--metrics-address",
         default=os.environ.get("KEEL_METRICS_ADDRESS") or None,
         metavar="HOST:PORT",
@@ -67,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_cached_workflows < 0:
         parser.error("--max-cached-workflows must be 0 or more")
+    if args.shutdown_grace < 0:
+        parser.error("--shutdown-grace must be 0 or more")
     return args
 
 
@@ -82,18 +93,43 @@ async def serve(args: argparse.Namespace) -> None:
         task_queue=queue,
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=args.sticky_timeout),
         max_cached_workflows=args.max_cached_workflows,
-        graceful_shutdown_timeout=timedelta(seconds=5),
+        graceful_shutdown_timeout=timedelta(seconds=args.shutdown_grace),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
-        tools = ", ".join(sorted(catalog.tools))
-        LOG.info(f"blob store: {store.location}")
-        LOG.info(f"keel worker ready: task queue {queue!r}, tools: {tools}")
-        await stop.wait()
-        LOG.info("keel worker stopping")
+    running = asyncio.create_task(worker.run())
+    tools = ", ".join(sorted(catalog.tools))
+    LOG.info(f"blob store: {store.location}")
+    LOG.info(f"keel worker ready: task queue {queue!r}, tools: {tools}")
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if running.done():  # the worker failed on its own: say why
+        stopping.cancel()
+        running.result()
+        return
+    LOG.info("keel worker stopping")
+    await stop_within(worker, running, args.shutdown_grace + CANCEL_GRACE)
+
+
+CANCEL_GRACE = 5.0  # seconds cancelled activities get to report before the worker gives up
+
+
+async def stop_within(worker: Worker, running: asyncio.Task[None], seconds: float) -> None:
+    """Shut the worker down, but never wait longer than `seconds`: a sync tool that ignores its
+    timeout holds a thread nothing can stop, and would keep the worker alive forever."""
+    try:
+        await asyncio.wait_for(worker.shutdown(), seconds)
+        await running
+    except TimeoutError:
+        hung = calls_in_threads()
+        LOG.warning(
+            f"keel worker stopped after {seconds:g} s leaving {len(hung)} tool calls running in "
+            f"threads (abandoned: the server retries each after its timeout, with the same "
+            f"idempotency key): {'; '.join(hung) or 'none found'}"
+        )
+        exit_now(0)  # the abandoned threads and tasks would block interpreter teardown
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -190,22 +190,37 @@ async def _heartbeat_every(period: float) -> None:
         await asyncio.sleep(period)
 
 
-async def _finish_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+# Sync tool calls running in a thread now, by label: what a worker that stops leaves behind.
+_IN_THREADS: dict[int, str] = {}
+
+
+def calls_in_threads() -> list[str]:
+    """The sync tool calls still running in threads ("tool 'x' (run r, step s)"), oldest first."""
+    return list(_IN_THREADS.values())
+
+
+async def _finish_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any], label: str) -> Any:
     """Run a plain function in a thread and report its true outcome, even when cancelled.
 
     A thread cannot be stopped: if the activity reported "cancelled" while the thread went on
     to commit a write, the workflow would never compensate that write. So a cancellation
-    waits for the function and reports what it did; the workflow then unwinds the saga.
+    waits for the function and reports what it did; the workflow then unwinds the saga. (A
+    worker that stops does not wait forever: worker.py bounds its shutdown and names the calls
+    it abandons, see calls_in_threads.)
     """
     running = asyncio.ensure_future(asyncio.to_thread(fn, **kwargs))  # copies the context
-    while True:
-        try:
-            return await asyncio.shield(running)
-        except asyncio.CancelledError:
-            if running.done():
-                return running.result()
-            if (task := asyncio.current_task()) is not None:
-                task.uncancel()
+    _IN_THREADS[id(running)] = label
+    try:
+        while True:
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                if running.done():
+                    return running.result()
+                if (task := asyncio.current_task()) is not None:
+                    task.uncancel()
+    finally:
+        _IN_THREADS.pop(id(running), None)
 
 
 async def _run(
@@ -262,7 +277,8 @@ async def _attempt(
         if inspect.iscoroutinefunction(fn):
             value = await fn(**kwargs)
         else:
-            value = await _finish_in_thread(fn, kwargs)
+            label = f"tool {spec.name!r} (run {call.run_id}, step {call.step}, attempt {attempt})"
+            value = await _finish_in_thread(fn, kwargs, label)
         if fault is not None:
             value = degrade(fault, value)
         problem = validator(value, call.args) if validator is not None else None

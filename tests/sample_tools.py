@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from activities import RetrySpec, SecretRef, tool, tool_context
 
@@ -174,3 +175,11 @@ def stock_unchecked(sku: str, count: int) -> int:
 def read_items(items: list[int]) -> list[int]:
     """A list read (for truncation faults)."""
     return items
+
+
+@tool(timeout=2, retry=RetrySpec(max_attempts=1))
+def hangs_in_a_thread(seconds: float) -> str:
+    """A sync tool that ignores its timeout: sleeps in its thread, which nothing can stop."""
+    print("hanging now", flush=True)
+    time.sleep(seconds)
+    return "woke up"

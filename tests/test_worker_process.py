@@ -7,13 +7,17 @@ import json
 import signal
 import socket
 import sys
+import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from temporalio.client import Client
 
 from tests.conftest import dev_address
 from tests.processes import WorkerProcess, run, starter
+from workflows import AgentWorkflow
+from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 
 
 async def test_sigterm_stops_the_worker_gracefully(dev_client: Client, tmp_path: Path) -> None:
@@ -34,6 +38,40 @@ async def test_sigterm_stops_the_worker_gracefully(dev_client: Client, tmp_path:
     worker.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(worker.proc.wait(), 30) == 0
     assert "keel worker stopping" in log.read_text()
+
+
+async def test_sigterm_stops_a_worker_whose_sync_tool_hangs_within_its_grace(
+    dev_client: Client, tmp_path: Path
+) -> None:
+    log = tmp_path / "worker.log"
+    queue = f"hung-{uuid.uuid4().hex[:8]}"
+    env = {"TEMPORAL_ADDRESS": dev_address(dev_client), "KEEL_TASK_QUEUE": queue}
+    worker = WorkerProcess(env, log, "--tools", "tests/sample_tools.py", "--shutdown-grace", "1")
+    await worker.start()
+    assert worker.proc is not None
+    plan = PlanSpec(
+        goal="hang",
+        steps=[StepSpec(title="hang", tool="hangs_in_a_thread", args={"seconds": 600})],
+    )
+    run_id = f"hung-{uuid.uuid4().hex[:8]}"
+    await dev_client.start_workflow(
+        AgentWorkflow.run,
+        AgentRunInput(agent=PLAN_RUNNER, goal=plan.goal, plan=plan),
+        id=run_id,
+        task_queue=queue,
+    )
+    for _ in range(400):
+        if "hanging now" in log.read_text():
+            break
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(worker.proc.wait(), 30) == 0
+    assert time.monotonic() - started < 1 + 5 + 3  # grace + cancel grace + slack, not 600 s
+    text = log.read_text()
+    assert "leaving 1 tool calls running in threads" in text, text
+    assert f"tool 'hangs_in_a_thread' (run {run_id}, step 1, attempt 1)" in text
+    await dev_client.get_workflow_handle(run_id).terminate("test over")
 
 
 async def test_unknown_tools_module_is_one_line(dev_client: Client) -> None:
