@@ -141,12 +141,6 @@ async def previous_execution(client: Client, run_id: str) -> tuple[str, str] | N
     return desc.run_id, status
 
 
-def _cause(err: BaseException) -> str:
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return f"{type(err).__name__}: {err}"
-
-
 async def segment_histories(
     client: Client, run_id: str, execution: str | None = None
 ) -> list[WorkflowHistory]:
@@ -217,13 +211,14 @@ async def get_report(client: Client, run_id: str, execution: str | None = None) 
             else:
                 skeleton.reason = f"running; no worker answered the status query ({err})"
             return skeleton
-    status = desc.status.name.lower() if desc.status else "closed"
-    try:
-        await handle.result()
-        skeleton.reason = f"run {status}"
-    except WorkflowFailureError as err:
-        skeleton.reason = f"run {status}: {_cause(err)}"
     skeleton.status = "NOT_DONE"
+    from keel.timeline import rebuild_from_history  # timeline reads histories through here
+
+    rebuilt = await rebuild_from_history(client, run_id, execution)
+    skeleton.reason = f"run {rebuilt.ended}"
+    skeleton.steps = rebuilt.steps
+    if rebuilt.writes_left:
+        skeleton.reason += f"; writes not compensated: {', '.join(rebuilt.writes_left)}"
     return skeleton
 
 

@@ -19,6 +19,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from keel.runs import segment_histories
+from workflows.contracts import StepState
 
 Kind = Literal["run", "plan", "model", "step", "check", "compensation", "keel", "wait", "decision"]
 E = EventType
@@ -73,6 +74,16 @@ class _Builder:
         self.entries: list[TimelineEntry] = []
         self.activities: dict[int, TimelineEntry] = {}
         self.timers: dict[str, TimelineEntry] = {}
+        self.write_tools: set[str] | None = None  # from the worker's check of the plan
+
+    def learn_tools(self, prepared: Any) -> None:
+        """Which tools write, from keel.prepare_plan's result (a PreparedPlan as JSON)."""
+        tools = prepared.get("tools") if isinstance(prepared, dict) else None
+        if isinstance(tools, dict):
+            found = {
+                n for n, t in tools.items() if isinstance(t, dict) and t.get("effect") == "write"
+            }
+            self.write_tools = (self.write_tools or set()) | found
 
     def at(self, event: HistoryEvent) -> float:
         return (event.event_time.ToDatetime() - self.start).total_seconds()
@@ -107,6 +118,8 @@ class _Builder:
             a = event.activity_task_completed_event_attributes
             if entry := self.activities.get(a.scheduled_event_id):
                 self.close(entry, event, "ok")
+                if entry.name == "keel.prepare_plan":
+                    self.learn_tools(_json(a.result))
         elif t == E.EVENT_TYPE_ACTIVITY_TASK_FAILED:
             a = event.activity_task_failed_event_attributes
             if entry := self.activities.get(a.scheduled_event_id):
@@ -160,6 +173,8 @@ class _Builder:
         failed = a.HasField("failure")
         entry.duration_s = round(max(took, 0.0), 3)
         entry.outcome, entry.detail = ("failed", a.failure.message) if failed else ("ok", "")
+        if name == "keel.prepare_plan" and "result" in a.details:
+            self.learn_tools(_json(a.details["result"]))
 
     def _decision(self, event: HistoryEvent, name: str, value: Any) -> None:
         detail = ""
@@ -185,8 +200,18 @@ class _Builder:
             E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
         ):
             name = EventType.Name(t).removeprefix("EVENT_TYPE_WORKFLOW_EXECUTION_").lower()
+            detail = ""
+            if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED:
+                detail = event.workflow_execution_terminated_event_attributes.reason
+            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
+                detail = event.workflow_execution_failed_event_attributes.failure.message
             self.add(
-                event, kind="run", name=name.replace("_", " "), outcome=name.upper(), duration_s=0
+                event,
+                kind="run",
+                name=name.replace("_", " "),
+                outcome=name.upper(),
+                duration_s=0,
+                detail=detail,
             )
 
 
@@ -194,6 +219,58 @@ async def timeline(
     client: Client, run_id: str, execution: str | None = None
 ) -> list[TimelineEntry]:
     """Every step of the run, all its continue-as-new segments included."""
+    return (await _build(client, run_id, execution)).entries
+
+
+class RebuiltRun(BaseModel):
+    """What the history of a run that ended without its report says about it."""
+
+    ended: str  # how it ended: "terminated: <reason>", "timed out", "failed: <message>"
+    steps: list[StepState]
+    writes_left: list[str]  # completed (or in-flight) writes no compensation undid
+
+
+async def rebuild_from_history(
+    client: Client, run_id: str, execution: str | None = None
+) -> RebuiltRun:
+    """For a run that ended without its report (terminated, timed out, failed): its steps as
+    its history shows them, and the completed writes that no compensation undid ("step 1
+    post_entry"; a call still in flight may have written too; every such step when the history
+    does not say which tools write)."""
+    builder = await _build(client, run_id, execution)
+    steps: dict[int, StepState] = {}
+    undone: set[int] = set()
+    for e in builder.entries:
+        if e.step is None:
+            continue
+        if e.kind == "compensation" and e.outcome == "ok":
+            undone.add(e.step)
+        elif e.kind == "step":
+            failed = e.outcome not in ("ok", "running")
+            steps[e.step] = StepState(
+                index=e.step,
+                title=f"{e.name} (rebuilt from history)",
+                tool=e.name,
+                done=e.outcome == "ok",
+                attempts=e.attempts or 1,
+                error=f"{e.outcome}: {e.detail}".rstrip(": ") if failed else None,
+            )
+    writes = builder.write_tools
+    ordered = sorted(steps.values(), key=lambda s: s.index)
+    left = [
+        f"step {s.index} {s.tool}"
+        + ("" if s.done else " (in flight when the run ended: it may have written)")
+        for s in ordered
+        if (s.done or s.error is None)
+        and s.index not in undone
+        and (writes is None or s.tool in writes)
+    ]
+    end = next((e for e in reversed(builder.entries) if e.kind == "run"), None)
+    ended = "closed" if end is None else f"{end.name}: {end.detail}".rstrip(": ")
+    return RebuiltRun(ended=ended, steps=ordered, writes_left=left)
+
+
+async def _build(client: Client, run_id: str, execution: str | None) -> _Builder:
     histories = await segment_histories(client, run_id, execution)
     first = histories[0].events[0]
     builder = _Builder(first.event_time.ToDatetime())
@@ -203,7 +280,7 @@ async def timeline(
         builder.timers.clear()
         for event in history.events[0 if number else 1 :]:
             builder.feed(event)
-    return builder.entries
+    return builder
 
 
 def format_timeline(run_id: str, entries: list[TimelineEntry]) -> str:

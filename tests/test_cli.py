@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -123,6 +124,38 @@ async def test_cancel_a_running_run(cli_env: dict, tmp_path: Path, dev_client: C
     closed = await starter("cancel", run_id, env=cli_env)
     assert closed.code == 6 and "Traceback" not in closed.err, closed
     assert f"refused: run '{run_id}' has already ended (COMPLETED); nothing to cancel" in closed.err
+
+
+async def test_status_of_a_terminated_run_rebuilds_its_steps_and_names_uncompensated_writes(
+    cli_env: dict, tmp_path: Path, dev_client: Client
+) -> None:
+    run_id = f"cli-{uuid.uuid4().hex[:8]}"
+    plan = pay_plan("dora", 7, 7)
+    plan["steps"].append(pay_plan("dora", 1, 1, pause_s=3)["steps"][0])
+    started = await starter(
+        "run", "--plan", str(write_plan(tmp_path, plan)), "--id", run_id, env=cli_env
+    )
+    assert started.code == 0, started
+    handle = dev_client.get_workflow_handle(run_id)
+    for _ in range(400):  # until step 2 has paid and pauses before it reports
+        if store.balances().get("dora") == 8:
+            break
+        await asyncio.sleep(0.05)
+    await handle.terminate(reason="operator pulled the plug")
+    status = await starter("status", run_id, "--json", env=cli_env)
+    assert status.code == 3, status
+    report = json.loads(status.out)
+    assert report["reason"].startswith("run terminated: operator pulled the plug")
+    assert report["reason"].endswith(
+        "; writes not compensated: step 1 post_entry, "
+        "step 2 post_entry (in flight when the run ended: it may have written)"
+    )
+    assert [(s["index"], s["tool"], s["done"]) for s in report["steps"]] == [
+        (1, "post_entry", True),
+        (2, "post_entry", False),
+    ]
+    text = await starter("status", run_id, env=cli_env)
+    assert "[x] 1." in text.out and "[ ] 2." in text.out
 
 
 @pytest.mark.parametrize(
