@@ -316,7 +316,8 @@ async def command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.wait:
-        return emit(await wait_report(client, run_id), args.json)
+        say = lambda text: print(f"starter.py: {text}", file=sys.stderr)  # noqa: E731
+        return emit(await wait_report(client, run_id, on_no_worker=say), args.json)
     if args.json:
         print(json.dumps({"run_id": run_id, "status": "RUNNING"}))
     else:

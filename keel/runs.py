@@ -10,11 +10,14 @@ timed out) still gets one here: NOT_DONE with the cause in `reason`, so nothing 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -222,19 +225,51 @@ async def get_report(client: Client, run_id: str, execution: str | None = None) 
     return skeleton
 
 
-async def wait_report(client: Client, run_id: str, poll: float = 1.0) -> RunReport:
-    """Wait until the run ends or waits on a human, and return its report."""
+async def workers_polling(client: Client, task_queue: str) -> int:
+    """How many workers poll `task_queue` for workflow tasks now (as the server saw lately)."""
+    answer = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return len(answer.pollers)
+
+
+NO_WORKER_AFTER = 5.0  # seconds a waiting client lets pass before it checks for a worker
+
+
+async def wait_report(
+    client: Client,
+    run_id: str,
+    poll: float = 1.0,
+    on_no_worker: Callable[[str], None] | None = None,
+) -> RunReport:
+    """Wait until the run ends or waits on a human, and return its report. If after a few
+    seconds no worker polls the run's task queue, `on_no_worker` hears it once (and the wait
+    goes on: a worker may still come)."""
     handle = client.get_workflow_handle(run_id, result_type=RunReport)
     result = asyncio.ensure_future(handle.result())
+    checked = on_no_worker is None
+    started = asyncio.get_running_loop().time()
     try:
         with run_must_exist(run_id):
             while True:
                 done, _ = await asyncio.wait({result}, timeout=poll)
                 if done:
                     return result.result()
-                memo = await (await handle.describe()).memo()
-                if memo.get("pending"):
+                desc = await handle.describe()
+                if (await desc.memo()).get("pending"):
                     return await get_report(client, run_id)
+                waited = asyncio.get_running_loop().time() - started
+                if not checked and waited >= NO_WORKER_AFTER and on_no_worker is not None:
+                    checked = True
+                    if desc.task_queue and await workers_polling(client, desc.task_queue) == 0:
+                        on_no_worker(
+                            f"no worker polls task queue {desc.task_queue!r}; the run waits "
+                            f"until one starts (python worker.py --task-queue {desc.task_queue})"
+                        )
     except WorkflowFailureError:
         return await get_report(client, run_id)
     finally:

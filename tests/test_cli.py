@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from temporalio.client import Client
+from temporalio.worker import Worker
 
 import examples.ledger as ledger
 from activities import Catalog
 from examples.ledger import store
-from keel.runs import RunNotFound, get_report
+from keel import KeelPlugin
+from keel.runs import NO_WORKER_AFTER, RunNotFound, get_report
 from tests.conftest import dev_address, keel_worker
 from tests.processes import Result, starter
 
@@ -156,6 +158,24 @@ async def test_status_of_a_terminated_run_rebuilds_its_steps_and_names_uncompens
     ]
     text = await starter("status", run_id, env=cli_env)
     assert "[x] 1." in text.out and "[ ] 2." in text.out
+
+
+async def test_run_wait_with_no_worker_says_so_and_keeps_waiting(
+    dev_client: Client, ledger_db: Path, tmp_path: Path
+) -> None:
+    queue = f"nobody-{uuid.uuid4().hex[:8]}"
+    env = {"TEMPORAL_ADDRESS": dev_address(dev_client), "KEEL_TASK_QUEUE": queue}
+    plan = write_plan(tmp_path, pay_plan("emil", 3, 3))
+    waiting = asyncio.ensure_future(starter("run", "--plan", str(plan), "--wait", env=env))
+    await asyncio.sleep(NO_WORKER_AFTER + 3)  # the starter has looked for a worker by now
+    assert not waiting.done()
+    plugin = KeelPlugin(Catalog.from_modules([ledger]))
+    async with Worker(dev_client, task_queue=queue, plugins=[plugin]):
+        result = await waiting
+    assert result.code == 0, result  # it kept waiting, and the run finished once a worker came
+    assert f"starter.py: no worker polls task queue '{queue}'; the run waits until one" in (
+        result.err
+    )
 
 
 @pytest.mark.parametrize(
