@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 from activities.catalog import Catalog, CatalogError, explain
+from activities.settings import OneLineParser, SettingError, env_choice
 from activities.store import BlobStore, StoreUnavailable
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import exit_now, tool_modules
@@ -79,7 +80,7 @@ class UserError(Exception):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="starter.py", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="starter.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start an agent run")
     run.add_argument("agent", nargs="?", help="agent name (optional with --plan)")
@@ -203,7 +204,7 @@ def build_run(args: argparse.Namespace) -> AgentRunInput:
             raise UserError("plan refused: " + "; ".join(problems))
     if args.new_keys and not args.rerun:
         raise UserError("--new-keys goes with --rerun")
-    status_attribute = os.environ.get("KEEL_STATUS_ATTRIBUTE", "1") != "0"
+    status_attribute = env_choice("KEEL_STATUS_ATTRIBUTE", "1", ("0", "1")) == "1"
     try:
         return AgentRunInput(
             agent=agent,
@@ -328,11 +329,12 @@ async def command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_logging(args.log_level, args.log_format, default_level="warning")
     try:
+        args = parse_args(argv)
+        configure_logging(args.log_level, args.log_format, default_level="warning")
         return asyncio.run(command(args))
     except (
+        SettingError,
         UserError,
         CatalogError,
         ConnectionFailed,

@@ -20,7 +20,8 @@ from datetime import timedelta
 from temporalio.worker import Worker
 
 from activities.catalog import Catalog, CatalogError
-from activities.store import BlobStore, StoreUnavailable
+from activities.settings import OneLineParser, SettingError, env_count, env_number
+from activities.store import BlobStore, StoreUnavailable, inline_limit
 from activities.tool import calls_in_threads
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import DEFAULT_TOOLS, exit_now, tool_modules
@@ -33,7 +34,7 @@ LOG.setLevel(logging.INFO)  # "ready" and "stopping" show at any --log-level: sc
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="worker.py", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="worker.py", description=__doc__.splitlines()[0])
     parser.add_argument("--task-queue", help="task queue (default: $KEEL_TASK_QUEUE or keel)")
     parser.add_argument(
         "--tools",
@@ -46,21 +47,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sticky-timeout",
         type=float,
-        default=float(os.environ.get("KEEL_STICKY_TIMEOUT", "3")),
+        default=env_number("KEEL_STICKY_TIMEOUT", 3.0),
         help="seconds a workflow task waits for this worker's cache before any worker takes it; "
         "bounds the resume delay after a crash (default 3; the SDK's default is 10)",
     )
     parser.add_argument(
         "--max-cached-workflows",
         type=int,
-        default=int(os.environ.get("KEEL_MAX_CACHED_WORKFLOWS", "1000")),
+        default=env_count("KEEL_MAX_CACHED_WORKFLOWS", 1000),
         help="runs kept in memory between their tasks; a run evicted from the cache is replayed "
         "from its history when it wakes, so this bounds memory, not what can wait (default 1000)",
     )
     parser.add_argument(
         "--shutdown-grace",
         type=float,
-        default=float(os.environ.get("KEEL_SHUTDOWN_GRACE", "5")),
+        default=env_number("KEEL_SHUTDOWN_GRACE", 5.0),
         help="seconds running activities get to finish on Ctrl-C or SIGTERM before they are "
         "cancelled; the worker exits at most 5 s later, abandoning a sync tool that never "
         "returns (default 5)",
@@ -83,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     catalog = Catalog.from_modules(tool_modules(args.tools))
+    catalog.check()  # a declaration that could only fail mid-run stops the worker here
     store = BlobStore.from_env()  # a bad KEEL_STORE_URL or a missing boto3 fails here, not mid-run
     codec = AesGcmCodec.from_env()
     plugins = [KeelPlugin(catalog, codec=codec), *tracing_plugins("keel-worker")]
@@ -133,13 +135,15 @@ async def stop_within(worker: Worker, running: asyncio.Task[None], seconds: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    redact_output()  # before the log handler takes sys.stderr: tools may print secrets
-    configure_logging(args.log_level, args.log_format)
-    install_runtime(args.metrics_address)
     try:
+        args = parse_args(argv)
+        redact_output()  # before the log handler takes sys.stderr: tools may print secrets
+        configure_logging(args.log_level, args.log_format)
+        inline_limit()  # read now: a bad KEEL_INLINE_LIMIT stops the worker, not a tool call
+        install_runtime(args.metrics_address)
         asyncio.run(serve(args))
     except (
+        SettingError,
         CatalogError,
         ConnectionFailed,
         TracingUnavailable,

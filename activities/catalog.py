@@ -56,7 +56,22 @@ class CatalogError(Exception):
 
 
 def load_module(target: str) -> ModuleType:
-    """Import a dotted module path or a .py file path."""
+    """Import a dotted module path or a .py file path; a declaration that fails as the module
+    loads (a bad retry policy, say) is one CatalogError naming the module."""
+    try:
+        return _import(target)
+    except CatalogError:
+        raise
+    except ValidationError as err:
+        raise CatalogError(f"{target} declares something invalid: {explain(err)}") from err
+    except Exception as err:
+        if isinstance(err, ModuleNotFoundError) and err.name and target.startswith(err.name):
+            raise CatalogError(f"no such tools module: {target} ({err})") from err
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CatalogError(f"{target} failed to load: {type(err).__name__}: {first}") from err
+
+
+def _import(target: str) -> ModuleType:
     if target.endswith(".py") or "/" in target:
         path = Path(target)
         if not path.is_file():
@@ -69,12 +84,13 @@ def load_module(target: str) -> ModuleType:
             raise CatalogError(f"cannot import {target}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]  # a half-loaded module must not be found next time
+            raise
         return module
-    try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as err:
-        raise CatalogError(f"no such tools module: {target} ({err})") from err
+    return importlib.import_module(target)
 
 
 @dataclass
@@ -210,6 +226,29 @@ class Catalog:
         for policy in agent.approvals.values():
             problems += self._reminder(policy, used)
         return PreparedPlan(tools=used, problems=problems)
+
+    def check(self) -> None:
+        """Refuse, in one CatalogError naming every problem, declarations that would only fail
+        when a run needs them: a compensation or reminder that is not registered (or is not a
+        write tool taking `args`), an agent naming a tool or check the catalog lacks."""
+        problems: list[str] = []
+        for found in self.tools.values():
+            problems += self._companions(found.spec, {})
+        for agent in self.agents.values():
+            for name in agent.tools:
+                if (found := self.tools.get(name)) is None or found.spec.kind != "tool":
+                    problems.append(f"agent {agent.name!r}: unknown tool {name!r}")
+            for criterion in agent.acceptance:
+                if (found := self.tools.get(criterion.check)) is None or found.spec.kind != "check":
+                    problems.append(f"agent {agent.name!r}: unknown check {criterion.check!r}")
+            for tool_name, policy in agent.approvals.items():
+                if tool_name not in self.tools:
+                    problems.append(
+                        f"agent {agent.name!r}: approval for unknown tool {tool_name!r}"
+                    )
+                problems += [f"agent {agent.name!r}: {p}" for p in self._reminder(policy, {})]
+        if problems:
+            raise CatalogError("declarations refused: " + "; ".join(dict.fromkeys(problems)))
 
     def _companions(self, spec: ToolSpec, used: dict[str, ToolSpec]) -> list[str]:
         """The tools a tool relies on (its compensation, its reminder) must be registered too."""

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from activities.settings import env_count
+
 DEFAULT_INLINE_LIMIT = 4096
 
 
@@ -40,7 +42,7 @@ class StoreUnavailable(Exception):
 
 
 def inline_limit() -> int:
-    return int(os.environ.get("KEEL_INLINE_LIMIT", DEFAULT_INLINE_LIMIT))
+    return env_count("KEEL_INLINE_LIMIT", DEFAULT_INLINE_LIMIT)
 
 
 def blob_ref(data: bytes) -> str:

@@ -11,7 +11,6 @@ decrypts histories, so it is a key holder's tool, not a public service.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hmac
 import json
@@ -23,6 +22,7 @@ from typing import Any
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
+from activities.settings import OneLineParser, SettingError, env_count
 from keel.codec import AesGcmCodec, CodecError
 
 DEFAULT_ORIGIN = "http://localhost:8233"  # the dev server's web UI
@@ -74,16 +74,18 @@ def make_server(codec: AesGcmCodec, token: str, port: int, origin: str) -> Threa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m keel.codec_server")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("KEEL_CODEC_PORT", "8081")))
+    parser = OneLineParser(prog="python -m keel.codec_server")
+    parser.add_argument("--port", type=int, default=None, help="default: $KEEL_CODEC_PORT or 8081")
     parser.add_argument("--origin", default=os.environ.get("KEEL_CODEC_ORIGIN", DEFAULT_ORIGIN))
     args = parser.parse_args(argv)
     try:
+        if args.port is None:
+            args.port = env_count("KEEL_CODEC_PORT", 8081)
         codec = AesGcmCodec.from_env()
         if codec is None:
             raise CodecError("KEEL_CODEC_KEYS is not set")
         server = make_server(codec, os.environ.get("KEEL_CODEC_TOKEN", ""), args.port, args.origin)
-    except (CodecError, OSError) as err:
+    except (CodecError, SettingError, OSError) as err:
         print(f"codec_server: error: {err}", file=sys.stderr)
         return 1
     print(f"keel codec server on http://127.0.0.1:{args.port} (origin {args.origin})", flush=True)

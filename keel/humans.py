@@ -11,7 +11,6 @@ caller learns at once whether the run accepted it.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from temporalio.client import (
@@ -22,6 +21,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.settings import env_number
 from keel.runs import run_must_exist, status_attribute_registered
 from workflows.agent import AgentWorkflow
 from workflows.contracts import STATUS_ATTRIBUTE, Choice, Decision, PendingRequest
@@ -29,7 +29,7 @@ from workflows.contracts import STATUS_ATTRIBUTE, Choice, Decision, PendingReque
 
 def update_timeout() -> float:
     """Seconds to wait for a worker to answer a decision (KEEL_DECISION_TIMEOUT, default 30)."""
-    return float(os.environ.get("KEEL_DECISION_TIMEOUT", "30"))
+    return env_number("KEEL_DECISION_TIMEOUT", 30.0)
 
 
 class StatusAttributeMissing(Exception):

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from activities.secrets import REDACTED, resolved_values
+from activities.settings import env_choice
 from keel.telemetry import install_runtime
 
 LogFormat = Literal["json", "text"]
@@ -121,12 +121,8 @@ def configure_logging(
     level: str | None = None, fmt: str | None = None, *, default_level: str = "info"
 ) -> None:
     """Root logging to stderr; defaults from KEEL_LOG_LEVEL and KEEL_LOG_FORMAT (text)."""
-    level = (level or os.environ.get("KEEL_LOG_LEVEL") or default_level).lower()
-    fmt = (fmt or os.environ.get("KEEL_LOG_FORMAT") or "text").lower()
-    if level not in LEVELS:
-        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
-    if fmt not in ("json", "text"):
-        raise ValueError(f"log format must be json or text, not {fmt!r}")
+    level = (level or env_choice("KEEL_LOG_LEVEL", default_level, LEVELS)).lower()
+    fmt = (fmt or env_choice("KEEL_LOG_FORMAT", "text", ("json", "text"))).lower()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactSecrets())

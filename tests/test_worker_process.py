@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 
 from tests.conftest import dev_address
@@ -81,6 +82,74 @@ async def test_unknown_tools_module_is_one_line(dev_client: Client) -> None:
     assert result.err.strip() == (
         "worker.py: error: no such tools module: no.such.module (No module named 'no')"
     )
+
+
+BAD_DECLARATIONS = {
+    "compensation": (
+        "from activities import tool\n"
+        "@tool(effect='write', compensation='no_such_undo')\n"
+        "def pay(account: str) -> str:\n    return account\n",
+        "declarations refused: tool 'pay': compensation 'no_such_undo' is not registered",
+    ),
+    "agent": (
+        "from activities import tool\nfrom workflows.contracts import AgentSpec\n"
+        "@tool\ndef look(account: str) -> str:\n    return account\n"
+        "SCOUT = AgentSpec(name='scout', tools=('look', 'ghost'))\n",
+        "declarations refused: agent 'scout': unknown tool 'ghost'",
+    ),
+    "retry": (
+        "from activities import tool\n@tool(retry={'max_attempts': 0})\n"
+        "def look(account: str) -> str:\n    return account\n",
+        "declares something invalid: max_attempts: Input should be greater than or equal to 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DECLARATIONS))
+async def test_a_bad_declaration_stops_the_worker_in_one_line(case: str, tmp_path: Path) -> None:
+    source, expected = BAD_DECLARATIONS[case]
+    module = tmp_path / f"bad_{case}.py"
+    module.write_text(source)
+    # No server at this address: the worker must refuse before it ever connects.
+    env = {"TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    result = await run(sys.executable, "worker.py", "--tools", str(module), env=env)
+    assert result.code == 1, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("worker.py: error: "), result.err
+    assert expected in lines[0], result.err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("KEEL_STICKY_TIMEOUT", "soon", "KEEL_STICKY_TIMEOUT must be a number, not 'soon'"),
+        ("KEEL_SHUTDOWN_GRACE", "-1", "KEEL_SHUTDOWN_GRACE must be at least 0, not '-1'"),
+        ("KEEL_MAX_CACHED_WORKFLOWS", "lots", "KEEL_MAX_CACHED_WORKFLOWS must be a whole number"),
+        ("KEEL_INLINE_LIMIT", "4k", "KEEL_INLINE_LIMIT must be a whole number"),
+        ("KEEL_LOG_LEVEL", "loud", "KEEL_LOG_LEVEL must be one of debug, info, warning, error"),
+        ("KEEL_LOG_FORMAT", "xml", "KEEL_LOG_FORMAT must be one of json, text, not 'xml'"),
+    ],
+)
+async def test_a_bad_setting_is_one_line_naming_the_variable(
+    variable: str, value: str, expected: str
+) -> None:
+    env = {"TEMPORAL_ADDRESS": "127.0.0.1:1", variable: value}
+    result = await run(sys.executable, "worker.py", env=env)
+    assert result.code == 1, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"worker.py: error: {expected}"), result.err
+
+
+async def test_a_bad_log_level_option_is_one_line() -> None:
+    # the starter's options follow its subcommand
+    for argv in (
+        ["worker.py", "--log-level", "loud"],
+        ["starter.py", "pending", "--log-level", "loud"],
+    ):
+        result = await run(sys.executable, *argv, env={"TEMPORAL_ADDRESS": "127.0.0.1:1"})
+        assert result.code == 2, result
+        lines = result.err.strip().splitlines()
+        assert len(lines) == 1 and "argument --log-level: invalid choice: 'loud'" in lines[0]
 
 
 async def test_unreachable_server_is_one_line() -> None:
