@@ -26,6 +26,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.context import ToolContext, _current
 from activities.faults import current_injector, degrade, raise_explicit
+from activities.retry import jittered_delay
 from activities.secrets import known_values, redact
 from activities.store import BlobStore, inline_limit
 from workflows.authz import authorize
@@ -290,11 +291,15 @@ async def _attempt(
         # attempt number, so the report can say how many attempts a failed step took.
         app = err if isinstance(err, ApplicationError) else None
         secrets = known_values(ctx.secrets_used)
+        info = activity.info()
         failure = ApplicationError(
             redact((app.message if app else str(err)) or type(err).__name__, secrets),
             {"attempt": attempt},
             type=(app.type if app else None) or type(err).__name__,
             non_retryable=app.non_retryable if app else False,
+            # The tool's own wish (say, a Retry-After) wins; else the policy's delay, jittered.
+            next_retry_delay=(app.next_retry_delay if app else None)
+            or jittered_delay(attempt, info.retry_policy),
         )
         if secrets:
             raise failure from None  # the original, unredacted message stays out of the chain

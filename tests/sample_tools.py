@@ -14,6 +14,7 @@ FAST_RETRY = RetrySpec(max_attempts=3, initial_interval=1)
 QUICK_RETRY = RetrySpec(max_attempts=3, initial_interval=0.05, backoff_coefficient=1)
 GATES: dict[str, asyncio.Event] = {}
 CALLS: dict[str, int] = {}
+ATTEMPT_TIMES: dict[str, list[float]] = {}  # monotonic start of each attempt, by call
 
 
 def _count(name: str) -> None:
@@ -31,6 +32,7 @@ def always_fails(label: str) -> str:
 def flaky(label: str, fail_times: int) -> int:
     """Fails on its first `fail_times` attempts, then returns the attempt that succeeded."""
     _count(f"flaky:{label}")
+    ATTEMPT_TIMES.setdefault(f"flaky:{label}", []).append(time.monotonic())
     attempt = tool_context().attempt
     if attempt <= fail_times:
         raise ConnectionError(f"transient failure {attempt}")

@@ -6,13 +6,16 @@ The cancel race (item 1) has its own module, tests/test_cancel_race.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
@@ -20,6 +23,7 @@ import examples.ledger as ledger
 from activities import Catalog
 from activities.catalog import CatalogError
 from activities.models import context_store
+from activities.retry import JITTER, jittered_delay
 from activities.store import BlobCorrupted, DirectoryStore
 from examples.ledger import store
 from keel import KeelPlugin
@@ -474,3 +478,36 @@ def test_a_report_over_the_limit_is_slimmed_and_one_that_cannot_fit_is_refused()
     }
     waiting_steps = settled.model_copy(update={"steps": [step(i, False) for i in range(10)]})
     assert fit(waiting_steps, keep_saga=False) is None  # steps still to run keep their arguments
+
+
+# --- retries get jitter ------------------------------------------------------------------------
+
+
+def test_retry_delays_are_jittered_within_bounds_and_end_with_the_policy() -> None:
+    policy = RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2,
+        maximum_interval=timedelta(seconds=5),
+        maximum_attempts=6,
+    )
+    rng = random.Random(7)
+    for attempt, base in [(1, 1), (2, 2), (3, 4), (4, 5), (5, 5)]:  # capped at 5 s
+        delays = [jittered_delay(attempt, policy, rng) for _ in range(50)]
+        seconds = [d.total_seconds() for d in delays if d is not None]
+        assert len(seconds) == 50
+        assert all(base * (1 - JITTER) <= s <= base * (1 + JITTER) for s in seconds)
+        assert max(seconds) - min(seconds) > base * JITTER  # spread, not lockstep
+    assert jittered_delay(6, policy, rng) is None  # the last attempt has no next one
+
+
+async def test_a_failing_tool_asks_for_a_jittered_retry_delay(
+    dev_client: Client, ledger_db: Path
+) -> None:
+    label = f"jitter-{uuid.uuid4().hex[:6]}"
+    step = StepSpec(title="flaky", tool="flaky", args={"label": label, "fail_times": 2})
+    report = await run_plan(dev_client, CATALOG, PLAN_RUNNER, [step])
+    assert report.status == "DONE" and report.steps[0].attempts == 3
+    times = sample_tools.ATTEMPT_TIMES[f"flaky:{label}"]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # flaky's policy: 1 s then 2 s, each within +-25 % (generous slack above for a busy host)
+    assert 0.75 <= gaps[0] <= 1.25 + 1.5 and 1.5 <= gaps[1] <= 2.5 + 1.5, gaps

@@ -17,8 +17,10 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.retry import jittered_delay
 from activities.secrets import file_secrets
 from workflows.model_contracts import (
     Message,
@@ -53,6 +55,14 @@ def scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "[redacted]") if secret else text
 
 
+def _jittered() -> timedelta | None:
+    """The model call's next retry delay, jittered (activities/retry.py); None outside one."""
+    if not activity.in_activity():
+        return None
+    info = activity.info()
+    return jittered_delay(info.attempt, info.retry_policy)
+
+
 async def post(
     url: str,
     body: dict[str, Any],
@@ -66,15 +76,19 @@ async def post(
             response = await client.post(url, json=body, headers=headers)
     except httpx.TimeoutException:
         raise ApplicationError(
-            f"{request.model.label}: no answer within {timeout:g} s", type=UNAVAILABLE
+            f"{request.model.label}: no answer within {timeout:g} s",
+            type=UNAVAILABLE,
+            next_retry_delay=_jittered(),
         ) from None
     except httpx.TransportError as err:
         raise ApplicationError(
-            f"{request.model.label}: cannot reach {url}: {type(err).__name__}", type=UNAVAILABLE
+            f"{request.model.label}: cannot reach {url}: {type(err).__name__}",
+            type=UNAVAILABLE,
+            next_retry_delay=_jittered(),
         ) from None
     if response.status_code == 429 or response.status_code >= 500:
         retry_after = response.headers.get("retry-after", "")
-        delay = timedelta(seconds=float(retry_after)) if retry_after.isdigit() else None
+        delay = timedelta(seconds=float(retry_after)) if retry_after.isdigit() else _jittered()
         raise ApplicationError(
             f"{request.model.label}: HTTP {response.status_code}: "
             + scrub(response.text[:ERROR_BODY_CHARS], secret),
