@@ -124,6 +124,7 @@ async def measure(client: Client, address: str, runs: int, hold: float, cache: i
                                         args={"account": f"acct{i}", "amount": 1},
                                     )
                                 ],
+                                unverified_ok=True,
                             ),
                             status_attribute=True,
                         ),

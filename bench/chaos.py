@@ -74,7 +74,7 @@ async def main(runs: int, kills: int, seed: int) -> int:
             )
             for k in range(1, STEPS + 1)
         ]
-        plan = PlanSpec(goal="chaos", steps=steps)
+        plan = PlanSpec(goal="chaos", steps=steps, unverified_ok=True)
         await client.start_workflow(
             AgentWorkflow.run,
             AgentRunInput(agent=PLAN_RUNNER, goal="chaos", plan=plan),

@@ -141,7 +141,11 @@ async def main(quick: bool) -> int:
                         set_injector(Injector(specs) if rate else None)
                         for name, steps in SCENARIOS.items():
                             agent = agents[name]
-                            plan = PlanSpec(goal=name, steps=steps if validators else raw(steps))
+                            plan = PlanSpec(
+                                goal=name,
+                                steps=steps if validators else raw(steps),
+                                unverified_ok=True,
+                            )
                             report = await env.client.execute_workflow(
                                 AgentWorkflow.run,
                                 AgentRunInput(agent=agent, goal=name, plan=plan),

@@ -58,6 +58,7 @@ async def keel_side(client: Client, queue: str, runs: int) -> tuple[float, int]:
     plan = PlanSpec(
         goal="load",
         steps=[StepSpec(title=f"noop {i}", tool="noop", args={"i": i}) for i in range(STEPS)],
+        unverified_ok=True,
     )
     prefix = f"load-keel-{uuid.uuid4().hex[:6]}"
     started = time.perf_counter()

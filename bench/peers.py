@@ -95,7 +95,9 @@ def keel_systems(client: Client, queue: str) -> list[System]:
     def plan_of(n: int, tool_name: str) -> AgentRunInput:
         steps = [StepSpec(title=f"noop {i}", tool=tool_name, args={"i": i}) for i in range(n)]
         return AgentRunInput(
-            agent=PLAN_RUNNER, goal=f"{n} noops", plan=PlanSpec(goal=f"{n} noops", steps=steps)
+            agent=PLAN_RUNNER,
+            goal=f"{n} noops",
+            plan=PlanSpec(goal=f"{n} noops", steps=steps, unverified_ok=True),
         )
 
     async def keel(run: AgentRunInput, n: int, run_id: str) -> None:

@@ -25,6 +25,7 @@ from workflows.contracts import (
     AcceptanceSpec,
     AgentRunInput,
     AgentSpec,
+    Grant,
     PlanSpec,
     RunReport,
     StepSpec,
@@ -49,8 +50,14 @@ def posted(account: str, expected: int) -> AcceptanceSpec:
     )
 
 
-def plan(*steps: StepSpec, acceptance: list[AcceptanceSpec] | None = None) -> PlanSpec:
-    return PlanSpec(goal="test", steps=list(steps), acceptance=acceptance or [])
+def plan(
+    *steps: StepSpec, acceptance: list[AcceptanceSpec] | None = None, unverified_ok: bool = True
+) -> PlanSpec:
+    """A plan; without acceptance it opts out of verification unless told otherwise (most
+    tests here are about running steps; the verification tests set unverified_ok=False)."""
+    return PlanSpec(
+        goal="test", steps=list(steps), acceptance=acceptance or [], unverified_ok=unverified_ok
+    )
 
 
 async def run_plan(
@@ -100,14 +107,25 @@ async def test_verified_plan_is_done(ts_client: Client, ledger_db: Path, tmp_pat
     assert any("step 2 done" in p.message for p in report.progress)
 
 
-async def test_no_acceptance_is_done_but_says_unverified(
+async def test_done_means_verified_unless_the_run_opts_out(
     ts_client: Client, ledger_db: Path
 ) -> None:
-    async with keel_worker(ts_client, CATALOG) as queue:
-        report = await run_plan(ts_client, queue, plan(pay("carol", 5)))
-    assert report.status == "DONE"
-    assert report.verified is False
-    assert "nothing verified" in report.reason
+    relaxed = AgentSpec(name="relaxed", grants=(Grant(scope="ledger:*"),), unverified_ok=True)
+    async with keel_worker(ts_client, CATALOG, relaxed) as queue:
+        strict = await run_plan(ts_client, queue, plan(pay("carol", 5), unverified_ok=False))
+        opted = await run_plan(ts_client, queue, plan(pay("cleo", 5), unverified_ok=True))
+        by_agent = await run_plan(
+            ts_client, queue, plan(pay("cody", 5), unverified_ok=False), agent=relaxed
+        )
+    assert (strict.status, strict.verified) == ("NOT_DONE", False)
+    assert strict.reason == (
+        "all 1 steps completed, but nothing verified the result: declare acceptance checks or "
+        "a verify route, or set unverified_ok"
+    )
+    assert store.balances()["carol"] == 5  # not verified is not undone: the write stays
+    for report in (opted, by_agent):
+        assert (report.status, report.verified) == ("DONE", False)
+        assert report.reason.endswith("unverified: no acceptance check (unverified_ok)")
 
 
 async def test_failed_acceptance_is_not_done(ts_client: Client, ledger_db: Path) -> None:

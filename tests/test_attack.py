@@ -58,7 +58,7 @@ STATEMENT = CATALOG.tools["write_statement"].spec
 async def run_plan(
     client: Client, catalog: Catalog, agent: AgentSpec, steps: list[StepSpec]
 ) -> RunReport:
-    plan = PlanSpec(goal="attack", steps=steps)
+    plan = PlanSpec(goal="attack", steps=steps, unverified_ok=True)
     async with keel_worker(client, catalog) as queue:
         return await client.execute_workflow(
             AgentWorkflow.run,
@@ -268,6 +268,7 @@ async def test_a_signal_sent_in_time_is_taken_when_the_worker_returns_after_the_
 ) -> None:
     queue = f"late-{uuid.uuid4().hex[:8]}"
     plan = PlanSpec(
+        unverified_ok=True,
         goal="late worker",
         steps=[
             StepSpec(title="pay hal", tool="post_entry", args={"account": "hal", "amount": 500})

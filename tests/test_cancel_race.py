@@ -40,7 +40,7 @@ def write_plan(amounts: list[int], pauses: dict[int, float]) -> PlanSpec:
         )
         for i, amount in enumerate(amounts, 1)
     ]
-    return PlanSpec(goal="pay everyone", steps=steps)
+    return PlanSpec(goal="pay everyone", steps=steps, unverified_ok=True)
 
 
 async def start(client: Client, queue: str, plan: PlanSpec, prefix: str) -> WorkflowHandle:

@@ -126,6 +126,7 @@ def clerk(*models: ModelRef, **extra: Any) -> AgentSpec:
         "name": "loop-clerk",
         "tools": ("get_balance", "post_entry"),
         "grants": (Grant(scope="ledger:*"),),
+        "unverified_ok": True,  # tests of the loop; verification has tests of its own
     } | extra
     if models:
         settings.setdefault("routes", Routes(act=Route(models=models)))
@@ -453,8 +454,12 @@ async def test_the_offline_scripted_model_acts_step_by_step(
         ("post_entry", "ann", 3),
         ("post_entry", "bo", 4),
     ]
-    assert report.used.model_calls == 3 and report.used.tool_calls == 2
-    assert [c.model for c in report.model_calls] == ["scripted:ledger-react"] * 3
+    # three calls to act, one to review (the verify route): done means verified
+    assert report.used.model_calls == 4 and report.used.tool_calls == 2
+    assert [c.model for c in report.model_calls] == ["scripted:ledger-react"] * 3 + [
+        "scripted:ledger-review"
+    ]
+    assert report.verified and report.acceptance[-1].detail.startswith("the ledger holds")
     assert store.balances() == {"ann": 3, "bo": 4}
 
 
@@ -463,7 +468,7 @@ async def test_a_quick_model_can_answer_as_a_local_activity(
 ) -> None:
     route = Route(models=(ModelRef(provider="scripted", model="ledger-react", local=True),))
     agent = ledger.ledger_agent.model_copy(
-        update={"name": "ledger-agent-local", "routes": Routes(act=route)}
+        update={"name": "ledger-agent-local", "routes": Routes(act=route), "unverified_ok": True}
     )
     report = await run_agent(ts_client, agent, goal="Pay ann 3 and bo 4")
     assert report.status == "DONE", report.reason

@@ -48,6 +48,7 @@ def reader(server: ModelServer, **extra: object) -> AgentSpec:
         "tools": ("get_balance", "post_entry", "fetch_note"),
         "routes": Routes(act=Route(models=(openai_ref(server),))),
         "grants": READER,
+        "unverified_ok": True,
     } | extra
     return AgentSpec(**settings)
 

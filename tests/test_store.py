@@ -160,7 +160,9 @@ async def test_keel_keeps_a_data_converters_external_storage(
         report = await client.execute_workflow(
             AgentWorkflow.run,
             AgentRunInput(
-                agent=PLAN_RUNNER, goal="bulky", plan=PlanSpec(goal="bulky", steps=steps)
+                agent=PLAN_RUNNER,
+                goal="bulky",
+                plan=PlanSpec(goal="bulky", steps=steps, unverified_ok=True),
             ),
             id=f"self-replayed-{uuid.uuid4().hex[:8]}",
             task_queue=queue,

@@ -673,9 +673,15 @@ class AgentWorkflow(ActingMixin):
         )
         if not report.acceptance:
             report.verified = False
+            given = self._run.plan  # a plan from the run's input, never a model's
+            if self._run.agent.unverified_ok or (given is not None and given.unverified_ok):
+                return self._finish(
+                    "DONE", f"{settled}; unverified: no acceptance check (unverified_ok)"
+                )
             return self._finish(
-                "DONE",
-                f"{settled}; nothing verified the result (no acceptance criteria)",
+                "NOT_DONE",
+                f"{settled}, but nothing verified the result: declare acceptance checks or a "
+                "verify route, or set unverified_ok",
             )
         failed = [c for c in report.acceptance if not c.passed]
         if failed:

@@ -188,6 +188,9 @@ class PlanSpec(_Strict):
     # continue-as-new with compact state.
     steps: list[StepSpec] = Field(min_length=1, max_length=MAX_STEPS)
     acceptance: list[AcceptanceSpec] = Field(default_factory=list)
+    # Done means verified: a run nothing verifies ends NOT_DONE unless its plan (given up
+    # front; a model's plan cannot opt out) or its agent says unverified is acceptable.
+    unverified_ok: bool = False
 
 
 class AgentSpec(_Strict):
@@ -201,6 +204,8 @@ class AgentSpec(_Strict):
     tools: tuple[str, ...] = ()
     prompt: str = ""
     acceptance: tuple[AcceptanceSpec, ...] = ()
+    # True: a run with no acceptance check and no verify route may end DONE, unverified.
+    unverified_ok: bool = False
     # Gates of the agent's own, by tool name, on top of the tools' declared ones.
     approvals: dict[str, ApprovalPolicy] = Field(default_factory=dict)
     # What a failed step does once its retries are spent: fail the run, or ask a human.

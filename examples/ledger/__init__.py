@@ -34,7 +34,7 @@ from workflows.contracts import (
     PlanSpec,
     StepSpec,
 )
-from workflows.loop import results_seen
+from workflows.loop import VERDICT, results_seen
 from workflows.model_contracts import (
     Budget,
     ModelRef,
@@ -191,7 +191,12 @@ ledger_agent = AgentSpec(
     name="ledger-agent",
     description="Pays what the goal asks, one model-chosen tool call at a time.",
     tools=("post_entry", "get_balance"),
-    routes=Routes(act=Route(models=(ModelRef(provider="scripted", model="ledger-react"),))),
+    # Done means verified: a reviewing model reads what was done (here a scripted reviewer
+    # that checks the ledger itself) and says whether the goal is met.
+    routes=Routes(
+        act=Route(models=(ModelRef(provider="scripted", model="ledger-react"),)),
+        verify=Route(models=(ModelRef(provider="scripted", model="ledger-review"),)),
+    ),
     budget=Budget(max_tool_calls=20, max_model_calls=25),
     approvals=ledger_clerk.approvals,
     # A model chooses the calls: reads anywhere, payments of at most 10,000 each.
@@ -223,3 +228,28 @@ def pay_one_at_a_time(request: ModelRequest) -> ModelReply:
         id=f"call-{paid + 1}", name="finish", arguments=json.dumps({"summary": f"paid {summary}"})
     )
     return ModelReply(tool_calls=(finish,), usage=usage, model="ledger-react")
+
+
+@scripted_model("ledger-review")
+def review_payments(request: ModelRequest) -> ModelReply:
+    """What a reviewing LLM would answer, checked against the world: the goal is met when every
+    payment the run reports is in the ledger (it reads the facts the run sends, then the ledger)."""
+    facts = json.loads(request.messages[-1].content)
+    paid: dict[str, int] = {}
+    for step in facts.get("steps", []):
+        if step.get("tool") == "post_entry" and step.get("done"):
+            account = step["args"]["account"]
+            paid[account] = paid.get(account, 0) + int(step["args"]["amount"])
+    short = [a for a, amount in paid.items() if store.balance(a) < amount]
+    passed = bool(paid) and not short
+    reason = (
+        f"the ledger holds every payment ({len(paid)} accounts)"
+        if passed
+        else f"not in the ledger: {', '.join(short)}"
+        if short
+        else "nothing was paid"
+    )
+    verdict = ToolCallRequest(
+        id="review", name=VERDICT, arguments=json.dumps({"passed": passed, "reason": reason})
+    )
+    return ModelReply(tool_calls=(verdict,), usage=Usage(input_tokens=50, output_tokens=8))
