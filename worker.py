@@ -14,9 +14,11 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.catalog import Catalog, CatalogError
@@ -26,6 +28,7 @@ from activities.tool import calls_in_threads
 from keel import ConnectionFailed, KeelPlugin, connect, task_queue
 from keel.cli import DEFAULT_TOOLS, exit_now, tool_modules
 from keel.codec import AesGcmCodec, CodecError
+from keel.connection import pollers
 from keel.logs import add_logging_args, configure_logging, redact_output
 from keel.telemetry import TracingUnavailable, install_runtime, tracing_plugins
 
@@ -90,9 +93,12 @@ async def serve(args: argparse.Namespace) -> None:
     plugins = [KeelPlugin(catalog, codec=codec), *tracing_plugins("keel-worker")]
     client = await connect(plugins=plugins)
     queue = task_queue(args.task_queue)
+    fingerprint = catalog.fingerprint()
+    await refuse_a_queue_with_another_catalog(client, queue, fingerprint)
     worker = Worker(
         client,
         task_queue=queue,
+        identity=f"{os.getpid()}@{socket.gethostname()} {CATALOG_MARK}{fingerprint}",
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=args.sticky_timeout),
         max_cached_workflows=args.max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=args.shutdown_grace),
@@ -113,6 +119,46 @@ async def serve(args: argparse.Namespace) -> None:
         return
     LOG.info("keel worker stopping")
     await stop_within(worker, running, args.shutdown_grace + CANCEL_GRACE)
+
+
+CATALOG_MARK = "keel-catalog:"  # in each worker's identity, so peers can compare catalogs
+RECENT_POLL = timedelta(seconds=75)  # a live worker polls at least this often (60 s long polls)
+
+
+async def refuse_a_queue_with_another_catalog(client: Client, queue: str, mine: str) -> None:
+    """Workers sharing a task queue must serve the same catalog: otherwise a run is refused or
+    not depending on which worker takes it. A worker that polled within RECENT_POLL with another
+    catalog stops this one, unless it was a process on this host that has exited."""
+    now = datetime.now(UTC)
+    for activities in (False, True):
+        for poller in await pollers(client, queue, activities=activities):
+            _, _, theirs = poller.identity.partition(CATALOG_MARK)
+            seen = poller.last_access_time.ToDatetime(tzinfo=UTC)
+            if not theirs or theirs == mine or now - seen > RECENT_POLL:
+                continue
+            who = poller.identity.split()[0]
+            if _exited_here(who):
+                continue
+            raise CatalogError(
+                f"task queue {queue!r} is served by a worker with another catalog ({who}, "
+                f"catalog {theirs}; this one is {mine}): serve the same tools and agents, or "
+                f"use another --task-queue (a stopped worker on another host is forgotten "
+                f"{RECENT_POLL.seconds} s after its last poll)"
+            )
+
+
+def _exited_here(who: str) -> bool:
+    """Whether `who` ("pid@host") names a process of this host that no longer runs."""
+    pid, _, host = who.partition("@")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 CANCEL_GRACE = 5.0  # seconds cancelled activities get to report before the worker gives up

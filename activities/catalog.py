@@ -11,6 +11,7 @@ worker's verdict on a plan, so an unknown tool is refused before any step runs) 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -226,6 +227,16 @@ class Catalog:
         for policy in agent.approvals.values():
             problems += self._reminder(policy, used)
         return PreparedPlan(tools=used, problems=problems)
+
+    def fingerprint(self) -> str:
+        """A short hash of what this catalog serves (tool specs, agents, scripted planners and
+        models by name): workers on one task queue must agree on it, or a run's outcome would
+        depend on which worker picked it up."""
+        parts = [t.spec.model_dump_json() for _, t in sorted(self.tools.items())]
+        parts += [a.model_dump_json() for _, a in sorted(self.agents.items())]
+        parts += [f"planner:{n}" for n in sorted(self.planners)]
+        parts += [f"model:{n}" for n in sorted(self.models)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
     def check(self) -> None:
         """Refuse, in one CatalogError naming every problem, declarations that would only fail

@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import PollerInfo, TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, Plugin
 from temporalio.envconfig import ClientConfig
 
@@ -40,3 +43,19 @@ async def connect(plugins: Sequence[Plugin] = (), *, address: str | None = None)
             f"cannot reach Temporal at {config['target_host']} "
             f"(is it up? try ./temporal-dev up): {err}"
         ) from err
+
+
+async def pollers(client: Client, queue: str, *, activities: bool = False) -> list[PollerInfo]:
+    """The workers the server saw polling `queue` lately (workflow tasks, or activity tasks),
+    each with its identity and last access time."""
+    kind = (
+        TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
+        if activities
+        else TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW
+    )
+    answer = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace, task_queue=TaskQueue(name=queue), task_queue_type=kind
+        )
+    )
+    return list(answer.pollers)

@@ -14,10 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -30,6 +27,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from keel.connection import pollers
 from workflows.agent import AgentWorkflow
 from workflows.contracts import (
     STATUS_ATTRIBUTE,
@@ -225,18 +223,6 @@ async def get_report(client: Client, run_id: str, execution: str | None = None) 
     return skeleton
 
 
-async def workers_polling(client: Client, task_queue: str) -> int:
-    """How many workers poll `task_queue` for workflow tasks now (as the server saw lately)."""
-    answer = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=client.namespace,
-            task_queue=TaskQueue(name=task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
-    )
-    return len(answer.pollers)
-
-
 NO_WORKER_AFTER = 5.0  # seconds a waiting client lets pass before it checks for a worker
 
 
@@ -265,7 +251,7 @@ async def wait_report(
                 waited = asyncio.get_running_loop().time() - started
                 if not checked and waited >= NO_WORKER_AFTER and on_no_worker is not None:
                     checked = True
-                    if desc.task_queue and await workers_polling(client, desc.task_queue) == 0:
+                    if desc.task_queue and not await pollers(client, desc.task_queue):
                         on_no_worker(
                             f"no worker polls task queue {desc.task_queue!r}; the run waits "
                             f"until one starts (python worker.py --task-queue {desc.task_queue})"

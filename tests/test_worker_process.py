@@ -75,6 +75,41 @@ async def test_sigterm_stops_a_worker_whose_sync_tool_hangs_within_its_grace(
     await dev_client.get_workflow_handle(run_id).terminate("test over")
 
 
+async def test_workers_with_different_catalogs_never_share_a_queue(
+    dev_client: Client, tmp_path: Path
+) -> None:
+    queue = f"catalog-{uuid.uuid4().hex[:8]}"
+    env = {"TEMPORAL_ADDRESS": dev_address(dev_client), "KEEL_TASK_QUEUE": queue}
+    first = WorkerProcess(env, tmp_path / "first.log", "--tools", "examples.ledger")
+    same = WorkerProcess(env, tmp_path / "same.log", "--tools", "examples.ledger")
+    await first.start()
+    try:
+        other = await run(
+            sys.executable,
+            "worker.py",
+            "--tools",
+            "examples.ledger",
+            "tests/sample_tools.py",
+            env=env,
+        )
+        assert other.code == 1, other
+        lines = other.err.strip().splitlines()
+        assert len(lines) == 1, other.err
+        assert lines[0].startswith(
+            f"worker.py: error: task queue '{queue}' is served by a worker with another catalog"
+        )
+        await same.start()  # the same catalog may scale out
+    finally:
+        await first.stop()
+        await same.stop()
+    # Both have exited on this host: a worker with the new catalog may take the queue over.
+    changed = WorkerProcess(
+        env, tmp_path / "changed.log", "--tools", "examples.ledger", "tests/sample_tools.py"
+    )
+    await changed.start()
+    await changed.stop()
+
+
 async def test_unknown_tools_module_is_one_line(dev_client: Client) -> None:
     env = {"TEMPORAL_ADDRESS": dev_address(dev_client)}
     result = await run(sys.executable, "worker.py", "--tools", "no.such.module", env=env)
