@@ -196,6 +196,32 @@ async def test_bad_input_is_one_line(cli_env: dict, args: list[str], expected: s
     one_line_error(await starter(*args, env=cli_env), expected)
 
 
+async def test_an_oversized_goal_or_argument_is_refused_before_starting(
+    cli_env: dict, tmp_path: Path
+) -> None:
+    goal = "Pay alice 1 " + "x" * 16_000
+    one_line_error(
+        await starter("run", "ledger-clerk", "--goal", goal, env=cli_env),
+        "goal: String should have at most 16000 characters",
+    )
+    plan = pay_plan("alice", 1, 1)
+    plan["steps"][0]["args"]["memo"] = "m" * 300_000
+    one_line_error(
+        await starter("run", "--plan", str(write_plan(tmp_path, plan)), env=cli_env),
+        "step 1: arguments of 'post_entry' are 300",
+    )
+
+
+async def test_pending_without_the_status_attribute_says_so(ts_client: Client) -> None:
+    # The time-skipping server has no KeelStatus attribute (nor an operator service to list it).
+    env = {"TEMPORAL_ADDRESS": dev_address(ts_client)}
+    one_line_error(
+        await starter("pending", env=env),
+        "the namespace has no KeelStatus search attribute, so waiting runs cannot be listed; "
+        "register it: temporal operator search-attribute create --name KeelStatus",
+    )
+
+
 async def test_a_wrong_namespace_is_named_not_taken_for_a_missing_run(cli_env: dict) -> None:
     elsewhere = cli_env | {"TEMPORAL_NAMESPACE": "no-such-namespace"}
     one_line_error(
