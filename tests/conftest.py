@@ -96,6 +96,9 @@ async def replay_all(client: Client, runs: list[tuple[str, str | None]]) -> int:
         if workflow_id.startswith(NOT_REPLAYED_PREFIXES):
             continue
         history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        if record := os.environ.get("KEEL_RECORD_HISTORIES"):
+            # How tests/fixtures/histories was made: replayed forever after by test_replay_fixtures.
+            Path(record, f"{workflow_id}.json").write_text(history.to_json())
         # Raises on a non-determinism error; the bound turns a replay that never ends (the
         # replayer can hang after one) into a failure that names the run.
         try:
