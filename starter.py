@@ -68,7 +68,7 @@ from keel.runs import (
 )
 from keel.telemetry import TracingUnavailable, tracing_plugins
 from keel.timeline import format_timeline, timeline
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport
+from workflows.contracts import PLAN_RUNNER, AgentRunInput, Choice, PlanSpec, RunReport
 
 EXIT_CODES = {"DONE": 0, "NOT_DONE": 3, "WAITING_ON_YOU": 4, "RUNNING": 5}
 EXIT_REFUSED = 6
@@ -235,7 +235,13 @@ def edit_args(text: str | None) -> dict[str, Any] | None:
 
 
 async def send_decision(client: Client, args: argparse.Namespace) -> int:
-    choice = {"approve": "approve", "reject": "reject"}.get(args.command) or args.choice
+    choice: Choice = (
+        "approve"
+        if args.command == "approve"
+        else "reject"
+        if args.command == "reject"
+        else args.choice  # argparse offers only the valid choices
+    )
     try:
         answer = await decide(
             client,

@@ -247,10 +247,10 @@ class Catalog:
             problems += self._companions(found.spec, {})
         for agent in self.agents.values():
             for name in agent.tools:
-                if (found := self.tools.get(name)) is None or found.spec.kind != "tool":
+                if (usable := self.tools.get(name)) is None or usable.spec.kind != "tool":
                     problems.append(f"agent {agent.name!r}: unknown tool {name!r}")
             for criterion in agent.acceptance:
-                if (found := self.tools.get(criterion.check)) is None or found.spec.kind != "check":
+                if (check := self.tools.get(criterion.check)) is None or check.spec.kind != "check":
                     problems.append(f"agent {agent.name!r}: unknown check {criterion.check!r}")
             for tool_name, policy in agent.approvals.items():
                 if tool_name not in self.tools:

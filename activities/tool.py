@@ -389,6 +389,16 @@ def tool(
     return wrap(fn) if fn is not None else wrap
 
 
+@overload
+def check(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def check(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    retry: RetrySpec | RetryPolicy | dict[str, Any] | None = None,
+    timeout: timedelta | float = 30.0,
+) -> Callable[[Callable[..., Any]], Tool]: ...
 def check(
     fn: Callable[..., Any] | None = None,
     /,

@@ -315,10 +315,10 @@ def format_report(report: RunReport) -> str:
         lines.append(f"    choices: {', '.join(p.choices)}")
     if report.compensations:
         lines.append("  compensations:")
-        for c in report.compensations:
+        for undo in report.compensations:
             lines.append(
-                f"    step {c.step} {c.compensation}: {c.status}"
-                + (f" ({c.error})" if c.error else "")
+                f"    step {undo.step} {undo.compensation}: {undo.status}"
+                + (f" ({undo.error})" if undo.error else "")
             )
     if report.files_touched:
         lines.append("  files touched: " + ", ".join(report.files_touched))

@@ -68,6 +68,15 @@ def _kind(activity: str, call: Any) -> tuple[Kind, int | None]:
     return "step", step
 
 
+# How an activity ended: the event's attributes field and the outcome it means.
+_ACTIVITY_ENDS = {
+    E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: ("activity_task_completed_event_attributes", "ok"),
+    E.EVENT_TYPE_ACTIVITY_TASK_FAILED: ("activity_task_failed_event_attributes", "failed"),
+    E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: ("activity_task_timed_out_event_attributes", "timed out"),
+    E.EVENT_TYPE_ACTIVITY_TASK_CANCELED: ("activity_task_canceled_event_attributes", "cancelled"),
+}
+
+
 class _Builder:
     def __init__(self, start: datetime) -> None:
         self.start = start
@@ -102,60 +111,65 @@ class _Builder:
     def feed(self, event: HistoryEvent) -> None:
         t = event.event_type
         if t == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            a = event.activity_task_scheduled_event_attributes
-            call = _json(a.input)
-            kind, step = _kind(a.activity_type.name, call)
-            model = call.get("model", {}).get("model") if isinstance(call, dict) else None
-            detail = f"model {model}" if kind == "model" and model else ""
-            self.activities[event.event_id] = self.add(
-                event, kind=kind, name=a.activity_type.name, step=step, detail=detail
-            )
+            self._scheduled(event)
         elif t == E.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            a = event.activity_task_started_event_attributes
-            if entry := self.activities.get(a.scheduled_event_id):
-                entry.attempts = a.attempt
-        elif t == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            a = event.activity_task_completed_event_attributes
-            if entry := self.activities.get(a.scheduled_event_id):
-                self.close(entry, event, "ok")
-                if entry.name == "keel.prepare_plan":
-                    self.learn_tools(_json(a.result))
-        elif t == E.EVENT_TYPE_ACTIVITY_TASK_FAILED:
-            a = event.activity_task_failed_event_attributes
-            if entry := self.activities.get(a.scheduled_event_id):
-                self.close(entry, event, "failed", a.failure.message)
-        elif t == E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
-            a = event.activity_task_timed_out_event_attributes
-            if entry := self.activities.get(a.scheduled_event_id):
-                self.close(entry, event, "timed out", a.failure.message)
-        elif t == E.EVENT_TYPE_ACTIVITY_TASK_CANCELED:
-            a = event.activity_task_canceled_event_attributes
-            if entry := self.activities.get(a.scheduled_event_id):
-                self.close(entry, event, "cancelled")
+            started = event.activity_task_started_event_attributes
+            if entry := self.activities.get(started.scheduled_event_id):
+                entry.attempts = started.attempt
+        elif t in _ACTIVITY_ENDS:
+            self._activity_end(event, *_ACTIVITY_ENDS[t])
         elif t == E.EVENT_TYPE_MARKER_RECORDED:
             self._local_activity(event)
-        elif t == E.EVENT_TYPE_TIMER_STARTED:
-            a = event.timer_started_event_attributes
-            limit = a.start_to_fire_timeout.ToTimedelta()
-            self.timers[a.timer_id] = self.add(
+        elif t in (
+            E.EVENT_TYPE_TIMER_STARTED,
+            E.EVENT_TYPE_TIMER_FIRED,
+            E.EVENT_TYPE_TIMER_CANCELED,
+        ):
+            self._timer(event)
+        elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+            request = event.workflow_execution_update_accepted_event_attributes.accepted_request
+            self._decision(event, request.input.name, _json(request.input.args))
+        elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            signal = event.workflow_execution_signaled_event_attributes
+            self._decision(event, signal.signal_name, _json(signal.input))
+        elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED:
+            self.add(event, kind="decision", name="cancel requested", outcome="ok", duration_s=0)
+        else:
+            self._end(event)
+
+    def _scheduled(self, event: HistoryEvent) -> None:
+        scheduled = event.activity_task_scheduled_event_attributes
+        call = _json(scheduled.input)
+        kind, step = _kind(scheduled.activity_type.name, call)
+        model = call.get("model", {}).get("model") if isinstance(call, dict) else None
+        detail = f"model {model}" if kind == "model" and model else ""
+        self.activities[event.event_id] = self.add(
+            event, kind=kind, name=scheduled.activity_type.name, step=step, detail=detail
+        )
+
+    def _activity_end(self, event: HistoryEvent, field: str, outcome: str) -> None:
+        ended = getattr(event, field)
+        entry = self.activities.get(ended.scheduled_event_id)
+        if entry is None:
+            return
+        failed = outcome in ("failed", "timed out")
+        self.close(entry, event, outcome, ended.failure.message if failed else "")
+        if outcome == "ok" and entry.name == "keel.prepare_plan":
+            self.learn_tools(_json(ended.result))
+
+    def _timer(self, event: HistoryEvent) -> None:
+        t = event.event_type
+        if t == E.EVENT_TYPE_TIMER_STARTED:
+            started = event.timer_started_event_attributes
+            limit = started.start_to_fire_timeout.ToTimedelta()
+            self.timers[started.timer_id] = self.add(
                 event, kind="wait", name="waiting (deadline or reminder)", detail=f"up to {limit}"
             )
         elif t == E.EVENT_TYPE_TIMER_FIRED:
             if entry := self.timers.get(event.timer_fired_event_attributes.timer_id):
                 self.close(entry, event, "time passed")
-        elif t == E.EVENT_TYPE_TIMER_CANCELED:
-            if entry := self.timers.get(event.timer_canceled_event_attributes.timer_id):
-                self.close(entry, event, "answered")
-        elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
-            request = event.workflow_execution_update_accepted_event_attributes.accepted_request
-            self._decision(event, request.input.name, _json(request.input.args))
-        elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
-            a = event.workflow_execution_signaled_event_attributes
-            self._decision(event, a.signal_name, _json(a.input))
-        elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED:
-            self.add(event, kind="decision", name="cancel requested", outcome="ok", duration_s=0)
-        else:
-            self._end(event)
+        elif entry := self.timers.get(event.timer_canceled_event_attributes.timer_id):
+            self.close(entry, event, "answered")
 
     def _local_activity(self, event: HistoryEvent) -> None:
         """A local activity (a local tool, a local model, the worker's check of the plan) is

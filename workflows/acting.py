@@ -206,11 +206,10 @@ class ActingMixin:
         self._preambles.add(preamble)
         used = report.used
         cost = ref.cost(reply.usage.input_tokens, reply.usage.output_tokens)
-        tags = {"model": ref.label}
-        count("model_calls", agent.name, **tags)
-        count("model_input_tokens", agent.name, reply.usage.input_tokens, **tags)
-        count("model_output_tokens", agent.name, reply.usage.output_tokens, **tags)
-        count("model_cost_microdollars", agent.name, round(cost * 1e6), **tags)
+        count("model_calls", agent.name, model=ref.label)
+        count("model_input_tokens", agent.name, reply.usage.input_tokens, model=ref.label)
+        count("model_output_tokens", agent.name, reply.usage.output_tokens, model=ref.label)
+        count("model_cost_microdollars", agent.name, round(cost * 1e6), model=ref.label)
         used.model_calls += 1
         used.input_tokens += reply.usage.input_tokens
         used.output_tokens += reply.usage.output_tokens

@@ -10,7 +10,7 @@ with workflow.unsafe.imports_passed_through():
 
 
 def audit(report: RunReport, **fields: object) -> None:
-    report.audit.append(AuditEntry(at=workflow.now(), **fields))  # type: ignore[arg-type]
+    report.audit.append(AuditEntry.model_validate({"at": workflow.now(), **fields}))
     if len(report.audit) > audit_kept():
         del report.audit[0]
         report.audit_dropped += 1
