@@ -33,9 +33,9 @@ from tests.conftest import dev_address, keel_worker
 from tests.processes import WorkerProcess, starter
 from tests.test_approvals import waiting
 from workflows import AgentWorkflow
-from workflows.acting import extended
 from workflows.authz import authorize, grant_covers
 from workflows.bounds import PAYLOAD_LIMIT, fit, json_size
+from workflows.budgets import extended
 from workflows.contracts import (
     PLAN_RUNNER,
     AgentRunInput,

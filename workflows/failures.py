@@ -41,3 +41,8 @@ def attempts_made(err: ActivityError, spec: ToolSpec) -> int:
     if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
         return spec.retry.max_attempts
     return 1
+
+
+class Unwind(Exception):
+    """The run stops here: its completed writes are compensated and it ends NOT_DONE with this
+    message as the reason (a spent budget, a rejected step, a model that cannot go on, ...)."""

@@ -28,10 +28,10 @@ with workflow.unsafe.imports_passed_through():
         RetrySpec,
         SagaEntry,
         ToolCall,
-        ToolOutput,
         ToolSpec,
     )
-    from workflows.failures import attempts_made, describe_failure, retry_policy
+    from workflows.failures import attempts_made, describe_failure
+    from workflows.tool_calls import start_call
     from workflows.tracing import annotate, span
 
 DEFAULT_COMPENSATION = ToolSpec(
@@ -90,15 +90,11 @@ class Saga:
         state = CompensationState(
             step=entry.step, tool=entry.tool, compensation=entry.compensation, status="done"
         )
+        # The same activity options as every tool call (a cancel waits for the call to stop),
+        # always as a regular activity, under the compensation's own name.
+        undo = spec.model_copy(update={"name": entry.compensation, "local": False})
         try:
-            out = await workflow.execute_activity(
-                entry.compensation,
-                call,
-                result_type=ToolOutput,
-                start_to_close_timeout=spec.timeout,
-                heartbeat_timeout=spec.heartbeat,
-                retry_policy=retry_policy(spec.retry),
-            )
+            out = await start_call(undo, call)
             state.attempts = out.attempt
         except ActivityError as err:
             state.status = "failed"

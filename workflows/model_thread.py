@@ -1,0 +1,189 @@
+"""ModelThread: the run's conversations with its models. Each kind of call (plan, act, verify)
+is a thread: only what was added since its previous call travels, with that call's context
+reference, so history grows by the new messages only. Every call is admitted by the budget
+first, and counted (usage, cost, metrics) when it returns.
+
+    reply = await thread.ask("act", schemas, system, thread.turns)
+    plan = await thread.plan(tools)          # the plan route
+    review = await thread.review()           # the verify route
+"""
+
+from __future__ import annotations
+
+import json
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.budgets import BudgetKeeper
+    from workflows.contracts import PROGRESS_KEPT, AcceptanceState, PlanSpec, ToolSpec
+    from workflows.failures import Unwind
+    from workflows.loop import (
+        PLAN_SCHEMA,
+        VERDICT_SCHEMA,
+        PlanDraft,
+        Verdict,
+        plan_prompt,
+        review_prompt,
+        single_call,
+    )
+    from workflows.metrics import count
+    from workflows.model_contracts import (
+        Message,
+        ModelCallRecord,
+        ModelRef,
+        ModelReply,
+        ModelRequest,
+        StepKind,
+        ToolSchema,
+        preamble_ref,
+    )
+    from workflows.routing import ModelsExhausted, ask_route
+    from workflows.run_state import RunState
+    from workflows.tracing import annotate, span
+
+
+class ModelThread:
+    def __init__(self, state: RunState, budget: BudgetKeeper) -> None:
+        self.state = state
+        self.budget = budget
+        self.turns: list[Message] = []  # the act thread: goal, answers, tool results
+        self.threads: dict[str, tuple[str | None, int]] = {}  # kind: (context ref, turns sent)
+        self.preambles: set[str] = set()  # system prompts + tool schemas stored this run
+        self.turn = 0  # act turns taken, across continuations
+        carry = state.run.carry
+        if carry is not None:
+            self.turns = list(carry.turns)
+            self.threads = {kind: (ref, 0) for kind, ref in carry.threads.items()}
+            self.turn = carry.turn
+
+    async def ask(
+        self, kind: StepKind, tools: tuple[ToolSchema, ...], system: str, turns: list[Message]
+    ) -> ModelReply:
+        """One model call on `kind`'s route (falling back along it); the reply joins `turns`."""
+        agent = self.state.agent
+        route = getattr(agent.routes, kind) or agent.routes.act
+        assert route is not None
+        await self.budget.admit("model")
+        context_ref, sent = self.threads.get(kind, (None, 0))
+        added = tuple(turns[sent:])
+        # The system prompt and tool schemas travel in full until a call has stored them, then
+        # by reference (a new run after continue-as-new sends them once more).
+        preamble = preamble_ref(system, tools)
+        stored = preamble in self.preambles
+
+        def request_for(ref: ModelRef) -> ModelRequest:
+            return ModelRequest(
+                agent=agent.name,
+                kind=kind,
+                model=ref,
+                messages=added,
+                tools=() if stored else tools,
+                context_ref=context_ref,
+                system="" if stored else system,
+                policy=agent.loop,
+                preamble_ref=preamble,
+            )
+
+        with span("model_call", kind=kind, run_id=self.state.report.run_id) as current:
+            try:
+                reply, ref, fallbacks = await ask_route(route, request_for)
+            except ModelsExhausted as err:
+                annotate(current, outcome="exhausted")
+                raise Unwind(str(err)) from None
+            annotate(
+                current,
+                model=ref.label,
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
+                cost=ref.cost(reply.usage.input_tokens, reply.usage.output_tokens),
+                fallbacks=len(fallbacks),
+                outcome="ok",
+            )
+        # The model's answer joins the conversation here; the model activity stored the same
+        # message with its context, so it counts as sent.
+        turns.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
+        self.threads[kind] = (reply.context_ref, len(turns))
+        self.preambles.add(preamble)
+        self._count(kind, reply, ref, fallbacks)
+        return reply
+
+    def _count(
+        self, kind: StepKind, reply: ModelReply, ref: ModelRef, fallbacks: list[str]
+    ) -> None:
+        report, agent = self.state.report, self.state.agent
+        used = report.used
+        cost = ref.cost(reply.usage.input_tokens, reply.usage.output_tokens)
+        count("model_calls", agent.name, model=ref.label)
+        count("model_input_tokens", agent.name, reply.usage.input_tokens, model=ref.label)
+        count("model_output_tokens", agent.name, reply.usage.output_tokens, model=ref.label)
+        count("model_cost_microdollars", agent.name, round(cost * 1e6), model=ref.label)
+        used.model_calls += 1
+        used.input_tokens += reply.usage.input_tokens
+        used.output_tokens += reply.usage.output_tokens
+        used.cost = round(used.cost + cost, 6)
+        report.model_calls.append(
+            ModelCallRecord(
+                kind=kind,
+                model=ref.label,
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
+                cost=round(cost, 6),
+                latency_ms=reply.latency_ms,
+                fallbacks=fallbacks,
+            )
+        )
+        del report.model_calls[:-PROGRESS_KEPT]
+
+    def feed_back(
+        self, problems: list[tuple[str, str]], turns: list[Message] | None = None
+    ) -> None:
+        """Tell the model what was wrong with its answer (as the refused call's result)."""
+        into = self.turns if turns is None else turns
+        for call_id, message in problems:
+            if call_id:
+                into.append(Message(role="tool", content=message, tool_call_id=call_id))
+            else:
+                into.append(Message(role="user", content=message))
+
+    async def plan(self, tools: dict[str, ToolSpec]) -> PlanSpec:
+        """The plan route: the model submits the whole plan, checked here before it is used."""
+        agent, goal = self.state.agent, self.state.run.goal
+        offered = [tools[name] for name in agent.tools if name in tools]
+        system = plan_prompt(goal, agent.prompt, offered)
+        turns = [Message(role="user", content=goal)]
+        for _ in range(agent.budget.max_malformed + 1):
+            reply = await self.ask("plan", (PLAN_SCHEMA,), system, turns)
+            draft, problems = single_call(reply, PLAN_SCHEMA, PlanDraft)
+            if draft is not None:
+                unknown = sorted({s.tool for s in draft.steps} - set(agent.tools))
+                if not unknown:
+                    self.state.log(f"model planned {len(draft.steps)} step(s)")
+                    return PlanSpec(goal=goal, steps=draft.steps, acceptance=draft.acceptance)
+                call_id = reply.tool_calls[0].id
+                problems = [(call_id, f"steps use tools the agent does not have: {unknown}")]
+            self.state.log(f"plan refused: {problems[0][1]}")
+            self.feed_back(problems, turns)
+        raise Unwind(f"the model gave no valid plan in {agent.budget.max_malformed + 1} answers")
+
+    async def review(self) -> AcceptanceState:
+        """The verify route: a model reads what was done and says whether the goal is met."""
+        report, agent = self.state.report, self.state.agent
+        done = [
+            {"step": s.index, "tool": s.tool, "args": s.args, "done": s.done, "result": s.result}
+            for s in report.steps
+        ]
+        checks = [{"criterion": c.criterion, "passed": c.passed} for c in report.acceptance]
+        facts = json.dumps({"steps": done, "acceptance": checks}, default=str)
+        system = review_prompt(self.state.run.goal, agent.prompt)
+        turns = [Message(role="user", content=facts[: agent.loop.result_chars])]
+        state = AcceptanceState(criterion="a model's review of the result", check="model:verify")
+        for _ in range(agent.budget.max_malformed + 1):
+            reply = await self.ask("verify", (VERDICT_SCHEMA,), system, turns)
+            verdict, problems = single_call(reply, VERDICT_SCHEMA, Verdict)
+            if verdict is not None:
+                state.passed, state.detail = verdict.passed, verdict.reason
+                return state
+            self.feed_back(problems, turns)
+        state.passed, state.detail = False, "the reviewing model gave no valid verdict"
+        return state

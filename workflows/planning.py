@@ -1,0 +1,116 @@
+"""Planner: where a run's agent and plan come from, and the worker's check of them before any
+step runs.
+
+    problem = await planner.resolve_agent()       # the worker's definition of the agent
+    plan = run.plan or await planner.propose()    # a plan route, or keel.propose_plan
+    prepared = await planner.prepare(plan)        # every tool known, arguments valid, sizes fit
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.contracts import (
+        AcceptanceState,
+        AgentRequest,
+        PlanRequest,
+        PlanSpec,
+        PreparedPlan,
+        PrepareRequest,
+        ResolvedAgent,
+        StepState,
+    )
+    from workflows.failures import Unwind
+    from workflows.model_thread import ModelThread
+    from workflows.run_state import RunState
+
+# Keel's own activities (planning, checking a plan or arguments) are cheap and idempotent.
+KEEL_ACTIVITY_TIMEOUT = timedelta(seconds=60)
+KEEL_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+
+
+class Planner:
+    def __init__(self, state: RunState, thread: ModelThread) -> None:
+        self.state = state
+        self.thread = thread
+
+    async def resolve_agent(self) -> str | None:
+        """The worker's definition of the agent replaces the one in the run's input (a client
+        may lower budget limits, nothing else); a continuation's tools are re-read too. Every
+        segment asks again, so a carry forged by a client widens nothing."""
+        state = self.state
+        resolved = await workflow.execute_local_activity(
+            "keel.resolve_agent",
+            AgentRequest(agent=state.agent, tools=sorted(state.tools)),
+            result_type=ResolvedAgent,
+            start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+            retry_policy=KEEL_RETRY,
+        )
+        if resolved.agent is None:
+            return resolved.problem or f"unknown agent {state.agent.name!r}"
+        state.run = state.run.model_copy(update={"agent": resolved.agent})
+        if state.run.carry is None:
+            state.report.budget = resolved.agent.budget
+        else:
+            state.tools = resolved.tools
+        return None
+
+    async def propose(self) -> PlanSpec:
+        """A plan for the goal: from the agent's plan route, else from keel.propose_plan (a
+        scripted planner of the worker)."""
+        run = self.state.run
+        if run.agent.routes.plan is not None:
+            prepared = await self.prepare(None)
+            if prepared.problems:
+                raise Unwind("agent refused: " + "; ".join(prepared.problems))
+            return await self.thread.plan(prepared.tools)
+        self.state.log(f"asking model {run.agent.model!r} for a plan")
+        return await workflow.execute_activity(
+            "keel.propose_plan",
+            PlanRequest(agent=run.agent, goal=run.goal),
+            result_type=PlanSpec,
+            start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+            retry_policy=KEEL_RETRY,
+        )
+
+    def load(self, plan: PlanSpec) -> None:
+        """The plan becomes the run's state: unchecked steps and acceptance criteria."""
+        report = self.state.report
+        report.steps = [
+            StepState(index=i, title=s.title, tool=s.tool, args=s.args)
+            for i, s in enumerate(plan.steps, 1)
+        ]
+        report.acceptance = [
+            AcceptanceState(criterion=c.criterion, check=c.check, args=c.args)
+            for c in plan.acceptance
+        ]
+        self.state.log(
+            f"plan has {len(plan.steps)} steps and {len(plan.acceptance)} acceptance checks"
+        )
+
+    async def prepare(self, plan: PlanSpec | None) -> PreparedPlan:
+        """The worker's check of the plan (or of the agent's tools, with no plan)."""
+        request = PrepareRequest(agent=self.state.agent, plan=plan)
+        # A catalog lookup: a local activity spares a round trip through the server per run.
+        # Runs started before this change replay as they ran. A run resolving its agent is
+        # newer than this patch: asking patched() again after a local activity would put its
+        # marker in another workflow task on replay.
+        if self.state.agent_from_worker or workflow.patched("keel-prepare-local"):
+            return await workflow.execute_local_activity(
+                "keel.prepare_plan",
+                request,
+                result_type=PreparedPlan,
+                start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+                retry_policy=KEEL_RETRY,
+            )
+        return await workflow.execute_activity(
+            "keel.prepare_plan",
+            request,
+            result_type=PreparedPlan,
+            start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+            retry_policy=KEEL_RETRY,
+        )

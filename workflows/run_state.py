@@ -1,0 +1,145 @@
+"""RunState: what a run knows about itself (its input, its report, the tools it may call) and
+the changes every part of the workflow makes the same way: the progress log, the status (memo
+and search attribute), the final report, a skipped step, idempotency keys.
+
+Workflow code: times are workflow time, logs are silent on replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeKey
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.bounds import PAYLOAD_LIMIT, fit, json_size
+    from workflows.contracts import (
+        PROGRESS_KEPT,
+        STATUS_ATTRIBUTE,
+        AgentRunInput,
+        AgentSpec,
+        ProgressEntry,
+        RunReport,
+        RunStatus,
+        StepState,
+        ToolSpec,
+    )
+    from workflows.metrics import count
+
+STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
+
+
+class RunState:
+    def __init__(self, run: AgentRunInput) -> None:
+        self.run = run
+        self.report = RunReport(
+            run_id=workflow.info().workflow_id,
+            agent=run.agent.name,
+            goal=run.goal,
+            budget=run.agent.budget,
+        )
+        self.tools: dict[str, ToolSpec] = {}
+        if run.carry is not None:  # a continuation: the state carries on, the history does not
+            self.report = run.carry.report
+            self.tools = run.carry.tools
+        # Set from the keel-agent-from-worker patch: runs older than it keep their old ways.
+        self.agent_from_worker = False
+        self.segment_steps = 0  # steps run since this run (or continuation) began
+        self.segment_audit_start = self.report.audit_dropped + len(self.report.audit)
+
+    @property
+    def agent(self) -> AgentSpec:
+        return self.run.agent
+
+    def log(self, message: str, **fields: str | int | None) -> None:
+        """One progress entry, and one log line carrying `fields` (step, event, outcome)."""
+        progress = self.report.progress
+        progress.append(ProgressEntry(at=workflow.now(), message=message))
+        if len(progress) > PROGRESS_KEPT:
+            # Bounded so the report (query result and final result) stays far below 2 MB.
+            del progress[0]
+            self.report.progress_dropped += 1
+        # workflow.logger stays silent during replay: a decision is logged once.
+        workflow.logger.info(message, extra={k: v for k, v in fields.items() if v is not None})
+
+    def set_status(self, status: RunStatus) -> None:
+        self.report.status = status
+        pending = self.report.pending
+        # The memo says what the run waits for, readable with no worker running (describe).
+        workflow.upsert_memo({"pending": pending.model_dump(mode="json") if pending else None})
+        if self.run.status_attribute:
+            workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
+
+    def finish(self, status: RunStatus, reason: str) -> RunReport:
+        self.set_status(status)
+        self.report.reason = reason
+        self.log(f"{status}: {reason}", event="final", outcome=status)
+        out = self.payload(final=status != "WAITING_ON_YOU")
+        if out.status != status:  # the report could not fit: the run ends NOT_DONE
+            self.set_status(out.status)
+            self.report.reason = out.reason
+        if status != "WAITING_ON_YOU":
+            count("runs_finished", self.agent.name, status=out.status)
+        return out
+
+    def payload(self, final: bool = False) -> RunReport:
+        """The report as it may leave the workflow: within PAYLOAD_LIMIT (workflows.bounds).
+        One that cannot fit is cut to its summary, and a run ending with it is NOT_DONE."""
+        self.report.resume_notes = self.resume_notes()
+        report = self.report.compacted()
+        fitted = fit(report, keep_saga=False)
+        if fitted is not None:
+            return fitted
+        status = "NOT_DONE" if final else report.status
+        why = f"its report ({json_size(report)} bytes) is over the {PAYLOAD_LIMIT}-byte limit"
+        return RunReport(
+            run_id=report.run_id,
+            agent=report.agent,
+            goal=report.goal,
+            status=status,
+            reason=f"{report.reason}; {why}: only this summary is kept (see starter.py show)",
+            budget=report.budget,
+            used=report.used,
+            steps_dropped=report.step_total,
+            steps_dropped_done=report.steps_done,
+            continued=report.continued,
+        )
+
+    def resume_notes(self) -> str:
+        report = self.report
+        done = f"{report.steps_done}/{report.step_total} steps done"
+        nxt = report.next_step
+        if report.status == "DONE":
+            return f"finished: {done}; nothing to resume"
+        if report.pending is not None:
+            return f"{done}; waiting on {report.pending.request_id}"
+        if nxt is None:
+            return f"{done}; acceptance checks next"
+        where = f"step {nxt.index} '{nxt.title}' ({nxt.tool})"
+        if report.status == "NOT_DONE":
+            return f"{done}; stopped at {where}"
+        return f"{done}; resumes at {where}"
+
+    def skip(self, step: StepState, why: str) -> None:
+        step.skipped = True
+        step.finished_at = workflow.now()
+        self.log(f"step {step.index} {why}")
+
+    def key(self, suffix: str) -> str:
+        """An idempotency key: the same on every retry, after a crash and (unless the rerun
+        asks for keys of its own) when a closed run's id is started again."""
+        info = workflow.info()
+        if not self.agent_from_worker:
+            # Runs started before reruns existed keep their keys (run id per execution).
+            return f"{info.workflow_id}:{info.first_execution_run_id}:{suffix}"
+        scope = f"{self.run.key_scope}:" if self.run.key_scope else ""
+        return f"{info.workflow_id}:{scope}{suffix}"
+
+    @staticmethod
+    def stop_if_cancelled() -> None:
+        # A tool call waits for its activity to stop when the run is cancelled; one that
+        # finished anyway returns normally (its write is on the saga stack), so the run has to
+        # notice the cancel request itself rather than start the next step.
+        if workflow.cancellation_reason() is not None:
+            raise asyncio.CancelledError

@@ -1,0 +1,69 @@
+"""Calling a tool from workflow code: one set of activity options for every tool, check and
+compensation, and the call a cancel cannot lose.
+
+    out = await call_tool(state, spec, step=3, args={"account": "ann", "amount": 5})
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.contracts import ToolCall, ToolOutput, ToolSpec
+    from workflows.failures import retry_policy
+    from workflows.run_state import RunState
+
+# A cancelled run compensates only once the in-flight call has stopped: with TRY_CANCEL a
+# write still running could land after its compensation.
+WAIT_FOR_IT = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+
+
+def start_call(spec: ToolSpec, call: ToolCall) -> workflow.ActivityHandle[ToolOutput]:
+    """Start `spec`'s activity with `call`: its timeout, heartbeat and bounded retry policy,
+    as a local activity when the tool is declared local=True."""
+    if spec.local:
+        return workflow.start_local_activity(
+            spec.name,
+            call,
+            result_type=ToolOutput,
+            start_to_close_timeout=spec.timeout,
+            retry_policy=retry_policy(spec.retry),
+            cancellation_type=WAIT_FOR_IT,
+        )
+    return workflow.start_activity(
+        spec.name,
+        call,
+        result_type=ToolOutput,
+        start_to_close_timeout=spec.timeout,
+        heartbeat_timeout=spec.heartbeat,
+        retry_policy=retry_policy(spec.retry),
+        cancellation_type=WAIT_FOR_IT,
+    )
+
+
+async def call_tool(state: RunState, spec: ToolSpec, step: int, args: dict[str, Any]) -> ToolOutput:
+    """Run one call of a tool (or check) for `step` and return what it did, even when the run
+    is cancelled while the call is in flight."""
+    call = ToolCall(
+        run_id=workflow.info().workflow_id,
+        step=step,
+        args=args,
+        idempotency_key=state.key(str(step)),
+        grants=list(state.agent.grants) if spec.kind == "tool" else None,
+    )
+    handle = start_call(spec, call)
+    try:
+        # Shielded: a cancel of the run must not reach the call before we know whether it
+        # completed. Its completion may arrive in the same activation as the cancel, and a
+        # write that landed must be recorded (so it is compensated), never dropped.
+        return await asyncio.shield(handle)
+    except asyncio.CancelledError:
+        await workflow.wait_condition(lambda: True)  # let this activation's results land
+        if not handle.done():
+            handle.cancel()  # still in flight: ask it to stop and wait for what it did
+        # Its result if it completed (the run notices the cancel before its next call),
+        # else the activity's cancellation error.
+        return await handle
