@@ -33,10 +33,13 @@ from activities.tool import Tool
 from workflows.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
 from workflows.contracts import (
     PLAN_RUNNER,
+    AgentLoop,
     AgentRequest,
     AgentSpec,
     ApprovalPolicy,
     ArgsCheck,
+    ModelReply,
+    ModelRequest,
     PlanRequest,
     PlanSpec,
     PreparedPlan,
@@ -44,7 +47,6 @@ from workflows.contracts import (
     ResolvedAgent,
     ToolSpec,
 )
-from workflows.model_contracts import AgentLoop, ModelReply, ModelRequest
 
 
 def explain(err: ValidationError) -> str:

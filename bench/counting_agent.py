@@ -8,11 +8,11 @@ import json
 
 from activities import scripted_model
 from activities.models.scripted import ScriptedModel
-from workflows.contracts import AgentSpec, Grant
-from workflows.loop import results_seen
-from workflows.model_contracts import (
+from workflows.contracts import (
     AgentLoop,
+    AgentSpec,
     Budget,
+    Grant,
     ModelRef,
     ModelReply,
     ModelRequest,
@@ -21,6 +21,7 @@ from workflows.model_contracts import (
     ToolCallRequest,
     Usage,
 )
+from workflows.loop import results_seen
 
 
 def counting_agent(name: str, tool_name: str) -> tuple[ScriptedModel, AgentSpec]:

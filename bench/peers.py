@@ -41,11 +41,14 @@ from activities import Catalog
 from keel import KeelPlugin
 from keel.devserver import add_server_default_flag, start_dev_server
 from workflows import AgentWorkflow
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
-from workflows.model_contracts import (
+from workflows.contracts import (
+    PLAN_RUNNER,
+    AgentRunInput,
     ModelRef,
+    PlanSpec,
     Route,
     Routes,
+    StepSpec,
 )
 
 next_noop, REACT = counting_agent("bench-peers", "noop")

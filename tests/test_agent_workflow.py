@@ -19,7 +19,7 @@ from keel.runs import audit_trail, segment_histories
 from keel.timeline import timeline
 from tests import sample_tools
 from tests.conftest import keel_worker
-from workflows import AgentWorkflow, contracts
+from workflows import AgentWorkflow
 from workflows.contracts import (
     PLAN_RUNNER,
     AcceptanceSpec,
@@ -30,6 +30,7 @@ from workflows.contracts import (
     RunReport,
     StepSpec,
 )
+from workflows.contracts import base as contract_limits
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 
@@ -385,7 +386,7 @@ async def test_a_long_plan_continues_as_new_and_stays_one_run(
     ts_client: Client, ledger_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The report keeps the newest 8 settled steps in full (200 by default) and counts the rest.
-    monkeypatch.setattr(contracts, "STEPS_KEPT", 8)
+    monkeypatch.setattr(contract_limits, "STEPS_KEPT", 8)
     steps = [pay(f"w{i}", i) for i in range(1, 31)]
     accept = [posted("w30", 30)]
     agent = PLAN_RUNNER.model_copy(update={"name": "long-planner", "max_history_events": 60})
@@ -419,7 +420,7 @@ async def test_the_whole_audit_trail_survives_continue_as_new(
 ) -> None:
     # The report keeps the newest 6 audit entries here (1000 by default); the run continues as
     # new before 3 new entries pile up, so each entry is in some segment's carry.
-    monkeypatch.setattr(contracts, "AUDIT_KEPT", 6)
+    monkeypatch.setattr(contract_limits, "AUDIT_KEPT", 6)
     steps = [pay(f"a{i}", i) for i in range(1, 21)]
     async with keel_worker(dev_client, CATALOG) as queue:
         # Replayed here, with the lowered limit its continuations depended on.
@@ -458,7 +459,7 @@ async def test_a_run_continues_as_new_by_history_size_too(
 async def test_an_agent_acting_step_by_step_continues_as_new_with_its_context(
     ts_client: Client, ledger_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(contracts, "STEPS_KEPT", 5)
+    monkeypatch.setattr(contract_limits, "STEPS_KEPT", 5)
     names = [f"p{letter}" for letter in "abcdefghijkl"]  # the clerk's words: NAME AMOUNT
     goal = "Pay " + " and ".join(f"{name} {i}" for i, name in enumerate(names, 1))
     agent = ledger.ledger_agent.model_copy(

@@ -38,10 +38,12 @@ from workflows.bounds import PAYLOAD_LIMIT, fit, json_size
 from workflows.budgets import extended
 from workflows.contracts import (
     PLAN_RUNNER,
+    AgentLoop,
     AgentRunInput,
     AgentSpec,
     ApprovalPolicy,
     ArgRule,
+    Budget,
     Decision,
     Grant,
     PlanSpec,
@@ -49,7 +51,6 @@ from workflows.contracts import (
     StepSpec,
     StepState,
 )
-from workflows.model_contracts import AgentLoop, Budget
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 STATEMENT = CATALOG.tools["write_statement"].spec

@@ -38,25 +38,23 @@ from tests.model_server import (
 from workflows import AgentWorkflow
 from workflows.contracts import (
     AcceptanceSpec,
+    AgentLoop,
     AgentRunInput,
     AgentSpec,
+    Budget,
     Decision,
     Grant,
-    RunReport,
-    ToolCall,
-    ToolOutput,
-)
-from workflows.loop import REPEATS_CARRIED, context, recent_repeats, results_seen
-from workflows.model_contracts import (
-    AgentLoop,
-    Budget,
     Message,
     ModelRef,
     ModelRetry,
     Route,
     Routes,
+    RunReport,
+    ToolCall,
     ToolCallRequest,
+    ToolOutput,
 )
+from workflows.loop import REPEATS_CARRIED, context, recent_repeats, results_seen
 
 CATALOG = Catalog.from_modules([ledger])
 KEY_ENV = "KEEL_TEST_MODEL_KEY"

@@ -29,14 +29,16 @@ from workflows.contracts import (
     AgentSpec,
     ApprovalPolicy,
     ArgRule,
+    Budget,
     Decision,
     Grant,
     PlanSpec,
+    Route,
+    Routes,
     SecretRef,
     StepSpec,
     ToolCall,
 )
-from workflows.model_contracts import Budget, Route, Routes
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 READER = (Grant(scope="ledger:read:*"), Grant(scope="notes:read:*"))

@@ -15,11 +15,10 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from workflows.continuation import Continuation
-    from workflows.contracts import Decision, StepState
+    from workflows.contracts import ASK_HUMAN, Decision, Message, StepState
     from workflows.failures import Unwind
     from workflows.gate import HumanGate
     from workflows.loop import Action, call_key, parse_actions, system_prompt, tool_schemas
-    from workflows.model_contracts import ASK_HUMAN, Message
     from workflows.model_thread import ModelThread
     from workflows.run_state import RunState
     from workflows.steps import StepRunner

@@ -18,10 +18,10 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.contracts import NARROWABLE_LIMITS, Budget
     from workflows.failures import Unwind
     from workflows.gate import HumanGate
     from workflows.loop import budget_problem
-    from workflows.model_contracts import NARROWABLE_LIMITS, Budget
     from workflows.run_state import RunState
 
 EXTENDABLE_LIMITS = (*NARROWABLE_LIMITS, "max_repeats", "max_malformed", "max_denials")

@@ -15,16 +15,19 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workflows.contracts import MAX_STEPS, AcceptanceSpec, StepSpec, ToolSpec
-from workflows.model_contracts import (
+from workflows.contracts import (
     ASK_HUMAN,
     FINISH,
+    MAX_STEPS,
+    AcceptanceSpec,
     AgentLoop,
     Budget,
     BudgetUsed,
     Message,
     ModelReply,
+    StepSpec,
     ToolSchema,
+    ToolSpec,
 )
 
 ACTION_SCHEMAS = (

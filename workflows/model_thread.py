@@ -16,7 +16,20 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from workflows.budgets import BudgetKeeper
-    from workflows.contracts import PROGRESS_KEPT, AcceptanceState, PlanSpec, ToolSpec
+    from workflows.contracts import (
+        PROGRESS_KEPT,
+        AcceptanceState,
+        Message,
+        ModelCallRecord,
+        ModelRef,
+        ModelReply,
+        ModelRequest,
+        PlanSpec,
+        StepKind,
+        ToolSchema,
+        ToolSpec,
+        preamble_ref,
+    )
     from workflows.failures import Unwind
     from workflows.loop import (
         PLAN_SCHEMA,
@@ -28,16 +41,6 @@ with workflow.unsafe.imports_passed_through():
         single_call,
     )
     from workflows.metrics import count
-    from workflows.model_contracts import (
-        Message,
-        ModelCallRecord,
-        ModelRef,
-        ModelReply,
-        ModelRequest,
-        StepKind,
-        ToolSchema,
-        preamble_ref,
-    )
     from workflows.routing import ModelsExhausted, ask_route
     from workflows.run_state import RunState
     from workflows.tracing import annotate, span

@@ -21,14 +21,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.store import BlobCorrupted, BlobStore
-from workflows.loop import context
-from workflows.model_contracts import (
+from workflows.contracts import (
     Message,
     ModelReply,
     ModelRequest,
     ToolSchema,
     preamble_blob,
 )
+from workflows.loop import context
 
 CACHE_SIZE = 256  # conversations this worker served last (the sticky queue sends them back here)
 # Model calls read and write the store in threads (it may be a bucket across the network).

@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.retry import jittered_delay
 from activities.secrets import file_secrets
-from workflows.model_contracts import (
+from workflows.contracts import (
     Message,
     ModelReply,
     ModelRequest,

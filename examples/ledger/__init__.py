@@ -30,21 +30,19 @@ from workflows.contracts import (
     AgentSpec,
     ApprovalPolicy,
     ArgRule,
-    Grant,
-    PlanSpec,
-    StepSpec,
-)
-from workflows.loop import VERDICT, results_seen
-from workflows.model_contracts import (
     Budget,
+    Grant,
     ModelRef,
     ModelReply,
     ModelRequest,
+    PlanSpec,
     Route,
     Routes,
+    StepSpec,
     ToolCallRequest,
     Usage,
 )
+from workflows.loop import VERDICT, results_seen
 
 
 @tool(

@@ -1,9 +1,8 @@
 """Contracts of the model layer: which model answers (routes with fallback), what it is sent,
 what comes back, what it costs, and the budgets that stop a runaway agent.
 
-Pure like contracts.py: workflow code imports it through ``imports_passed_through``. No secret
-is ever a field here: a model names the environment variable that holds its key (`api_key_env`),
-and only the model activity reads it.
+No secret is ever a field here: a model names the environment variable that holds its key
+(`api_key_env`), and only the model activity reads it.
 """
 
 from __future__ import annotations
@@ -15,49 +14,17 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     field_validator,
-    model_serializer,
     model_validator,
 )
+
+from workflows.contracts.base import _Frozen, _Strict, _Wire
 
 Provider = Literal["scripted", "openai", "anthropic"]
 StepKind = Literal["plan", "act", "verify"]
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 FINISH, ASK_HUMAN = "finish", "ask_human"  # the two actions a model takes besides tool calls
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class WireCompact(BaseModel):
-    """Serialized without the fields that hold their default (they come back as defaults when
-    read): for the types that cross the activity boundary at every step, since every byte of
-    them lands in the history once per step."""
-
-    @model_serializer(mode="wrap")
-    def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if not isinstance(data, dict):
-            return data
-        fields = type(self).model_fields
-        return {k: v for k, v in data.items() if k not in fields or not _is_default(self, k)}
-
-
-def _is_default(model: BaseModel, name: str) -> bool:
-    field = type(model).model_fields[name]
-    if field.is_required():
-        return False
-    default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
-    return getattr(model, name) == default
-
-
-class _Wire(_Frozen, WireCompact):
-    pass
 
 
 class ModelRetry(_Frozen):
@@ -165,9 +132,7 @@ NARROWABLE_LIMITS = (
 )
 
 
-class BudgetUsed(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BudgetUsed(_Strict):
     tool_calls: int = 0
     model_calls: int = 0
     input_tokens: int = 0
@@ -246,10 +211,8 @@ class ModelReply(_Wire):
     context_ref: str | None = None  # the conversation including the request's messages
 
 
-class ModelCallRecord(BaseModel):
+class ModelCallRecord(_Strict):
     """One model call in the report: who answered, what it cost, what was tried first."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: StepKind
     model: str

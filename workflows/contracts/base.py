@@ -1,0 +1,77 @@
+"""The base classes every contract shares, and the limits they are built on."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+
+Effect = Literal["read", "write"]
+ToolKind = Literal["tool", "check"]
+RunStatus = Literal["DONE", "NOT_DONE", "WAITING_ON_YOU", "RUNNING"]
+Choice = Literal["approve", "reject", "edit", "retry", "skip", "abort", "extend", "answer"]
+TimeoutAction = Literal["reject", "skip", "abort"]
+STATUS_ATTRIBUTE = "KeelStatus"  # a Keyword search attribute: `starter.py pending` lists by it
+
+TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+DEFAULT_TASK_QUEUE = "keel"
+MAX_STEPS = 1000
+MAX_GOAL_CHARS = 16_000
+PROGRESS_KEPT = 200  # the report keeps the newest entries of the progress log
+# What a continuation carries of what the run has already settled (the carry is recorded twice,
+# as the old segment's last event and the new one's first, and every step stays in its
+# segment's history for `starter.py show`): the newest CARRY_KEPT settled steps, progress
+# entries and model calls, and the audit entries of the segment it ends (at least CARRY_KEPT),
+# so each audit entry is in exactly one carry or the final report (`starter.py audit`).
+CARRY_KEPT = 20
+# Settled steps the report keeps in full; older ones are counted (a run of 10,000 model-chosen
+# steps must fit a 2 MB payload when it continues as new or returns its report).
+STEPS_KEPT = 100
+# The audit trail's newest entries in the report. A run continues as new before AUDIT_KEPT // 2
+# entries pile up in one segment, so every entry is in some segment's carry or in the final
+# report: `starter.py audit` reads them all.
+AUDIT_KEPT = 1000
+
+
+def audit_kept() -> int:
+    """AUDIT_KEPT, read when called (workflow modules are re-imported; this one is shared)."""
+    return AUDIT_KEPT
+
+
+class _Strict(BaseModel):
+    """Refuses unknown keys, so a typo in a plan file is an error rather than a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Frozen(_Strict):
+    """Strict and immutable: specs and policies, shared freely once made."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WireCompact(BaseModel):
+    """Serialized without the fields that hold their default (they come back as defaults when
+    read): for the types that cross the activity boundary at every step, since every byte of
+    them lands in the history once per step."""
+
+    @model_serializer(mode="wrap")
+    def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if not isinstance(data, dict):
+            return data
+        fields = type(self).model_fields
+        return {k: v for k, v in data.items() if k not in fields or not _is_default(self, k)}
+
+
+def _is_default(model: BaseModel, name: str) -> bool:
+    field = type(model).model_fields[name]
+    if field.is_required():
+        return False
+    default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+    return getattr(model, name) == default
+
+
+class _Wire(_Frozen, WireCompact):
+    pass

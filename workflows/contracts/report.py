@@ -1,0 +1,192 @@
+"""Durable plan state and the run report: steps with checkboxes, acceptance, progress, decisions,
+audit, compensations; what the `report` query and the run's result return."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from workflows.contracts import base as limits  # read at call time: tests lower them
+from workflows.contracts.base import (
+    Choice,
+    RunStatus,
+    TimeoutAction,
+    _Strict,
+)
+from workflows.contracts.models import Budget, BudgetUsed, ModelCallRecord
+from workflows.contracts.wire import ResultRef
+
+
+class PendingRequest(_Strict):
+    """What a waiting run waits for: a human's decision on one call."""
+
+    request_id: str
+    kind: Literal["approval", "escalation", "question"]
+    step: int
+    tool: str
+    args_summary: dict[str, Any] = Field(default_factory=dict)
+    args_hash: str
+    reason: str
+    asked_at: datetime
+    deadline: datetime
+    choices: list[Choice]
+    on_timeout: TimeoutAction
+    approvers: list[str] = Field(default_factory=list)
+
+
+class Decision(_Strict):
+    """A human's answer, by update (acknowledged) or by signal (fire and forget)."""
+
+    request_id: str
+    choice: Choice
+    reason: str = ""
+    args: dict[str, Any] | None = None  # with "edit": the arguments to use instead
+    args_hash: str | None = None  # with "approve": binds the approval to the exact call
+    approver: str = ""
+
+
+class DecisionRecord(_Strict):
+    request_id: str
+    choice: Choice | Literal["timeout"]
+    reason: str = ""
+    approver: str = ""
+    at: datetime
+
+
+class AuditEntry(_Strict):
+    """Who did what, when, and what came of it: tool calls, denials, decisions, compensations."""
+
+    at: datetime
+    actor: str  # "agent:NAME", "model:PROVIDER:MODEL", a human approver, or "keel"
+    action: Literal["tool_call", "denied", "decision", "decision_refused", "compensation"]
+    target: str  # the tool, the request id
+    step: int | None = None
+    outcome: str = ""
+    detail: str = ""
+
+
+class SagaEntry(_Strict):
+    """A completed write and what undoes it."""
+
+    step: int
+    tool: str
+    compensation: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+
+
+class CompensationState(_Strict):
+    step: int
+    tool: str
+    compensation: str
+    status: Literal["done", "failed", "skipped"]
+    attempts: int = 0
+    error: str | None = None
+
+
+class StepState(_Strict):
+    index: int
+    title: str
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    done: bool = False
+    skipped: bool = False
+    attempts: int = 0
+    result: Any = None
+    result_ref: ResultRef | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class AcceptanceState(_Strict):
+    criterion: str
+    check: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    passed: bool | None = None
+    detail: str = ""
+
+
+class ProgressEntry(_Strict):
+    at: datetime
+    message: str
+
+
+class RunReport(_Strict):
+    """The run's machine-readable state: returned by the query, the result and `status --json`."""
+
+    run_id: str
+    agent: str
+    goal: str
+    status: RunStatus = "RUNNING"
+    reason: str = ""
+    verified: bool = False
+    steps: list[StepState] = Field(default_factory=list)
+    steps_dropped: int = 0  # settled steps older than the newest STEPS_KEPT, counted only
+    steps_dropped_done: int = 0  # of those, the ones done (the rest were skipped)
+    progress: list[ProgressEntry] = Field(default_factory=list)
+    progress_dropped: int = 0
+    files_touched: list[str] = Field(default_factory=list)
+    acceptance: list[AcceptanceState] = Field(default_factory=list)
+    pending: PendingRequest | None = None
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+    saga: list[SagaEntry] = Field(default_factory=list)
+    compensations: list[CompensationState] = Field(default_factory=list)
+    budget: Budget = Budget()
+    used: BudgetUsed = Field(default_factory=BudgetUsed)
+    model_calls: list[ModelCallRecord] = Field(default_factory=list)  # the newest PROGRESS_KEPT
+    summary: str = ""  # what the model said when it finished
+    continued: int = 0  # times the run continued as new
+    audit: list[AuditEntry] = Field(default_factory=list)  # the newest AUDIT_KEPT
+    audit_dropped: int = 0
+    resume_notes: str = ""
+
+    @property
+    def next_step(self) -> StepState | None:
+        return next((s for s in self.steps if not s.done and not s.skipped), None)
+
+    @property
+    def step_total(self) -> int:
+        """Steps so far, the dropped ones included: the next step's index is this plus one."""
+        return self.steps_dropped + len(self.steps)
+
+    @property
+    def steps_done(self) -> int:
+        return self.steps_dropped_done + sum(s.done for s in self.steps)
+
+    def carried(self, segment_audit_start: int) -> RunReport:
+        """The report a continuation carries (see CARRY_KEPT); `segment_audit_start` is the
+        audit count (kept and dropped) when the segment began."""
+        report = self.compacted(min(limits.CARRY_KEPT, limits.STEPS_KEPT))
+        progress_cut = max(0, len(report.progress) - limits.CARRY_KEPT)
+        new_audit = report.audit_dropped + len(report.audit) - segment_audit_start
+        audit_cut = max(0, len(report.audit) - max(new_audit, limits.CARRY_KEPT))
+        return report.model_copy(
+            update={
+                "progress": report.progress[progress_cut:],
+                "progress_dropped": report.progress_dropped + progress_cut,
+                "model_calls": report.model_calls[-limits.CARRY_KEPT :],
+                "audit": report.audit[audit_cut:],
+                "audit_dropped": report.audit_dropped + audit_cut,
+            }
+        )
+
+    def compacted(self, keep: int | None = None) -> RunReport:
+        """This report with only the newest `keep` (STEPS_KEPT) settled steps in full: a step
+        still to run is never dropped, so a run resumes from the compacted report alone."""
+        excess = len(self.steps) - (limits.STEPS_KEPT if keep is None else keep)
+        dropped = 0
+        while dropped < excess and (self.steps[dropped].done or self.steps[dropped].skipped):
+            dropped += 1
+        if dropped == 0:
+            return self
+        gone = self.steps[:dropped]
+        return self.model_copy(
+            update={
+                "steps": self.steps[dropped:],
+                "steps_dropped": self.steps_dropped + dropped,
+                "steps_dropped_done": self.steps_dropped_done + sum(s.done for s in gone),
+            }
+        )

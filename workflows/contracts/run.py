@@ -1,0 +1,47 @@
+"""A run's input, and what a run hands its own continuation."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from workflows.contracts.base import MAX_GOAL_CHARS, _Strict
+from workflows.contracts.models import Message
+from workflows.contracts.plan import AgentSpec, PlanSpec
+from workflows.contracts.policy import ToolSpec
+from workflows.contracts.report import RunReport
+
+
+class AgentRunInput(_Strict):
+    """The workflow's input: small, and free of secrets (those travel as references).
+
+    The worker is the authority on agents: it resolves `agent` by name from its own catalog
+    (keel.resolve_agent) and takes nothing else from it but budget limits lower than its own.
+    """
+
+    agent: AgentSpec
+    # The goal travels in every segment's input and report: long material goes by reference.
+    goal: str = Field(min_length=1, max_length=MAX_GOAL_CHARS)
+    plan: PlanSpec | None = None
+    # Upsert the KeelStatus search attribute (the namespace must have it registered).
+    status_attribute: bool = False
+    # Idempotency keys are the run id and the step (stable when a closed run's id is started
+    # again with --rerun, so a write that completed is not repeated); a scope gives a rerun
+    # keys of its own (--rerun --new-keys).
+    key_scope: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    # Set by the run itself when it continues as new: the state it carries on with.
+    carry: RunCarry | None = None
+
+
+class RunCarry(_Strict):
+    """What a run hands to its continuation: the plan state, not the history behind it."""
+
+    report: RunReport
+    tools: dict[str, ToolSpec] = Field(default_factory=dict)
+    turns: list[Message] = Field(default_factory=list)  # the model has not seen these yet
+    threads: dict[str, str | None] = Field(default_factory=dict)  # model context references
+    repeats: dict[str, int] = Field(default_factory=dict)
+    asked: int = 0
+    turn: int = 0
+
+
+AgentRunInput.model_rebuild()  # RunCarry is defined after it

@@ -1,0 +1,94 @@
+"""What crosses the activity boundary: tool calls and their outputs, and the requests of Keel's
+own activities (planning, checking a plan, resolving an agent)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from workflows.contracts.base import WireCompact, _Strict
+from workflows.contracts.plan import AgentSpec, PlanSpec
+from workflows.contracts.policy import Grant, ToolSpec
+
+
+class ArgsCheck(_Strict):
+    """Arguments to validate against a tool's schema (an edit from a human)."""
+
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCall(_Strict, WireCompact):
+    """What a tool activity receives. The idempotency key is stable across retries and crashes."""
+
+    run_id: str
+    step: int
+    args: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str
+    # The agent's grants, checked again by the activity (None: a compensation, a check or a
+    # reminder, which undo or read what an authorized call did).
+    grants: list[Grant] | None = None
+
+
+class ResultRef(_Strict):
+    """A tool result too large for history, kept in the blob store and named by its hash."""
+
+    ref: str
+    size: int
+    preview: str
+
+
+class ToolOutput(_Strict, WireCompact):
+    """What a tool activity returns: a small value inline, or a reference to a stored one."""
+
+    value: Any = None
+    ref: ResultRef | None = None
+    files_touched: list[str] = Field(default_factory=list)
+    attempt: int = 1
+
+
+class CheckResult(_Strict):
+    """What an acceptance check decides."""
+
+    passed: bool
+    detail: str = ""
+
+
+class PlanRequest(_Strict):
+    """What a model activity receives to propose a plan."""
+
+    agent: AgentSpec
+    goal: str
+    tools: list[ToolSpec] = Field(default_factory=list)
+
+
+class PrepareRequest(_Strict):
+    """A plan to check against what the worker has registered, for this agent; with no plan,
+    the agent's own tools and checks (an agent that acts step by step)."""
+
+    agent: AgentSpec
+    plan: PlanSpec | None = None
+
+
+class AgentRequest(_Strict):
+    """The agent a run asks to be (only its name and lower budget limits count) and the tools
+    it already uses (a continuation's), to be resolved from the worker's catalog."""
+
+    agent: AgentSpec
+    tools: list[str] = Field(default_factory=list)
+
+
+class ResolvedAgent(_Strict):
+    """The worker's own definition of the agent, and of the tools asked for; or why not."""
+
+    agent: AgentSpec | None = None
+    tools: dict[str, ToolSpec] = Field(default_factory=dict)
+    problem: str | None = None
+
+
+class PreparedPlan(_Strict):
+    """The worker's verdict on a plan: the specs of the tools it names, or why it is refused."""
+
+    tools: dict[str, ToolSpec] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list)
