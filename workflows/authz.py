@@ -16,26 +16,15 @@ function (defence in depth), so both say the same thing about the same call.
 
 from __future__ import annotations
 
-import operator
 import posixpath
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 from workflows.contracts import ArgRule, Grant, ToolSpec
-
-COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-    "in": lambda a, b: a in b,
-    "not in": lambda a, b: a not in b,
-}
+from workflows.rules import holds
 
 
 class _Args(dict[str, Any]):
@@ -85,12 +74,7 @@ def grant_covers(glob: str, scope: str) -> bool:
 
 def allows(rule: ArgRule, args: dict[str, Any]) -> bool:
     """A grant's rule: the argument must be there and compare as stated (else: denied)."""
-    if rule.arg not in args or rule.op not in COMPARE:
-        return False
-    try:
-        return bool(COMPARE[rule.op](args[rule.arg], rule.value))
-    except TypeError:
-        return False
+    return holds(rule, args, uncomparable=False)
 
 
 def authorize(spec: ToolSpec, args: dict[str, Any], grants: Sequence[Grant]) -> str | None:

@@ -13,9 +13,6 @@ or an approver not on the list. At the deadline the policy's default action is t
 
 from __future__ import annotations
 
-import hashlib
-import json
-import operator
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
@@ -29,7 +26,6 @@ from workflows.audit import audit
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         ApprovalPolicy,
-        ArgRule,
         Choice,
         Decision,
         DecisionRecord,
@@ -38,27 +34,18 @@ with workflow.unsafe.imports_passed_through():
         ToolCall,
     )
     from workflows.metrics import count
+    from workflows.rules import digest, holds
     from workflows.tracing import annotate, span
 
 SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "authorization", "credential")
 SUMMARY_CHARS = 80
 SUMMARY_ITEMS = 20  # keys of a dict, items of a list
-OPS: dict[str, Callable[[Any, Any], bool]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-    "in": lambda a, b: a in b,
-    "not in": lambda a, b: a not in b,
-}
 
 
 def call_hash(tool: str, args: dict[str, Any]) -> str:
-    """A stable hash of one call: the same tool and arguments always give the same hash."""
-    text = json.dumps({"tool": tool, "args": args}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """A stable hash of one call, what a decision is bound to: the same tool and arguments
+    always give the same hash."""
+    return digest({"tool": tool, "args": args})
 
 
 def summarize(args: dict[str, Any], depth: int = 0) -> dict[str, Any]:
@@ -86,17 +73,9 @@ def _summary_of(value: Any, depth: int) -> Any:
     return value
 
 
-def rule_holds(rule: ArgRule, args: dict[str, Any]) -> bool:
-    if rule.arg not in args:
-        return False
-    try:
-        return bool(OPS[rule.op](args[rule.arg], rule.value))
-    except TypeError:
-        return True  # a value the rule cannot compare is one a human should see
-
-
 def needs_approval(policy: ApprovalPolicy, args: dict[str, Any]) -> bool:
-    return not policy.rules or any(rule_holds(rule, args) for rule in policy.rules)
+    # A value a rule cannot compare is one a human should see.
+    return not policy.rules or any(holds(r, args, uncomparable=True) for r in policy.rules)
 
 
 class DecisionRefused(ValueError):

@@ -5,7 +5,6 @@ imports it through ``imports_passed_through`` and a replay computes exactly the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -29,6 +28,7 @@ from workflows.contracts import (
     ToolSchema,
     ToolSpec,
 )
+from workflows.rules import digest
 
 ACTION_SCHEMAS = (
     ToolSchema(
@@ -264,8 +264,7 @@ def parse_actions(
 def call_key(tool: str, args: dict[str, Any]) -> str:
     """The tool and a digest of its arguments: what loop detection counts (and a long run
     carries across continue-as-new, so it stays small whatever the arguments)."""
-    canonical = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str)
-    return f"{tool}:{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+    return f"{tool}:{digest(args)}"
 
 
 REPEATS_CARRIED = 1000
