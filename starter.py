@@ -40,24 +40,15 @@ from typing import Any
 from pydantic import ValidationError
 from temporalio.client import Client
 
-from activities.catalog import Catalog, CatalogError, explain
-from activities.settings import OneLineParser, SettingError, env_choice
-from activities.store import BlobStore, StoreUnavailable
-from keel import ConnectionFailed, KeelPlugin, connect, task_queue
+from activities.catalog import Catalog, explain
+from activities.settings import OneLineParser, env_choice
+from activities.store import BlobStore
+from keel import KeelPlugin, connect, task_queue
 from keel.cli import exit_now, tool_modules
-from keel.codec import AesGcmCodec, CodecError
-from keel.humans import (
-    DecisionNotConfirmed,
-    DecisionRefused,
-    StatusAttributeMissing,
-    decide,
-    pending_runs,
-)
+from keel.codec import AesGcmCodec
+from keel.humans import decide, pending_runs
 from keel.logs import add_logging_args, configure_logging
 from keel.runs import (
-    RunClosed,
-    RunExists,
-    RunNotFound,
     audit_trail,
     cancel_run,
     format_report,
@@ -66,16 +57,24 @@ from keel.runs import (
     start_run,
     wait_report,
 )
-from keel.telemetry import TracingUnavailable, tracing_plugins
+from keel.telemetry import tracing_plugins
 from keel.timeline import format_timeline, timeline
 from workflows.contracts import PLAN_RUNNER, AgentRunInput, Choice, PlanSpec, RunReport
+from workflows.errors import (
+    CatalogError,
+    DecisionNotConfirmed,
+    DecisionRefused,
+    KeelError,
+    RunClosed,
+    StoreUnavailable,
+)
 
 EXIT_CODES = {"DONE": 0, "NOT_DONE": 3, "WAITING_ON_YOU": 4, "RUNNING": 5}
 EXIT_REFUSED = 6
 EXIT_NOT_CONFIRMED = 7
 
 
-class UserError(Exception):
+class UserError(KeelError):
     """Bad input: reported in one line, exit code 1."""
 
 
@@ -339,17 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         configure_logging(args.log_level, args.log_format, default_level="warning")
         return asyncio.run(command(args))
-    except (
-        SettingError,
-        UserError,
-        CatalogError,
-        ConnectionFailed,
-        RunNotFound,
-        RunExists,
-        StatusAttributeMissing,
-        TracingUnavailable,
-        CodecError,
-    ) as err:
+    except KeelError as err:  # bad input, settings, declarations, runs, the server: one line
         print(f"starter.py: error: {err}", file=sys.stderr)
         return 1
     except Exception as err:

@@ -21,16 +21,20 @@ from datetime import UTC, datetime, timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.catalog import Catalog, CatalogError
-from activities.settings import OneLineParser, SettingError, env_count, env_number
-from activities.store import BlobStore, StoreUnavailable, inline_limit
+from activities.catalog import Catalog
+from activities.settings import OneLineParser, env_count, env_number
+from activities.store import BlobStore, inline_limit
 from activities.tool import calls_in_threads
-from keel import ConnectionFailed, KeelPlugin, connect, task_queue
+from keel import KeelPlugin, connect, task_queue
 from keel.cli import DEFAULT_TOOLS, exit_now, tool_modules
-from keel.codec import AesGcmCodec, CodecError
+from keel.codec import AesGcmCodec
 from keel.connection import pollers
 from keel.logs import add_logging_args, configure_logging, redact_output
-from keel.telemetry import TracingUnavailable, install_runtime, tracing_plugins
+from keel.telemetry import install_runtime, tracing_plugins
+from workflows.errors import (
+    CatalogError,
+    KeelError,
+)
 
 LOG = logging.getLogger("keel.worker")
 LOG.setLevel(logging.INFO)  # "ready" and "stopping" show at any --log-level: scripts wait on them
@@ -188,14 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         inline_limit()  # read now: a bad KEEL_INLINE_LIMIT stops the worker, not a tool call
         install_runtime(args.metrics_address)
         asyncio.run(serve(args))
-    except (
-        SettingError,
-        CatalogError,
-        ConnectionFailed,
-        TracingUnavailable,
-        CodecError,
-        StoreUnavailable,
-    ) as err:
+    except KeelError as err:  # settings, declarations, the server, the store: one line
         print(f"worker.py: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -47,15 +47,12 @@ from workflows.contracts import (
     ResolvedAgent,
     ToolSpec,
 )
+from workflows.errors import CatalogError
 
 
 def explain(err: ValidationError) -> str:
     """A pydantic error in one line: `field: message; field: message`."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in err.errors())
-
-
-class CatalogError(Exception):
-    """A module could not be loaded or declares something twice."""
 
 
 def load_module(target: str) -> ModuleType:

@@ -13,9 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-
-class SettingError(Exception):
-    """A KEEL_* variable holds a value Keel cannot use; the message names it and what fits."""
+from workflows.errors import SettingError
 
 
 def env_number(name: str, default: float, *, minimum: float = 0.0) -> float:

@@ -29,16 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from activities.settings import env_count
+from workflows.errors import BlobCorrupted
 
 DEFAULT_INLINE_LIMIT = 4096
-
-
-class BlobCorrupted(Exception):
-    """A blob's bytes do not hash to its reference: tampered with or damaged."""
-
-
-class StoreUnavailable(Exception):
-    """The configured store cannot be used (a bad KEEL_STORE_URL, boto3 missing)."""
 
 
 def inline_limit() -> int:

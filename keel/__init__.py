@@ -1,11 +1,118 @@
-"""Keel: run LLM agents durably on Temporal.
+"""Keel: run LLM agents durably on Temporal. Everything a user writes comes from here:
 
-from keel import KeelPlugin, connect
-from activities import tool, Catalog
-from workflows import AgentWorkflow
+    from keel import tool, check, AgentSpec, PlanSpec, StepSpec, KeelPlugin, connect, KeelError
+
+Tools and checks (`tool`, `check`, `tool_context`, `RetrySpec`, `SecretRef`), agents and plans
+(`AgentSpec`, `PlanSpec`, `StepSpec`, `AcceptanceSpec`, `ApprovalPolicy`, `ArgRule`, `Grant`,
+`Budget`, `Routes`, `Route`, `ModelRef`), the worker side (`KeelPlugin`, `Catalog`,
+`AgentWorkflow`), the client side (`connect`, `AgentRunInput`, `RunReport`, `Decision`) and
+the errors (`KeelError` and its subclasses).
 """
 
-from keel.connection import ConnectionFailed, connect, task_queue
+from activities import (
+    Catalog,
+    CheckResult,
+    RetrySpec,
+    SecretRef,
+    ToolContext,
+    check,
+    scripted_model,
+    scripted_planner,
+    tool,
+    tool_context,
+)
+from keel.connection import connect, task_queue
 from keel.plugin import KeelPlugin
+from workflows import AgentWorkflow
+from workflows.contracts import (
+    AcceptanceSpec,
+    AgentLoop,
+    AgentRunInput,
+    AgentSpec,
+    ApprovalPolicy,
+    ArgRule,
+    Budget,
+    Decision,
+    Grant,
+    ModelRef,
+    ModelReply,
+    ModelRequest,
+    PlanSpec,
+    Route,
+    Routes,
+    RunReport,
+    StepSpec,
+    ToolCallRequest,
+    Usage,
+)
+from workflows.errors import (
+    BlobCorrupted,
+    CatalogError,
+    CodecError,
+    ConnectionFailed,
+    DecisionNotConfirmed,
+    DecisionRefused,
+    KeelError,
+    RunClosed,
+    RunExists,
+    RunNotFound,
+    SettingError,
+    StatusAttributeMissing,
+    StoreUnavailable,
+    TracingUnavailable,
+    Traversal,
+)
+from workflows.loop import VERDICT, results_seen
 
-__all__ = ["ConnectionFailed", "KeelPlugin", "connect", "task_queue"]
+__all__ = [
+    "VERDICT",
+    "AcceptanceSpec",
+    "AgentLoop",
+    "AgentRunInput",
+    "AgentSpec",
+    "AgentWorkflow",
+    "ApprovalPolicy",
+    "ArgRule",
+    "BlobCorrupted",
+    "Budget",
+    "Catalog",
+    "CatalogError",
+    "CheckResult",
+    "CodecError",
+    "ConnectionFailed",
+    "Decision",
+    "DecisionNotConfirmed",
+    "DecisionRefused",
+    "Grant",
+    "KeelError",
+    "KeelPlugin",
+    "ModelRef",
+    "ModelReply",
+    "ModelRequest",
+    "PlanSpec",
+    "RetrySpec",
+    "Route",
+    "Routes",
+    "RunClosed",
+    "RunExists",
+    "RunNotFound",
+    "RunReport",
+    "SecretRef",
+    "SettingError",
+    "StatusAttributeMissing",
+    "StepSpec",
+    "StoreUnavailable",
+    "ToolCallRequest",
+    "ToolContext",
+    "TracingUnavailable",
+    "Traversal",
+    "Usage",
+    "check",
+    "connect",
+    "results_seen",
+    "scripted_model",
+    "scripted_planner",
+    "task_queue",
+    "tool",
+    "tool_context",
+]

@@ -29,13 +29,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DefaultFailureConverter, PayloadCodec
 
+from workflows.errors import CodecError
+
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"
 NONCE_BYTES = 12
-
-
-class CodecError(ValueError):
-    """A payload that cannot be decrypted, or keys that cannot be used; the message says which."""
 
 
 class EncodedFailureConverter(DefaultFailureConverter):

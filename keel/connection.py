@@ -19,12 +19,9 @@ from temporalio.client import Client, Plugin
 from temporalio.envconfig import ClientConfig
 
 from workflows.contracts import DEFAULT_TASK_QUEUE
+from workflows.errors import ConnectionFailed
 
 DEFAULT_ADDRESS = "localhost:7233"
-
-
-class ConnectionFailed(Exception):
-    """The Temporal server could not be reached."""
 
 
 def task_queue(override: str | None = None) -> str:

@@ -25,24 +25,12 @@ from activities.settings import env_number
 from keel.runs import run_must_exist, status_attribute_registered
 from workflows.agent import AgentWorkflow
 from workflows.contracts import STATUS_ATTRIBUTE, Choice, Decision, PendingRequest
+from workflows.errors import DecisionNotConfirmed, DecisionRefused, StatusAttributeMissing
 
 
 def update_timeout() -> float:
     """Seconds to wait for a worker to answer a decision (KEEL_DECISION_TIMEOUT, default 30)."""
     return env_number("KEEL_DECISION_TIMEOUT", 30.0)
-
-
-class StatusAttributeMissing(Exception):
-    """The namespace lacks the KeelStatus search attribute, so waiting runs cannot be listed."""
-
-
-class DecisionRefused(Exception):
-    """The run did not accept the decision; the message says why. Nothing changed."""
-
-
-class DecisionNotConfirmed(Exception):
-    """The decision was handed to the server but no run answered for it (sent as a signal, or
-    no worker took the update in time): it may still apply, or be refused, when a worker runs."""
 
 
 async def pending_request(client: Client, run_id: str) -> PendingRequest | None:

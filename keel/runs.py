@@ -36,12 +36,9 @@ from workflows.contracts import (
     PendingRequest,
     RunReport,
 )
+from workflows.errors import RunClosed, RunExists, RunNotFound
 
 QUERY_TIMEOUT = timedelta(seconds=5)
-
-
-class RunNotFound(Exception):
-    """No run has that id in this namespace."""
 
 
 @contextmanager
@@ -57,10 +54,6 @@ def run_must_exist(run_id: str, what: str = "run") -> Iterator[None]:
         raise
 
 
-class RunClosed(Exception):
-    """The run has already ended; a cancel has nothing to stop."""
-
-
 async def cancel_run(client: Client, run_id: str) -> None:
     """Ask a running run to cancel (it compensates and ends NOT_DONE); RunClosed if it ended."""
     handle = client.get_workflow_handle(run_id)
@@ -71,10 +64,6 @@ async def cancel_run(client: Client, run_id: str) -> None:
         raise RunClosed(f"run {run_id!r} has already ended ({state}); nothing to cancel")
     with run_must_exist(run_id):
         await handle.cancel()
-
-
-class RunExists(Exception):
-    """A run with that id exists (running or closed) and no rerun was asked for."""
 
 
 async def status_attribute_registered(client: Client) -> bool:

@@ -26,11 +26,9 @@ from temporalio.runtime import (
     TelemetryFilter,
 )
 
+from workflows.errors import TracingUnavailable
+
 TRACER = "keel"
-
-
-class TracingUnavailable(Exception):
-    """OTEL_* asks for traces but the OpenTelemetry SDK is not installed."""
 
 
 def exporter_name() -> str | None:

@@ -21,10 +21,9 @@ from temporalio.worker import Worker
 
 import examples.ledger as ledger
 from activities import Catalog
-from activities.catalog import CatalogError
 from activities.models import context_store
 from activities.retry import JITTER, jittered_delay
-from activities.store import BlobCorrupted, DirectoryStore
+from activities.store import DirectoryStore
 from examples.ledger import store
 from keel import KeelPlugin
 from keel.humans import decide
@@ -51,6 +50,7 @@ from workflows.contracts import (
     StepSpec,
     StepState,
 )
+from workflows.errors import BlobCorrupted, CatalogError
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 STATEMENT = CATALOG.tools["write_statement"].spec

@@ -18,9 +18,10 @@ import examples.ledger as ledger
 from activities import Catalog
 from examples.ledger import store
 from keel import KeelPlugin
-from keel.runs import NO_WORKER_AFTER, RunNotFound, get_report
+from keel.runs import NO_WORKER_AFTER, get_report
 from tests.conftest import dev_address, keel_worker
 from tests.processes import Result, starter
+from workflows.errors import RunNotFound
 
 
 @pytest_asyncio.fixture

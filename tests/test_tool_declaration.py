@@ -8,9 +8,10 @@ import pytest
 from pydantic import ValidationError
 from temporalio.common import RetryPolicy
 
-from activities import Catalog, CatalogError, RetrySpec, tool
+from activities import Catalog, RetrySpec, tool
 from activities.catalog import load_module
 from workflows.contracts import PLAN_RUNNER, AgentSpec, PlanSpec, StepSpec
+from workflows.errors import CatalogError
 
 
 def test_defaults_are_bounded() -> None:

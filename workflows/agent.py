@@ -34,8 +34,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.continuation import Continuation
     from workflows.contracts import AcceptanceState, AgentRunInput, Decision, RunReport
     from workflows.edits import check_edit
+    from workflows.errors import DecisionRefused
     from workflows.failures import Unwind, describe_failure
-    from workflows.gate import DecisionRefused, HumanGate
+    from workflows.gate import HumanGate
     from workflows.model_thread import ModelThread
     from workflows.planning import Planner
     from workflows.run_state import RunState

@@ -24,16 +24,13 @@ from functools import lru_cache
 from typing import Any
 
 from workflows.contracts import ArgRule, Grant, ToolSpec
+from workflows.errors import Traversal
 from workflows.rules import holds
 
 
 class _Args(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return "?"  # a scope naming an argument the call lacks cannot match a narrow grant
-
-
-class Traversal(ValueError):
-    """An argument filled into a scope climbs out of its directory."""
 
 
 def scope_value(value: Any) -> str:

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         RunReport,
         ToolCall,
     )
+    from workflows.errors import DecisionRefused
     from workflows.metrics import count
     from workflows.rules import digest, holds
     from workflows.tracing import annotate, span
@@ -76,10 +77,6 @@ def _summary_of(value: Any, depth: int) -> Any:
 def needs_approval(policy: ApprovalPolicy, args: dict[str, Any]) -> bool:
     # A value a rule cannot compare is one a human should see.
     return not policy.rules or any(holds(r, args, uncomparable=True) for r in policy.rules)
-
-
-class DecisionRefused(ValueError):
-    """A decision that does not apply; the message says why. Nothing was changed."""
 
 
 class HumanGate:

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.store import BlobCorrupted, BlobStore
+from activities.store import BlobStore
 from workflows.contracts import (
     Message,
     ModelReply,
@@ -28,6 +28,7 @@ from workflows.contracts import (
     ToolSchema,
     preamble_blob,
 )
+from workflows.errors import BlobCorrupted
 from workflows.loop import context
 
 CACHE_SIZE = 256  # conversations this worker served last (the sticky queue sends them back here)

@@ -15,34 +15,33 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from activities import (
-    CheckResult,
-    RetrySpec,
-    check,
-    scripted_model,
-    scripted_planner,
-    tool,
-    tool_context,
-)
 from examples.ledger import store
-from workflows.contracts import (
+from keel import (
+    VERDICT,
     AcceptanceSpec,
     AgentSpec,
     ApprovalPolicy,
     ArgRule,
     Budget,
+    CheckResult,
     Grant,
     ModelRef,
     ModelReply,
     ModelRequest,
     PlanSpec,
+    RetrySpec,
     Route,
     Routes,
     StepSpec,
     ToolCallRequest,
     Usage,
+    check,
+    results_seen,
+    scripted_model,
+    scripted_planner,
+    tool,
+    tool_context,
 )
-from workflows.loop import VERDICT, results_seen
 
 
 @tool(

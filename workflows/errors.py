@@ -1,0 +1,77 @@
+"""Keel's errors: one base, KeelError, so a script can catch everything Keel refuses or cannot
+reach with one `except`; each subclass says what went wrong in its message, in one line.
+
+    from keel import KeelError, RunNotFound
+    try:
+        report = await keel_runs.get_report(client, "pay-1")
+    except RunNotFound:
+        ...
+
+Defined here, in the bottom layer (pure, no imports), so workflow code, activities and the
+client side raise the same classes.
+"""
+
+from __future__ import annotations
+
+
+class KeelError(Exception):
+    """Anything Keel refuses or cannot do; the message says why."""
+
+
+class DecisionRefused(KeelError, ValueError):
+    """A decision that does not apply (unknown request, choice not offered, approver not on the
+    list, already decided, ...); nothing was changed."""
+
+
+class DecisionNotConfirmed(KeelError):
+    """A decision was handed to the server but no run answered for it (sent as a signal, or no
+    worker took the update in time): it may still apply, or be refused, when a worker runs."""
+
+
+class Traversal(KeelError, ValueError):
+    """An argument filled into a scope climbs out of its directory (a `..` segment)."""
+
+
+class CatalogError(KeelError):
+    """A tools module could not be loaded, declares something twice or invalid, or names a tool,
+    check or agent the catalog lacks."""
+
+
+class SettingError(KeelError):
+    """A KEEL_* variable holds a value Keel cannot use; the message names it and what fits."""
+
+
+class BlobCorrupted(KeelError):
+    """A blob's bytes do not hash to its reference: tampered with or damaged."""
+
+
+class StoreUnavailable(KeelError):
+    """The blob store cannot be reached or is misconfigured (KEEL_STORE_URL, KEEL_STORE_DIR)."""
+
+
+class CodecError(KeelError, ValueError):
+    """Payload encryption is misconfigured, or a payload cannot be decrypted with the keys."""
+
+
+class TracingUnavailable(KeelError):
+    """Traces were asked for (OTEL_* variables) but the exporter cannot be set up."""
+
+
+class ConnectionFailed(KeelError):
+    """The Temporal server could not be reached."""
+
+
+class RunNotFound(KeelError):
+    """No run has that id in this namespace (or the namespace does not exist)."""
+
+
+class RunExists(KeelError):
+    """A run with that id exists (running or closed) and no rerun was asked for."""
+
+
+class RunClosed(KeelError):
+    """The run has already ended; a cancel has nothing to stop."""
+
+
+class StatusAttributeMissing(KeelError):
+    """The namespace lacks the KeelStatus search attribute, so waiting runs cannot be listed."""
