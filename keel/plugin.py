@@ -8,15 +8,20 @@ worker = Worker(client, task_queue="keel")  # AgentWorkflow and the tools come f
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
+import temporalio.activity
 from temporalio.contrib.pydantic import PydanticPayloadConverter, pydantic_data_converter
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.plugin import SimplePlugin
+from temporalio.worker import WorkerConfig
 from temporalio.workflow import NondeterminismError
 
 from activities.catalog import Catalog
 from keel.codec import EncodedFailureConverter, EncryptedPayloadGuard
 from workflows.agent import AgentWorkflow
+from workflows.errors import CatalogError
 
 WORKFLOWS = (AgentWorkflow,)
 
@@ -52,3 +57,22 @@ class KeelPlugin(SimplePlugin):
             # workflow task forever: the run's status shows it, nothing hangs silently.
             workflow_failure_exception_types=[NondeterminismError],
         )
+
+    def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
+        """Refuse, in one line, a worker whose own activities reuse a name Keel registers: tools
+        keep their readable names in the web UI, so a clash must be caught here."""
+        ours = {activity_name(fn) for fn in self.catalog.activities()}
+        theirs = {activity_name(fn) for fn in config.get("activities") or ()}
+        if clash := sorted(ours & theirs):
+            raise CatalogError(
+                f"activity name {', '.join(map(repr, clash))} is both a Keel tool (or Keel's own "
+                "activity) and one of this worker's activities: rename one (@tool(name=...) or "
+                "@activity.defn(name=...))"
+            )
+        return super().configure_worker(config)
+
+
+def activity_name(fn: Callable[..., Any]) -> str:
+    """The name an activity function is registered under."""
+    defn = temporalio.activity._Definition.from_callable(fn)
+    return defn.name if defn is not None and defn.name else getattr(fn, "__name__", repr(fn))

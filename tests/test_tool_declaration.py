@@ -6,10 +6,15 @@ from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
+from temporalio import activity
+from temporalio.client import Client
 from temporalio.common import RetryPolicy
+from temporalio.worker import Worker
 
+import examples.ledger as ledger
 from activities import Catalog, RetrySpec, tool
 from activities.catalog import load_module
+from keel import KeelPlugin
 from workflows.contracts import PLAN_RUNNER, AgentSpec, PlanSpec, StepSpec
 from workflows.errors import CatalogError
 
@@ -133,3 +138,16 @@ def test_prepare_collects_every_problem() -> None:
 def test_plan_files_refuse_unknown_keys() -> None:
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         PlanSpec.model_validate({"goal": "g", "steps": [{"title": "t", "tool": "x", "argz": {}}]})
+
+
+@activity.defn(name="post_entry")
+async def users_own_post_entry(amount: int) -> int:
+    return amount
+
+
+async def test_a_users_activity_named_like_a_tool_is_refused_at_worker_start(
+    ts_client: Client,
+) -> None:
+    plugin = KeelPlugin(Catalog.from_modules([ledger]))
+    with pytest.raises(CatalogError, match="activity name 'post_entry' is both a Keel tool"):
+        Worker(ts_client, task_queue="clash", activities=[users_own_post_entry], plugins=[plugin])
