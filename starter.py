@@ -44,10 +44,10 @@ from activities.catalog import Catalog, explain
 from activities.settings import OneLineParser, env_choice
 from activities.store import BlobStore
 from keel import KeelPlugin, connect, task_queue
-from keel.cli import exit_now, tool_modules
 from keel.codec import AesGcmCodec
 from keel.humans import decide, pending_runs
 from keel.logs import add_logging_args, configure_logging
+from keel.process import exit_now, tool_modules
 from keel.runs import (
     audit_trail,
     cancel_run,

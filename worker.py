@@ -26,10 +26,10 @@ from activities.settings import OneLineParser, env_count, env_number
 from activities.store import BlobStore, inline_limit
 from activities.tool import calls_in_threads
 from keel import KeelPlugin, connect, task_queue
-from keel.cli import DEFAULT_TOOLS, exit_now, tool_modules
 from keel.codec import AesGcmCodec
 from keel.connection import pollers
 from keel.logs import add_logging_args, configure_logging, redact_output
+from keel.process import DEFAULT_TOOLS, exit_now, tool_modules
 from keel.telemetry import install_runtime, tracing_plugins
 from workflows.errors import (
     CatalogError,

@@ -33,7 +33,7 @@ from activities.tool import Tool
 from workflows.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
 from workflows.contracts import (
     PLAN_RUNNER,
-    AgentLoop,
+    ActingPolicy,
     AgentRequest,
     AgentSpec,
     ApprovalPolicy,
@@ -163,7 +163,7 @@ class Catalog:
         turns = requested.loop.max_turns
         loop = own.loop
         # A value at its default is no opinion: a client naming only the agent narrows nothing.
-        if turns != AgentLoop().max_turns and turns < loop.max_turns:
+        if turns != ActingPolicy().max_turns and turns < loop.max_turns:
             loop = loop.model_copy(update={"max_turns": turns})
         return own.model_copy(
             update={"budget": own.budget.narrowed(requested.budget), "loop": loop}

@@ -209,6 +209,6 @@ if __name__ == "__main__":
     if args.quick:
         args.runs, args.hold, args.cache = 100, 3.0, [1000]
     code = asyncio.run(main(args.runs, args.hold, args.cache))
-    from keel.cli import exit_now
+    from keel.process import exit_now
 
     exit_now(code)

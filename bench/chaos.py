@@ -151,6 +151,6 @@ if __name__ == "__main__":
     if args.quick:
         args.runs, args.kills = 4, 2
     code = asyncio.run(main(args.runs, args.kills, args.seed))
-    from keel.cli import exit_now
+    from keel.process import exit_now
 
     exit_now(code)

@@ -9,7 +9,7 @@ import json
 from activities import scripted_model
 from activities.models.scripted import ScriptedModel
 from workflows.contracts import (
-    AgentLoop,
+    ActingPolicy,
     AgentSpec,
     Budget,
     Grant,
@@ -42,7 +42,7 @@ def counting_agent(name: str, tool_name: str) -> tuple[ScriptedModel, AgentSpec]
         routes=Routes(act=Route(models=(ModelRef(provider="scripted", model=name),))),
         budget=Budget(max_repeats=None),
         # As many turns as any run may ask for; each run narrows it to its own n + 5.
-        loop=AgentLoop(max_turns=100_000),
+        loop=ActingPolicy(max_turns=100_000),
         grants=(Grant(scope="*"),),
         unverified_ok=True,  # a benchmark of steps: nothing to verify
     )

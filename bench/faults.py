@@ -187,6 +187,6 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="one rate, one trial (for CI)")
     args = parser.parse_args()
     code = asyncio.run(main(args.quick))
-    from keel.cli import exit_now
+    from keel.process import exit_now
 
     exit_now(code)

@@ -165,6 +165,6 @@ if __name__ == "__main__":
         code = 0
     else:
         code = asyncio.run(main(args.runs))
-    from keel.cli import exit_now
+    from keel.process import exit_now
 
     exit_now(code)

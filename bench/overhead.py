@@ -132,6 +132,6 @@ if __name__ == "__main__":
     if args.quick:
         args.runs, args.n = 2, [20]
     code = asyncio.run(main(args.runs, args.n, not args.server_default))
-    from keel.cli import exit_now
+    from keel.process import exit_now
 
     exit_now(code)

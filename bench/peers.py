@@ -341,6 +341,6 @@ if __name__ == "__main__":
     code = asyncio.run(
         main(args.n, args.runs, not args.no_peers, args.long, not args.server_default)
     )
-    from keel.cli import exit_now
+    from keel.process import exit_now
 
     exit_now(code)

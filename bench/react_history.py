@@ -82,6 +82,6 @@ if __name__ == "__main__":
     if args.quick:
         args.n = [20, 50]
     code = asyncio.run(main(args.n))
-    from keel.cli import exit_now
+    from keel.process import exit_now
 
     exit_now(code)

@@ -26,7 +26,7 @@ from keel.plugin import KeelPlugin
 from workflows import AgentWorkflow
 from workflows.contracts import (
     AcceptanceSpec,
-    AgentLoop,
+    ActingPolicy,
     AgentRunInput,
     AgentSpec,
     ApprovalPolicy,
@@ -67,7 +67,7 @@ from workflows.loop import VERDICT, results_seen
 __all__ = [
     "VERDICT",
     "AcceptanceSpec",
-    "AgentLoop",
+    "ActingPolicy",
     "AgentRunInput",
     "AgentSpec",
     "AgentWorkflow",

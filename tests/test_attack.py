@@ -37,7 +37,7 @@ from workflows.bounds import PAYLOAD_LIMIT, fit, json_size
 from workflows.budgets import extended
 from workflows.contracts import (
     PLAN_RUNNER,
-    AgentLoop,
+    ActingPolicy,
     AgentRunInput,
     AgentSpec,
     ApprovalPolicy,
@@ -161,9 +161,9 @@ async def test_an_agent_the_worker_does_not_serve_is_refused(ts_client: Client) 
 
 
 def test_a_client_may_narrow_limits_never_widen_them() -> None:
-    catalog = CATALOG.including(GATED.model_copy(update={"loop": AgentLoop(max_turns=80)}))
+    catalog = CATALOG.including(GATED.model_copy(update={"loop": ActingPolicy(max_turns=80)}))
     lower = AgentSpec(
-        name="gated-clerk", budget=Budget(max_tool_calls=3), loop=AgentLoop(max_turns=20)
+        name="gated-clerk", budget=Budget(max_tool_calls=3), loop=ActingPolicy(max_turns=20)
     )
     higher = AgentSpec(
         name="gated-clerk",

@@ -38,7 +38,7 @@ from tests.model_server import (
 from workflows import AgentWorkflow
 from workflows.contracts import (
     AcceptanceSpec,
-    AgentLoop,
+    ActingPolicy,
     AgentRunInput,
     AgentSpec,
     Budget,
@@ -54,7 +54,7 @@ from workflows.contracts import (
     ToolCallRequest,
     ToolOutput,
 )
-from workflows.loop import REPEATS_CARRIED, context, recent_repeats, results_seen
+from workflows.loop import REPEATS_CARRIED, model_view, recent_repeats, results_seen
 
 CATALOG = Catalog.from_modules([ledger])
 KEY_ENV = "KEEL_TEST_MODEL_KEY"
@@ -594,8 +594,8 @@ def test_context_keeps_the_newest_results_in_full_and_summarizes_older_ones() ->
         turns.append(
             Message(role="tool", tool_call_id=f"c{i}", content=f"result {i}\n" + "x" * 141)
         )
-    policy = AgentLoop(keep_results=2, summary_chars=20, result_chars=100)
-    shown = context("system text", turns, policy)
+    policy = ActingPolicy(keep_results=2, summary_chars=20, result_chars=100)
+    shown = model_view("system text", turns, policy)
     assert shown[0] == Message(role="system", content="system text")
     results = [m.content for m in shown if m.role == "tool"]
     assert results[:2] == [
@@ -607,7 +607,7 @@ def test_context_keeps_the_newest_results_in_full_and_summarizes_older_ones() ->
         "result 4\n" + "x" * 91 + " [... 50 more]",
     ]
     assert [m.tool_call_id for m in shown if m.role == "tool"] == ["c1", "c2", "c3", "c4"]
-    assert context("system text", turns, policy) == shown  # deterministic
+    assert model_view("system text", turns, policy) == shown  # deterministic
 
 
 def test_context_of_a_long_run_is_the_opening_and_the_newest_messages() -> None:
@@ -616,8 +616,8 @@ def test_context_of_a_long_run_is_the_opening_and_the_newest_messages() -> None:
         call = ToolCallRequest(id=f"c{i}", name="lookup", arguments="{}")
         turns.append(Message(role="assistant", tool_calls=(call,)))
         turns.append(Message(role="tool", tool_call_id=f"c{i}", content=f"record {i}"))
-    policy = AgentLoop(keep_turns=7)  # odd: the window must not open on a tool result
-    shown = context("system text", turns, policy)
+    policy = ActingPolicy(keep_turns=7)  # odd: the window must not open on a tool result
+    shown = model_view("system text", turns, policy)
     # The goal, then the newest three calls with their results (six messages, not seven).
     assert shown[1] == turns[0]
     assert [m.tool_call_id for m in shown if m.role == "tool"] == ["c298", "c299", "c300"]
@@ -627,9 +627,9 @@ def test_context_of_a_long_run_is_the_opening_and_the_newest_messages() -> None:
         "results; the newest messages follow.]"
     )
     assert results_seen(shown) == 300  # what a model counting its results still sees
-    assert len(context("system text", turns, AgentLoop())) == 202  # default: newest 200
+    assert len(model_view("system text", turns, ActingPolicy())) == 202  # default: newest 200
     short = turns[:5]
-    assert context("system text", short, policy)[0].content == "system text"  # nothing hidden
+    assert model_view("system text", short, policy)[0].content == "system text"  # nothing hidden
 
 
 def test_versions_of_a_conversation_share_one_list_until_they_branch() -> None:
@@ -646,7 +646,9 @@ def test_versions_of_a_conversation_share_one_list_until_they_branch() -> None:
     assert failed.messages is not first.messages
     assert [m.content for m in failed.messages[: failed.length]][-1] == "refused"
     assert [m.content for m in ok.messages[: ok.length]][-1] == "paid"
-    view = context("system", ok.messages, AgentLoop(), length=ok.length, tool_results=ok.tools)
+    view = model_view(
+        "system", ok.messages, ActingPolicy(), length=ok.length, tool_results=ok.tools
+    )
     assert view[1:] == tuple(ok.messages[:3])
 
 

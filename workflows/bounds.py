@@ -1,6 +1,6 @@
 """Bounds on what a run produces: every payload it hands the server fits, by construction.
 
-    fitted = fit(report.compacted(), keep_saga=False)   # None: even the slimmest does not fit
+    fitted = fit(report.with_newest_steps(), keep_saga=False)  # None: even the slimmest won't
 
 Temporal refuses a payload over 2 MB, and a workflow task that produces one fails again on
 every retry: the run would hang. So the arguments of one call and of a whole plan are limited

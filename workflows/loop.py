@@ -19,7 +19,7 @@ from workflows.contracts import (
     FINISH,
     MAX_STEPS,
     AcceptanceSpec,
-    AgentLoop,
+    ActingPolicy,
     Budget,
     BudgetUsed,
     Message,
@@ -139,10 +139,10 @@ def review_prompt(goal: str, prompt: str) -> str:
     )
 
 
-def context(
+def model_view(
     system: str,
     turns: Sequence[Message],
-    policy: AgentLoop,
+    policy: ActingPolicy,
     length: int | None = None,
     tool_results: int | None = None,
 ) -> tuple[Message, ...]:

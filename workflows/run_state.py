@@ -87,7 +87,7 @@ class RunState:
         """The report as it may leave the workflow: within PAYLOAD_LIMIT (workflows.bounds).
         One that cannot fit is cut to its summary, and a run ending with it is NOT_DONE."""
         self.report.resume_notes = self.resume_notes()
-        report = self.report.compacted()
+        report = self.report.with_newest_steps()
         fitted = fit(report, keep_saga=False)
         if fitted is not None:
             return fitted

@@ -29,7 +29,7 @@ from workflows.contracts import (
     preamble_blob,
 )
 from workflows.errors import BlobCorrupted
-from workflows.loop import context
+from workflows.loop import model_view
 
 CACHE_SIZE = 256  # conversations this worker served last (the sticky queue sends them back here)
 # Model calls read and write the store in threads (it may be a bucket across the network).
@@ -152,7 +152,7 @@ def expand(request: ModelRequest) -> tuple[ModelRequest, Version]:
     system, tools = preamble(store, request)
     conversation = load(store, request.context_ref).extended(request.messages)
     assert request.policy is not None
-    view = context(
+    view = model_view(
         system,
         conversation.messages,
         request.policy,

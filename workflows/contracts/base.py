@@ -51,7 +51,7 @@ class _Frozen(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class WireCompact(BaseModel):
+class OmitDefaults(BaseModel):
     """Serialized without the fields that hold their default (they come back as defaults when
     read): for the types that cross the activity boundary at every step, since every byte of
     them lands in the history once per step."""
@@ -73,5 +73,5 @@ def _is_default(model: BaseModel, name: str) -> bool:
     return getattr(model, name) == default
 
 
-class _Wire(_Frozen, WireCompact):
+class _Wire(_Frozen, OmitDefaults):
     pass

@@ -179,7 +179,7 @@ class ModelRequest(_Wire):
     tools: tuple[ToolSchema, ...] = ()
     context_ref: str | None = None
     system: str = ""
-    policy: AgentLoop | None = None
+    policy: ActingPolicy | None = None
     # The blob holding `system` and `tools` (preamble_ref below). The workflow sends them in
     # full once per run and then only this reference: they are the same on every call, and
     # inline they would be most of each call's bytes in the history.
@@ -223,7 +223,7 @@ class ModelCallRecord(_Strict):
     fallbacks: list[str] = Field(default_factory=list)  # "model: why it gave up", in order
 
 
-class AgentLoop(_Wire):
+class ActingPolicy(_Wire):
     """How an agent acts step by step (a model call per step) instead of from a fixed plan."""
 
     max_turns: int = Field(50, ge=1, le=100_000)  # long runs continue as new
@@ -236,7 +236,7 @@ class AgentLoop(_Wire):
     result_chars: int = Field(4000, ge=100, le=100_000)
 
     @model_validator(mode="after")
-    def _sane(self) -> AgentLoop:
+    def _sane(self) -> ActingPolicy:
         if self.summary_chars > self.result_chars:
             raise ValueError("summary_chars must not exceed result_chars")
         return self

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from workflows.contracts.base import MAX_STEPS, TOOL_NAME, _Frozen, _Strict
-from workflows.contracts.models import AgentLoop, Budget, Routes
+from workflows.contracts.models import ActingPolicy, Budget, Routes
 from workflows.contracts.policy import ApprovalPolicy, Grant
 
 
@@ -64,9 +64,9 @@ class AgentSpec(_Frozen):
     on_failure: Literal["fail", "ask"] = "fail"
     escalation: ApprovalPolicy = ApprovalPolicy(on_timeout="abort")
     # Models by step kind, each with its fallback chain. With an `act` route and no plan given,
-    # the agent acts step by step: a model call chooses each tool call (see AgentLoop).
+    # the agent acts step by step: a model call chooses each tool call (see ActingPolicy).
     routes: Routes = Routes()
-    loop: AgentLoop = AgentLoop()
+    loop: ActingPolicy = ActingPolicy()
     budget: Budget = Budget()
     # A spent budget ends the run (compensating writes), or asks a human who may extend it.
     on_budget: Literal["fail", "ask"] = "fail"

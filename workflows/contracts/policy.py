@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from workflows.contracts.base import Effect, TimeoutAction, ToolKind, WireCompact, _Frozen
+from workflows.contracts.base import Effect, OmitDefaults, TimeoutAction, ToolKind, _Frozen
 
 
 class RetrySpec(_Frozen):
@@ -66,7 +66,7 @@ class SecretRef(_Frozen):
     secret: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
-class Grant(_Frozen, WireCompact):
+class Grant(_Frozen, OmitDefaults):
     """A scope an agent holds: a glob over scopes ("ledger:write:*", "fs:write:/data/out/*"),
     narrowed by rules on the call's arguments (all must hold): "can write" is not "anywhere".
     `*` and `?` stop at a `/`; `**` crosses any number of them (workflows.authz)."""

@@ -159,7 +159,7 @@ class RunReport(_Strict):
     def carried(self, segment_audit_start: int) -> RunReport:
         """The report a continuation carries (see CARRY_KEPT); `segment_audit_start` is the
         audit count (kept and dropped) when the segment began."""
-        report = self.compacted(min(limits.CARRY_KEPT, limits.STEPS_KEPT))
+        report = self.with_newest_steps(min(limits.CARRY_KEPT, limits.STEPS_KEPT))
         progress_cut = max(0, len(report.progress) - limits.CARRY_KEPT)
         new_audit = report.audit_dropped + len(report.audit) - segment_audit_start
         audit_cut = max(0, len(report.audit) - max(new_audit, limits.CARRY_KEPT))
@@ -173,9 +173,9 @@ class RunReport(_Strict):
             }
         )
 
-    def compacted(self, keep: int | None = None) -> RunReport:
+    def with_newest_steps(self, keep: int | None = None) -> RunReport:
         """This report with only the newest `keep` (STEPS_KEPT) settled steps in full: a step
-        still to run is never dropped, so a run resumes from the compacted report alone."""
+        still to run is never dropped, so a run resumes from the with_newest_steps report alone."""
         excess = len(self.steps) - (limits.STEPS_KEPT if keep is None else keep)
         dropped = 0
         while dropped < excess and (self.steps[dropped].done or self.steps[dropped].skipped):

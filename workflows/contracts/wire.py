@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from workflows.contracts.base import WireCompact, _Strict
+from workflows.contracts.base import OmitDefaults, _Strict
 from workflows.contracts.plan import AgentSpec, PlanSpec
 from workflows.contracts.policy import Grant, ToolSpec
 
@@ -19,7 +19,7 @@ class ArgsCheck(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
-class ToolCall(_Strict, WireCompact):
+class ToolCall(_Strict, OmitDefaults):
     """What a tool activity receives. The idempotency key is stable across retries and crashes."""
 
     run_id: str
@@ -39,7 +39,7 @@ class ResultRef(_Strict):
     preview: str
 
 
-class ToolOutput(_Strict, WireCompact):
+class ToolOutput(_Strict, OmitDefaults):
     """What a tool activity returns: a small value inline, or a reference to a stored one."""
 
     value: Any = None
