@@ -135,11 +135,17 @@ class BlobStore(ABC):
     @abstractmethod
     def remove_blob(self, ref: str) -> None: ...
 
-    def prune(self, open_runs: set[str], older_than: float, dry_run: bool = False) -> PruneResult:
+    def prune(
+        self,
+        open_runs: set[str],
+        older_than: float,
+        dry_run: bool = False,
+        now: float | None = None,
+    ) -> PruneResult:
         """Remove blobs last written more than `older_than` seconds ago that no open run pins,
         and the pins of closed runs as old. `open_runs` must come from the server: a run
         missing from it loses its blobs once they are old."""
-        cutoff = time.time() - older_than
+        cutoff = (time.time() if now is None else now) - older_than
         result = PruneResult()
         keep: set[str] = set()
         for pin in self.pins():

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Replayer
 
 import examples.ledger as ledger
@@ -59,6 +59,16 @@ def plan(
     return PlanSpec(
         goal="test", steps=list(steps), acceptance=acceptance or [], unverified_ok=unverified_ok
     )
+
+
+async def until_in_history(handle: WorkflowHandle, attribute: str) -> None:
+    """Wait (a condition, not a sleep) until the run's history has an event of that kind."""
+    for _ in range(400):
+        history = await handle.fetch_history()
+        if any(e.HasField(attribute) for e in history.events):
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"no {attribute} in the history")
 
 
 async def run_plan(
@@ -283,7 +293,8 @@ async def test_report_is_queryable_mid_run_and_cancel_reports_not_done(
         await handle.cancel()
         # The wait_for_gate call does not heartbeat, so it cannot hear the cancel: the run
         # waits for it to finish rather than leave a call running behind its compensations.
-        await asyncio.sleep(0.3)
+        # Once the run has asked the call to stop (in its history), it is still running.
+        await until_in_history(handle, "activity_task_cancel_requested_event_attributes")
         assert (await handle.query(AgentWorkflow.report)).status == "RUNNING"
         sample_tools.GATES.setdefault(gate, asyncio.Event()).set()
         final = await handle.result()
