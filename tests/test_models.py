@@ -46,7 +46,7 @@ from workflows.contracts import (
     Grant,
     Message,
     ModelRef,
-    ModelRetry,
+    RetrySpec,
     Route,
     Routes,
     RunReport,
@@ -59,7 +59,7 @@ from workflows.loop import REPEATS_CARRIED, model_view, recent_repeats, results_
 CATALOG = Catalog.from_modules([ledger])
 KEY_ENV = "KEEL_TEST_MODEL_KEY"
 KEY = f"sk-test-{uuid.uuid4().hex}"  # scanned for in every history and log line at the end
-FAST = ModelRetry(max_attempts=2, initial_interval=timedelta(milliseconds=100))
+FAST = RetrySpec(max_attempts=2, initial_interval=timedelta(milliseconds=100))
 RUN_IDS: list[str] = []
 
 
@@ -250,7 +250,7 @@ async def test_429_then_success_stays_on_the_same_model(
         ],
     )
     patient = openai_ref(
-        server, retry=ModelRetry(max_attempts=3, initial_interval=FAST.initial_interval)
+        server, retry=RetrySpec(max_attempts=3, initial_interval=FAST.initial_interval)
     )
     report = await run_agent(ts_client, clerk(patient, anthropic_ref(server)))
     assert report.status == "DONE", report.reason
@@ -270,7 +270,7 @@ async def test_5xx_until_fallback_then_timeout_fallback(
         ts_client,
         clerk(
             openai_ref(server),
-            anthropic_ref(server, timeout=timedelta(seconds=0.5), retry=ModelRetry(max_attempts=1)),
+            anthropic_ref(server, timeout=timedelta(seconds=0.5), retry=RetrySpec(max_attempts=1)),
             local,
         ),
     )

@@ -6,6 +6,7 @@ sees, so no model is asked twice for the same turn.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -15,7 +16,7 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import ModelRef, ModelReply, ModelRequest, Route
-    from workflows.failures import describe_failure
+    from workflows.failures import describe_failure, retry_policy
 
 # The provider's own timeout is enforced by the HTTP client; this is the backstop around it.
 ACTIVITY_SLACK = timedelta(seconds=10)
@@ -27,13 +28,8 @@ class ModelsExhausted(Exception):
 
 
 def model_retry(ref: ModelRef) -> RetryPolicy:
-    return RetryPolicy(
-        maximum_attempts=ref.retry.max_attempts,
-        initial_interval=ref.retry.initial_interval,
-        backoff_coefficient=ref.retry.backoff_coefficient,
-        maximum_interval=ref.retry.max_interval,
-        non_retryable_error_types=NEVER_RETRIED,
-    )
+    never = [*NEVER_RETRIED, *ref.retry.non_retryable_error_types]
+    return dataclasses.replace(retry_policy(ref.retry), non_retryable_error_types=never)
 
 
 async def ask_route(

@@ -20,20 +20,12 @@ from pydantic import (
 )
 
 from workflows.contracts.base import _Frozen, _Strict, _Wire
+from workflows.contracts.policy import RetrySpec
 
 Provider = Literal["scripted", "openai", "anthropic"]
 StepKind = Literal["plan", "act", "verify"]
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 FINISH, ASK_HUMAN = "finish", "ask_human"  # the two actions a model takes besides tool calls
-
-
-class ModelRetry(_Frozen):
-    """Retries of one model before the route falls back to the next (bounded, like a tool's)."""
-
-    max_attempts: int = Field(3, ge=1, le=20)
-    initial_interval: timedelta = timedelta(seconds=1)
-    backoff_coefficient: float = Field(2.0, ge=1.0, le=10.0)
-    max_interval: timedelta = timedelta(seconds=30)
 
 
 class ModelRef(_Wire):
@@ -48,7 +40,8 @@ class ModelRef(_Wire):
     max_output_tokens: int = Field(1024, ge=1, le=200_000)
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     timeout: timedelta = timedelta(seconds=60)
-    retry: ModelRetry = ModelRetry()
+    # Retries of this model before the route falls back to the next (bounded, like a tool's).
+    retry: RetrySpec = RetrySpec()
     # US dollars per million tokens, for the cost in the report and the cost budget.
     input_price: float = Field(0.0, ge=0)
     output_price: float = Field(0.0, ge=0)
