@@ -35,7 +35,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 from temporalio.client import Client
@@ -81,6 +81,34 @@ class UserError(KeelError):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="starter.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    add_run_command(sub)
+    status = sub.add_parser("status", help="print a run's report")
+    status.add_argument("run_id")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--execution", help="an earlier run under this id (after --rerun)")
+    cancel = sub.add_parser("cancel", help="cancel a run")
+    cancel.add_argument("run_id")
+    add_decision_commands(sub)
+    audit = sub.add_parser("audit", help="a run's audit trail as JSON lines")
+    audit.add_argument("run_id")
+    audit.add_argument("--execution", help="an earlier run under this id (after --rerun)")
+    show = sub.add_parser("show", help="a run's timeline from its event history")
+    show.add_argument("run_id")
+    show.add_argument("--execution", help="an earlier run under this id (after --rerun)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    pending = sub.add_parser("pending", help="list the runs waiting on a human")
+    pending.add_argument("--json", action="store_true", help="print JSON")
+    prune = sub.add_parser("prune", help="remove old blobs no running run references")
+    prune.add_argument(
+        "--older-than", required=True, type=duration, help="age, e.g. 7d, 12h, 30m, 90s"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+    for command_parser in sub.choices.values():
+        add_logging_args(command_parser)
+    return parser.parse_args(argv)
+
+
+def add_run_command(sub: Any) -> None:
     run = sub.add_parser("run", help="start an agent run")
     run.add_argument("agent", nargs="?", help="agent name (optional with --plan)")
     run.add_argument("--goal", help="what the agent should achieve")
@@ -99,12 +127,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument(
         "--new-keys", action="store_true", help="with --rerun: new idempotency keys (writes repeat)"
     )
-    status = sub.add_parser("status", help="print a run's report")
-    status.add_argument("run_id")
-    status.add_argument("--json", action="store_true", help="print JSON")
-    status.add_argument("--execution", help="an earlier run under this id (after --rerun)")
-    cancel = sub.add_parser("cancel", help="cancel a run")
-    cancel.add_argument("run_id")
+
+
+def add_decision_commands(sub: Any) -> None:
     for name, text in (
         ("approve", "approve the pending request"),
         ("reject", "reject the pending request"),
@@ -121,31 +146,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             help="send as a signal: no answer, applied when a worker runs",
         )
         if name == "decide":
-            cmd.add_argument(
-                "--choice",
-                required=True,
-                choices=["approve", "reject", "edit", "retry", "skip", "abort", "extend", "answer"],
-            )
+            cmd.add_argument("--choice", required=True, choices=list(get_args(Choice)))
             cmd.add_argument(
                 "--args", help="JSON: the new arguments (edit) or budget limits (extend)"
             )
-    audit = sub.add_parser("audit", help="a run's audit trail as JSON lines")
-    audit.add_argument("run_id")
-    audit.add_argument("--execution", help="an earlier run under this id (after --rerun)")
-    show = sub.add_parser("show", help="a run's timeline from its event history")
-    show.add_argument("run_id")
-    show.add_argument("--execution", help="an earlier run under this id (after --rerun)")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    pending = sub.add_parser("pending", help="list the runs waiting on a human")
-    pending.add_argument("--json", action="store_true", help="print JSON")
-    prune = sub.add_parser("prune", help="remove old blobs no running run references")
-    prune.add_argument(
-        "--older-than", required=True, type=duration, help="age, e.g. 7d, 12h, 30m, 90s"
-    )
-    prune.add_argument("--dry-run", action="store_true", help="count, remove nothing")
-    for command_parser in sub.choices.values():
-        add_logging_args(command_parser)
-    return parser.parse_args(argv)
 
 
 def duration(text: str) -> float:

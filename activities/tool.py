@@ -287,20 +287,8 @@ async def _attempt(
             # Retryable within the tool's bounded policy: a fresh read may be plausible again.
             raise ApplicationError(f"implausible result: {problem}", type=IMPLAUSIBLE)
     except Exception as err:
-        # Keep the exception's type name (non_retryable_error_types matches on it) and add the
-        # attempt number, so the report can say how many attempts a failed step took.
-        app = err if isinstance(err, ApplicationError) else None
         secrets = known_values(ctx.secrets_used)
-        info = activity.info()
-        failure = ApplicationError(
-            redact((app.message if app else str(err)) or type(err).__name__, secrets),
-            {"attempt": attempt},
-            type=(app.type if app else None) or type(err).__name__,
-            non_retryable=app.non_retryable if app else False,
-            # The tool's own wish (say, a Retry-After) wins; else the policy's delay, jittered.
-            next_retry_delay=(app.next_retry_delay if app else None)
-            or jittered_delay(attempt, info.retry_policy),
-        )
+        failure = _failure(err, attempt, secrets)
         if secrets:
             raise failure from None  # the original, unredacted message stays out of the chain
         raise failure from err
@@ -315,6 +303,22 @@ async def _attempt(
     # Everything that leaves the activity goes through the same redaction.
     touched = redact(ctx.files_touched, secrets)
     return await _output(value, touched, ctx.run_id, attempt)
+
+
+def _failure(err: Exception, attempt: int, secrets: list[str]) -> ApplicationError:
+    """The failure the workflow sees: the exception's type name kept (non_retryable_error_types
+    matches on it), the attempt number added (the report says how many a step took), secrets
+    redacted, and the next retry's delay jittered."""
+    app = err if isinstance(err, ApplicationError) else None
+    return ApplicationError(
+        redact((app.message if app else str(err)) or type(err).__name__, secrets),
+        {"attempt": attempt},
+        type=(app.type if app else None) or type(err).__name__,
+        non_retryable=app.non_retryable if app else False,
+        # The tool's own wish (say, a Retry-After) wins; else the policy's delay, jittered.
+        next_retry_delay=(app.next_retry_delay if app else None)
+        or jittered_delay(attempt, activity.info().retry_policy),
+    )
 
 
 async def _output(value: Any, touched: list[str], run_id: str, attempt: int) -> ToolOutput:

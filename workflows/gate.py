@@ -203,6 +203,11 @@ class HumanGate:
         ) as current:
             decision = await self._wait(pending, policy)
             annotate(current, choice=decision.choice, approver=decision.approver)
+        self._settle(pending, decision)
+        return decision
+
+    def _settle(self, pending: PendingRequest, decision: Decision) -> None:
+        """Record the decision (report, audit, progress log) and stop waiting."""
         self._report.decisions.append(
             DecisionRecord(
                 request_id=pending.request_id,
@@ -225,7 +230,6 @@ class HumanGate:
         self._answer = None
         self._on_status("RUNNING")
         self._log(f"decision on {pending.request_id}: {decision.choice} {decision.reason}".strip())
-        return decision
 
     async def _wait(self, pending: PendingRequest, policy: ApprovalPolicy) -> Decision:
         remaining = policy.timeout
