@@ -40,10 +40,10 @@ from typing import Any, get_args
 from pydantic import ValidationError
 from temporalio.client import Client
 
-from activities.catalog import Catalog, explain
-from activities.settings import OneLineParser, env_choice
-from activities.store import BlobStore
 from keel import KeelPlugin, connect, task_queue
+from keel.activities.catalog import Catalog, explain
+from keel.activities.settings import OneLineParser, env_choice
+from keel.activities.store import BlobStore
 from keel.codec import AesGcmCodec
 from keel.humans import decide, pending_runs
 from keel.logs import add_logging_args, configure_logging
@@ -59,8 +59,8 @@ from keel.runs import (
 )
 from keel.telemetry import tracing_plugins
 from keel.timeline import format_timeline, timeline
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, Choice, PlanSpec, RunReport
-from workflows.errors import (
+from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, Choice, PlanSpec, RunReport
+from keel.workflows.errors import (
     CatalogError,
     DecisionNotConfirmed,
     DecisionRefused,

@@ -21,17 +21,17 @@ from datetime import UTC, datetime, timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.catalog import Catalog
-from activities.settings import OneLineParser, env_count, env_number
-from activities.store import BlobStore, inline_limit
-from activities.tool import calls_in_threads
 from keel import KeelPlugin, connect, task_queue
+from keel.activities.catalog import Catalog
+from keel.activities.settings import OneLineParser, env_count, env_number
+from keel.activities.store import BlobStore, inline_limit
+from keel.activities.tool import calls_in_threads
 from keel.codec import AesGcmCodec
 from keel.connection import pollers
 from keel.logs import add_logging_args, configure_logging, redact_output
 from keel.process import DEFAULT_TOOLS, exit_now, tool_modules
 from keel.telemetry import install_runtime, tracing_plugins
-from workflows.errors import (
+from keel.workflows.errors import (
     CatalogError,
     KeelError,
 )

@@ -1,15 +1,15 @@
 """Side effects: tools, acceptance checks, model providers and stores.
 
-from activities import tool, check, tool_context, RetrySpec
+from keel.activities import tool, check, tool_context, RetrySpec
 """
 
-from activities.catalog import Catalog
-from activities.context import ToolContext, tool_context
-from activities.models import ScriptedModel, ScriptedPlanner, scripted_model, scripted_planner
-from activities.store import BlobStore, DirectoryStore
-from activities.tool import Tool, check, tool
-from workflows.contracts import CheckResult, RetrySpec, SecretRef
-from workflows.errors import CatalogError
+from keel.activities.catalog import Catalog
+from keel.activities.context import ToolContext, tool_context
+from keel.activities.models import ScriptedModel, ScriptedPlanner, scripted_model, scripted_planner
+from keel.activities.store import BlobStore, DirectoryStore
+from keel.activities.tool import Tool, check, tool
+from keel.workflows.contracts import CheckResult, RetrySpec, SecretRef
+from keel.workflows.errors import CatalogError
 
 __all__ = [
     "BlobStore",

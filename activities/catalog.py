@@ -25,13 +25,13 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.checks import BUILTIN_CHECKS
-from activities.models.context_store import answered, expand
-from activities.models.providers import PROVIDERS
-from activities.models.scripted import ScriptedModel, ScriptedPlanner
-from activities.tool import Tool
-from workflows.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
-from workflows.contracts import (
+from keel.activities.checks import BUILTIN_CHECKS
+from keel.activities.models.context_store import answered, expand
+from keel.activities.models.providers import PROVIDERS
+from keel.activities.models.scripted import ScriptedModel, ScriptedPlanner
+from keel.activities.tool import Tool
+from keel.workflows.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
+from keel.workflows.contracts import (
     PLAN_RUNNER,
     ActingPolicy,
     AgentRequest,
@@ -47,7 +47,7 @@ from workflows.contracts import (
     ResolvedAgent,
     ToolSpec,
 )
-from workflows.errors import CatalogError
+from keel.workflows.errors import CatalogError
 
 
 def explain(err: ValidationError) -> str:

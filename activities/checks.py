@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from activities.tool import check
-from workflows.contracts import CheckResult
+from keel.activities.tool import check
+from keel.workflows.contracts import CheckResult
 
 
 @check

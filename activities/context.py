@@ -1,6 +1,6 @@
 """What a running tool knows about its call: run, step, idempotency key, attempt, files touched.
 
-from activities import tool_context
+from keel.activities import tool_context
 
 @tool(effect="write")
 def post_entry(account: str, amount: int) -> str:
@@ -12,8 +12,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from activities.secrets import resolve
-from workflows.contracts import SecretRef
+from keel.activities.secrets import resolve
+from keel.workflows.contracts import SecretRef
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 from temporalio.exceptions import ApplicationError
 
-from workflows.contracts import SecretRef
+from keel.workflows.contracts import SecretRef
 
 REDACTED = "[redacted]"
 # Every secret value resolved in this process: the worker's log filter and its stdout/stderr

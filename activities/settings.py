@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from workflows.errors import SettingError
+from keel.workflows.errors import SettingError
 
 
 def env_number(name: str, default: float, *, minimum: float = 0.0) -> float:

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from activities.settings import env_count
-from workflows.errors import BlobCorrupted
+from keel.activities.settings import env_count
+from keel.workflows.errors import BlobCorrupted
 
 DEFAULT_INLINE_LIMIT = 4096
 
@@ -89,7 +89,7 @@ class BlobStore(ABC):
     def from_env(cls) -> BlobStore:
         url = os.environ.get("KEEL_STORE_URL", "")
         if url:
-            from activities.store_s3 import S3Store  # boto3 only where a bucket is asked for
+            from keel.activities.store_s3 import S3Store  # boto3 only where a bucket is asked for
 
             return S3Store.for_url(url)
         return DirectoryStore(Path(os.environ.get("KEEL_STORE_DIR", ".keel/blobs")))

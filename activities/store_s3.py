@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-from activities.store import Blob, BlobStore, Pin, blob_ref, digest_of, run_key
-from workflows.errors import StoreUnavailable
+from keel.activities.store import Blob, BlobStore, Pin, blob_ref, digest_of, run_key
+from keel.workflows.errors import StoreUnavailable
 
 _stores: dict[str, S3Store] = {}
 _stores_lock = threading.Lock()

@@ -24,13 +24,13 @@ from temporalio import activity
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from activities.context import ToolContext, _current
-from activities.faults import current_injector, degrade, raise_explicit
-from activities.retry import jittered_delay
-from activities.secrets import known_values, redact
-from activities.store import BlobStore, inline_limit
-from workflows.authz import authorize
-from workflows.contracts import (
+from keel.activities.context import ToolContext, _current
+from keel.activities.faults import current_injector, degrade, raise_explicit
+from keel.activities.retry import jittered_delay
+from keel.activities.secrets import known_values, redact
+from keel.activities.store import BlobStore, inline_limit
+from keel.workflows.authz import authorize
+from keel.workflows.contracts import (
     TOOL_NAME,
     ApprovalPolicy,
     ArgRule,
@@ -43,7 +43,7 @@ from workflows.contracts import (
     ToolOutput,
     ToolSpec,
 )
-from workflows.tracing import annotate, span
+from keel.workflows.tracing import annotate, span
 
 INVALID_ARGS = "InvalidToolArgs"
 IMPLAUSIBLE = "ImplausibleResult"

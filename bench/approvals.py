@@ -31,8 +31,7 @@ sys.path.insert(0, str(ROOT))
 from keel.devserver import start_dev_server  # noqa: E402
 from keel.humans import decide  # noqa: E402
 from keel.runs import start_run  # noqa: E402
-from tests.processes import WorkerProcess  # noqa: E402
-from workflows.contracts import (  # noqa: E402
+from keel.workflows.contracts import (  # noqa: E402
     STATUS_ATTRIBUTE,
     AgentRunInput,
     AgentSpec,
@@ -41,6 +40,7 @@ from workflows.contracts import (  # noqa: E402
     PlanSpec,
     StepSpec,
 )
+from tests.processes import WorkerProcess  # noqa: E402
 
 AGENT = AgentSpec(
     name="bench-approvals",

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 from temporalio.client import Client  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 
+from keel.workflows.agent import AgentWorkflow  # noqa: E402
+from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec  # noqa: E402
 from tests.processes import WorkerProcess, run  # noqa: E402
 from tests.test_temporal_dev import free_port_pair  # noqa: E402
-from workflows.agent import AgentWorkflow  # noqa: E402
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec  # noqa: E402
 
 STEPS = 12
 

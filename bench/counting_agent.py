@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 
-from activities import scripted_model
-from activities.models.scripted import ScriptedModel
-from workflows.contracts import (
+from keel.activities import scripted_model
+from keel.activities.models.scripted import ScriptedModel
+from keel.workflows.contracts import (
     ActingPolicy,
     AgentSpec,
     Budget,
@@ -21,7 +21,7 @@ from workflows.contracts import (
     ToolCallRequest,
     Usage,
 )
-from workflows.loop import results_seen
+from keel.workflows.loop import results_seen
 
 
 def counting_agent(name: str, tool_name: str) -> tuple[ScriptedModel, AgentSpec]:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from activities import RetrySpec, tool
+from keel.activities import RetrySpec, tool
 
 RETRY = RetrySpec(max_attempts=4, initial_interval=1)
 STOCK = {f"sku{i}": (i * 37) % 900 + 10 for i in range(100)}

@@ -33,11 +33,11 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 import examples.ledger as ledger  # noqa: E402
-from activities import Catalog  # noqa: E402
-from activities.faults import FaultSpec, Injector, set_injector  # noqa: E402
 from keel import KeelPlugin  # noqa: E402
-from workflows import AgentWorkflow  # noqa: E402
-from workflows.contracts import (  # noqa: E402
+from keel.activities import Catalog  # noqa: E402
+from keel.activities.faults import FaultSpec, Injector, set_injector  # noqa: E402
+from keel.workflows import AgentWorkflow  # noqa: E402
+from keel.workflows.contracts import (  # noqa: E402
     PLAN_RUNNER,
     AgentRunInput,
     PlanSpec,

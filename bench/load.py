@@ -24,11 +24,11 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from activities import Catalog, tool
 from keel import KeelPlugin
+from keel.activities import Catalog, tool
 from keel.devserver import start_dev_server
-from workflows import AgentWorkflow
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
 
 STEPS = 5
 

@@ -20,11 +20,11 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from activities import Catalog, tool
 from keel import KeelPlugin
+from keel.activities import Catalog, tool
 from keel.devserver import add_server_default_flag, start_dev_server
-from workflows import AgentWorkflow
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 
 
 @tool

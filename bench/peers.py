@@ -37,11 +37,11 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from activities import Catalog
 from keel import KeelPlugin
+from keel.activities import Catalog
 from keel.devserver import add_server_default_flag, start_dev_server
-from workflows import AgentWorkflow
-from workflows.contracts import (
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import (
     PLAN_RUNNER,
     AgentRunInput,
     ModelRef,

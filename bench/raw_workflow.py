@@ -11,7 +11,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import ToolCall, ToolOutput
+    from keel.workflows.contracts import ToolCall, ToolOutput
 
 
 @workflow.defn(name="RawToolLoop")

@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 from counting_agent import counting_agent  # noqa: E402
 
-from activities import Catalog, tool  # noqa: E402
 from keel import KeelPlugin  # noqa: E402
+from keel.activities import Catalog, tool  # noqa: E402
 from keel.devserver import start_dev_server  # noqa: E402
-from workflows import AgentWorkflow  # noqa: E402
-from workflows.contracts import AgentRunInput  # noqa: E402
+from keel.workflows import AgentWorkflow  # noqa: E402
+from keel.workflows.contracts import AgentRunInput  # noqa: E402
 
 
 @tool

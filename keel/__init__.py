@@ -9,60 +9,66 @@ Tools and checks (`tool`, `check`, `tool_context`, `RetrySpec`, `SecretRef`), ag
 the errors (`KeelError` and its subclasses).
 """
 
-from activities import (
-    Catalog,
-    CheckResult,
-    RetrySpec,
-    SecretRef,
-    ToolContext,
-    check,
-    scripted_model,
-    scripted_planner,
-    tool,
-    tool_context,
-)
-from keel.connection import connect, task_queue
-from keel.plugin import KeelPlugin
-from workflows import AgentWorkflow
-from workflows.contracts import (
-    AcceptanceSpec,
-    ActingPolicy,
-    AgentRunInput,
-    AgentSpec,
-    ApprovalPolicy,
-    ArgRule,
-    Budget,
-    Decision,
-    Grant,
-    ModelRef,
-    ModelReply,
-    ModelRequest,
-    PlanSpec,
-    Route,
-    Routes,
-    RunReport,
-    StepSpec,
-    ToolCallRequest,
-    Usage,
-)
-from workflows.errors import (
-    BlobCorrupted,
-    CatalogError,
-    CodecError,
-    ConnectionFailed,
-    DecisionNotConfirmed,
-    DecisionRefused,
-    KeelError,
-    RunClosed,
-    RunExists,
-    RunNotFound,
-    SettingError,
-    StatusAttributeMissing,
-    StoreUnavailable,
-    TracingUnavailable,
-    Traversal,
-)
-from workflows.loop import VERDICT, results_seen
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Where each public name lives. Imported on first use: `import keel.workflows.agent` (the
+# workflow sandbox does, for every run) must not import the client, the plugin and every
+# activity with it.
+_WHERE = {
+    "AcceptanceSpec": "keel.workflows.contracts",
+    "ActingPolicy": "keel.workflows.contracts",
+    "AgentRunInput": "keel.workflows.contracts",
+    "AgentSpec": "keel.workflows.contracts",
+    "AgentWorkflow": "keel.workflows",
+    "ApprovalPolicy": "keel.workflows.contracts",
+    "ArgRule": "keel.workflows.contracts",
+    "BlobCorrupted": "keel.workflows.errors",
+    "Budget": "keel.workflows.contracts",
+    "Catalog": "keel.activities",
+    "CatalogError": "keel.workflows.errors",
+    "check": "keel.activities",
+    "CheckResult": "keel.activities",
+    "CodecError": "keel.workflows.errors",
+    "connect": "keel.connection",
+    "ConnectionFailed": "keel.workflows.errors",
+    "Decision": "keel.workflows.contracts",
+    "DecisionNotConfirmed": "keel.workflows.errors",
+    "DecisionRefused": "keel.workflows.errors",
+    "Grant": "keel.workflows.contracts",
+    "KeelError": "keel.workflows.errors",
+    "KeelPlugin": "keel.plugin",
+    "ModelRef": "keel.workflows.contracts",
+    "ModelReply": "keel.workflows.contracts",
+    "ModelRequest": "keel.workflows.contracts",
+    "PlanSpec": "keel.workflows.contracts",
+    "results_seen": "keel.workflows.loop",
+    "RetrySpec": "keel.activities",
+    "Route": "keel.workflows.contracts",
+    "Routes": "keel.workflows.contracts",
+    "RunClosed": "keel.workflows.errors",
+    "RunExists": "keel.workflows.errors",
+    "RunNotFound": "keel.workflows.errors",
+    "RunReport": "keel.workflows.contracts",
+    "scripted_model": "keel.activities",
+    "scripted_planner": "keel.activities",
+    "SecretRef": "keel.activities",
+    "SettingError": "keel.workflows.errors",
+    "StatusAttributeMissing": "keel.workflows.errors",
+    "StepSpec": "keel.workflows.contracts",
+    "StoreUnavailable": "keel.workflows.errors",
+    "task_queue": "keel.connection",
+    "tool": "keel.activities",
+    "tool_context": "keel.activities",
+    "ToolCallRequest": "keel.workflows.contracts",
+    "ToolContext": "keel.activities",
+    "TracingUnavailable": "keel.workflows.errors",
+    "Traversal": "keel.workflows.errors",
+    "Usage": "keel.workflows.contracts",
+    "VERDICT": "keel.workflows.loop",
+}
 
 __all__ = [
     "VERDICT",
@@ -116,3 +122,78 @@ __all__ = [
     "tool",
     "tool_context",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'keel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from keel.activities import (
+        Catalog,
+        CheckResult,
+        RetrySpec,
+        SecretRef,
+        ToolContext,
+        check,
+        scripted_model,
+        scripted_planner,
+        tool,
+        tool_context,
+    )
+    from keel.connection import (
+        connect,
+        task_queue,
+    )
+    from keel.plugin import (
+        KeelPlugin,
+    )
+    from keel.workflows import (
+        AgentWorkflow,
+    )
+    from keel.workflows.contracts import (
+        AcceptanceSpec,
+        ActingPolicy,
+        AgentRunInput,
+        AgentSpec,
+        ApprovalPolicy,
+        ArgRule,
+        Budget,
+        Decision,
+        Grant,
+        ModelRef,
+        ModelReply,
+        ModelRequest,
+        PlanSpec,
+        Route,
+        Routes,
+        RunReport,
+        StepSpec,
+        ToolCallRequest,
+        Usage,
+    )
+    from keel.workflows.errors import (
+        BlobCorrupted,
+        CatalogError,
+        CodecError,
+        ConnectionFailed,
+        DecisionNotConfirmed,
+        DecisionRefused,
+        KeelError,
+        RunClosed,
+        RunExists,
+        RunNotFound,
+        SettingError,
+        StatusAttributeMissing,
+        StoreUnavailable,
+        TracingUnavailable,
+        Traversal,
+    )
+    from keel.workflows.loop import (
+        VERDICT,
+        results_seen,
+    )

@@ -22,9 +22,9 @@ from typing import Any
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
-from activities.settings import OneLineParser, env_count
+from keel.activities.settings import OneLineParser, env_count
 from keel.codec import AesGcmCodec
-from workflows.errors import CodecError, SettingError
+from keel.workflows.errors import CodecError, SettingError
 
 DEFAULT_ORIGIN = "http://localhost:8233"  # the dev server's web UI
 

@@ -18,8 +18,8 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, Plugin
 from temporalio.envconfig import ClientConfig
 
-from workflows.contracts import DEFAULT_TASK_QUEUE
-from workflows.errors import ConnectionFailed
+from keel.workflows.contracts import DEFAULT_TASK_QUEUE
+from keel.workflows.errors import ConnectionFailed
 
 DEFAULT_ADDRESS = "localhost:7233"
 

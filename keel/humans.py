@@ -21,11 +21,11 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.settings import env_number
+from keel.activities.settings import env_number
 from keel.runs import run_must_exist, status_attribute_registered
-from workflows.agent import AgentWorkflow
-from workflows.contracts import STATUS_ATTRIBUTE, Choice, Decision, PendingRequest
-from workflows.errors import DecisionNotConfirmed, DecisionRefused, StatusAttributeMissing
+from keel.workflows.agent import AgentWorkflow
+from keel.workflows.contracts import STATUS_ATTRIBUTE, Choice, Decision, PendingRequest
+from keel.workflows.errors import DecisionNotConfirmed, DecisionRefused, StatusAttributeMissing
 
 
 def update_timeout() -> float:

@@ -21,8 +21,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from activities.secrets import REDACTED, resolved_values
-from activities.settings import env_choice
+from keel.activities.secrets import REDACTED, resolved_values
+from keel.activities.settings import env_choice
 from keel.telemetry import install_runtime
 
 LogFormat = Literal["json", "text"]

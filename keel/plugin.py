@@ -18,10 +18,10 @@ from temporalio.plugin import SimplePlugin
 from temporalio.worker import WorkerConfig
 from temporalio.workflow import NondeterminismError
 
-from activities.catalog import Catalog
+from keel.activities.catalog import Catalog
 from keel.codec import EncodedFailureConverter, EncryptedPayloadGuard
-from workflows.agent import AgentWorkflow
-from workflows.errors import CatalogError
+from keel.workflows.agent import AgentWorkflow
+from keel.workflows.errors import CatalogError
 
 WORKFLOWS = (AgentWorkflow,)
 

@@ -28,15 +28,15 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from keel.connection import pollers
-from workflows.agent import AgentWorkflow
-from workflows.contracts import (
+from keel.workflows.agent import AgentWorkflow
+from keel.workflows.contracts import (
     STATUS_ATTRIBUTE,
     AgentRunInput,
     AuditEntry,
     PendingRequest,
     RunReport,
 )
-from workflows.errors import RunClosed, RunExists, RunNotFound
+from keel.workflows.errors import RunClosed, RunExists, RunNotFound
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 

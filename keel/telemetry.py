@@ -26,7 +26,7 @@ from temporalio.runtime import (
     TelemetryFilter,
 )
 
-from workflows.errors import TracingUnavailable
+from keel.workflows.errors import TracingUnavailable
 
 TRACER = "keel"
 

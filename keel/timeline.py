@@ -19,7 +19,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from keel.runs import segment_histories
-from workflows.contracts import StepState
+from keel.workflows.contracts import StepState
 
 Kind = Literal["run", "plan", "model", "step", "check", "compensation", "keel", "wait", "decision"]
 E = EventType

@@ -44,10 +44,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
-from activities.catalog import Catalog
 from keel import KeelPlugin
+from keel.activities.catalog import Catalog
 from keel.devserver import start_dev_server
-from workflows.contracts import STATUS_ATTRIBUTE, AgentSpec
+from keel.workflows.contracts import STATUS_ATTRIBUTE, AgentSpec
 
 # Every span of the test session, in memory: the tracing test asserts span trees with it and
 # the secret tests scan it. The SDK takes one tracer provider per process, so it is set here.
@@ -58,9 +58,10 @@ trace.set_tracer_provider(_provider)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-# Runs of these ids are not replayed here: non-deterministic on purpose (the test of that), or
-# replayed by their own test (which holds what their replay needs, e.g. a storage driver).
-NOT_REPLAYED_PREFIXES = ("nondeterminism-", "self-replayed-")
+# Runs of these ids are not replayed here: non-deterministic on purpose (the test of that),
+# replayed by their own test (which holds what their replay needs, e.g. a storage driver), or
+# a user's own workflow (not Keel's) run beside Keel.
+NOT_REPLAYED_PREFIXES = ("nondeterminism-", "self-replayed-", "user-")
 REPLAY_TIMEOUT = 60  # seconds for one history
 
 

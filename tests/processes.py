@@ -26,11 +26,12 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-async def run(*argv: str, env: Mapping[str, str], timeout: float = 120) -> Result:
-    """Run a command from the project root without blocking the event loop (workers live on it)."""
+async def run(*argv: str, env: Mapping[str, str], timeout: float = 120, cwd: Path = ROOT) -> Result:
+    """Run a command (from the project root unless told) without blocking the event loop
+    (workers live on it)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        cwd=ROOT,
+        cwd=cwd,
         env=child_env(env),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

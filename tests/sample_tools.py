@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 
-from activities import RetrySpec, SecretRef, tool, tool_context
+from keel.activities import RetrySpec, SecretRef, tool, tool_context
 
 FAST_RETRY = RetrySpec(max_attempts=3, initial_interval=1)
 # For tests that poll while a run retries: the time-skipping clock only skips while a client

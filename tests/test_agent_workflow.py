@@ -12,15 +12,13 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Replayer
 
 import examples.ledger as ledger
-from activities import BlobStore, Catalog
 from examples.ledger import store
 from keel import KeelPlugin
+from keel.activities import BlobStore, Catalog
 from keel.runs import audit_trail, segment_histories
 from keel.timeline import timeline
-from tests import sample_tools
-from tests.conftest import keel_worker
-from workflows import AgentWorkflow
-from workflows.contracts import (
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import (
     PLAN_RUNNER,
     AcceptanceSpec,
     AgentRunInput,
@@ -30,7 +28,9 @@ from workflows.contracts import (
     RunReport,
     StepSpec,
 )
-from workflows.contracts import base as contract_limits
+from keel.workflows.contracts import base as contract_limits
+from tests import sample_tools
+from tests.conftest import keel_worker
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 

@@ -12,12 +12,10 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 import examples.ledger as ledger
-from activities import Catalog
 from examples.ledger import store
-from tests import sample_tools
-from tests.conftest import keel_worker, skip_time
-from workflows import AgentWorkflow
-from workflows.contracts import (
+from keel.activities import Catalog
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import (
     PLAN_RUNNER,
     AgentRunInput,
     AgentSpec,
@@ -29,7 +27,9 @@ from workflows.contracts import (
     RunReport,
     StepSpec,
 )
-from workflows.gate import call_hash
+from keel.workflows.gate import call_hash
+from tests import sample_tools
+from tests.conftest import keel_worker, skip_time
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 BIG = ArgRule(arg="amount", op=">", value=100)

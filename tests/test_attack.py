@@ -20,22 +20,18 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 import examples.ledger as ledger
-from activities import Catalog
-from activities.models import context_store
-from activities.retry import JITTER, jittered_delay
-from activities.store import DirectoryStore
 from examples.ledger import store
 from keel import KeelPlugin
+from keel.activities import Catalog
+from keel.activities.models import context_store
+from keel.activities.retry import JITTER, jittered_delay
+from keel.activities.store import DirectoryStore
 from keel.humans import decide
-from tests import sample_tools
-from tests.conftest import dev_address, keel_worker
-from tests.processes import WorkerProcess, starter
-from tests.test_approvals import waiting
-from workflows import AgentWorkflow
-from workflows.authz import authorize, grant_covers
-from workflows.bounds import PAYLOAD_LIMIT, fit, json_size
-from workflows.budgets import extended
-from workflows.contracts import (
+from keel.workflows import AgentWorkflow
+from keel.workflows.authz import authorize, grant_covers
+from keel.workflows.bounds import PAYLOAD_LIMIT, fit, json_size
+from keel.workflows.budgets import extended
+from keel.workflows.contracts import (
     PLAN_RUNNER,
     ActingPolicy,
     AgentRunInput,
@@ -50,7 +46,11 @@ from workflows.contracts import (
     StepSpec,
     StepState,
 )
-from workflows.errors import BlobCorrupted, CatalogError
+from keel.workflows.errors import BlobCorrupted, CatalogError
+from tests import sample_tools
+from tests.conftest import dev_address, keel_worker
+from tests.processes import WorkerProcess, starter
+from tests.test_approvals import waiting
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 STATEMENT = CATALOG.tools["write_statement"].spec

@@ -20,12 +20,12 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 import examples.ledger as ledger
-from activities import Catalog
 from examples.ledger import store
 from keel import KeelPlugin
+from keel.activities import Catalog
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
 from tests.conftest import dev_address
-from workflows import AgentWorkflow
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
 
 CATALOG = Catalog.from_modules([ledger])
 

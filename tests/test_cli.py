@@ -15,13 +15,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 import examples.ledger as ledger
-from activities import Catalog
 from examples.ledger import store
 from keel import KeelPlugin
+from keel.activities import Catalog
 from keel.runs import NO_WORKER_AFTER, get_report
+from keel.workflows.errors import RunNotFound
 from tests.conftest import dev_address, keel_worker
 from tests.processes import Result, starter
-from workflows.errors import RunNotFound
 
 
 @pytest_asyncio.fixture

@@ -19,16 +19,16 @@ from temporalio.client import Client
 from temporalio.worker import Replayer, Worker
 
 import examples.ledger as ledger
-from activities import Catalog
 from examples.ledger import store
 from keel import KeelPlugin
+from keel.activities import Catalog
 from keel.codec import AesGcmCodec, parse_keys
 from keel.codec_server import make_server
 from keel.runs import get_report
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
+from keel.workflows.errors import CodecError
 from tests import sample_tools
-from workflows import AgentWorkflow
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
-from workflows.errors import CodecError
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 K1, K2 = os.urandom(32), os.urandom(32)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from temporalio.client import Client
 
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import PLAN_RUNNER, AcceptanceSpec, AgentRunInput, PlanSpec, StepSpec
 from tests.conftest import dev_address
 from tests.processes import WorkerProcess
-from workflows import AgentWorkflow
-from workflows.contracts import PLAN_RUNNER, AcceptanceSpec, AgentRunInput, PlanSpec, StepSpec
 
 N, K = 6, 3  # kill while step K+1 has written its effect but not yet reported completion
 

@@ -13,12 +13,12 @@ import pytest
 from temporalio.client import Client
 
 import examples.ledger as ledger
-from activities import Catalog
-from activities.faults import EXPLICIT, IMPLICIT, FaultSpec, Injector, set_injector
+from keel.activities import Catalog
+from keel.activities.faults import EXPLICIT, IMPLICIT, FaultSpec, Injector, set_injector
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
 from tests import sample_tools
 from tests.conftest import keel_worker
-from workflows import AgentWorkflow
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 

@@ -14,13 +14,13 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 import examples.ledger as ledger
-from activities import Catalog
 from examples.ledger import store
+from keel.activities import Catalog
+from keel.workflows.contracts import RunReport
 from tests.conftest import dev_address, keel_worker, replay_all
 from tests.processes import Result, WorkerProcess, run, starter
 from tests.test_crash_resume import ledger_rows, wait_until
 from tests.test_temporal_dev import free_port_pair
-from workflows.contracts import RunReport
 
 GOAL = "Pay alice 30 and zed 500"  # zed 500 is over the ledger clerk's 100 threshold
 

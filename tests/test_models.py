@@ -20,23 +20,12 @@ from pydantic import ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 
 import examples.ledger as ledger
-from activities import Catalog
-from activities.models.context_store import Version
 from examples.ledger import store
+from keel.activities import Catalog
+from keel.activities.models.context_store import Version
 from keel.timeline import timeline
-from tests.conftest import keel_worker
-from tests.model_server import (
-    ANTHROPIC,
-    OPENAI,
-    ModelServer,
-    Reply,
-    anthropic_call,
-    openai_call,
-    openai_calls,
-    openai_text,
-)
-from workflows import AgentWorkflow
-from workflows.contracts import (
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import (
     AcceptanceSpec,
     ActingPolicy,
     AgentRunInput,
@@ -54,7 +43,18 @@ from workflows.contracts import (
     ToolCallRequest,
     ToolOutput,
 )
-from workflows.loop import REPEATS_CARRIED, model_view, recent_repeats, results_seen
+from keel.workflows.loop import REPEATS_CARRIED, model_view, recent_repeats, results_seen
+from tests.conftest import keel_worker
+from tests.model_server import (
+    ANTHROPIC,
+    OPENAI,
+    ModelServer,
+    Reply,
+    anthropic_call,
+    openai_call,
+    openai_calls,
+    openai_text,
+)
 
 CATALOG = Catalog.from_modules([ledger])
 KEY_ENV = "KEEL_TEST_MODEL_KEY"

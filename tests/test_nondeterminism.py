@@ -9,8 +9,8 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities import Catalog
 from keel import KeelPlugin
+from keel.activities import Catalog
 from keel.runs import get_report
 from tests.conftest import NOT_REPLAYED_PREFIXES
 from tests.probe_workflows import ProbeV1, ProbeV2, probe_step

@@ -9,11 +9,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from workflows.contracts import ArgRule, Budget, BudgetUsed, RunReport, StepState
-from workflows.contracts import base as limits
-from workflows.contracts.models import ModelReply, ToolCallRequest, ToolSchema
-from workflows.loop import budget_problem, call_key, parse_actions, schema_problems, tool_schemas
-from workflows.rules import digest, holds
+from keel.workflows.contracts import ArgRule, Budget, BudgetUsed, RunReport, StepState
+from keel.workflows.contracts import base as limits
+from keel.workflows.contracts.models import ModelReply, ToolCallRequest, ToolSchema
+from keel.workflows.loop import (
+    budget_problem,
+    call_key,
+    parse_actions,
+    schema_problems,
+    tool_schemas,
+)
+from keel.workflows.rules import digest, holds
 
 PAY = ToolSchema(
     name="pay",

@@ -11,12 +11,19 @@ import pytest
 from temporalio.client import Client, WorkflowHandle
 
 import examples.ledger as ledger
-from activities import Catalog
 from examples.ledger import store
+from keel.activities import Catalog
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import (
+    PLAN_RUNNER,
+    AgentRunInput,
+    Decision,
+    PlanSpec,
+    RunReport,
+    StepSpec,
+)
 from tests import sample_tools
 from tests.conftest import keel_worker
-from workflows import AgentWorkflow
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, Decision, PlanSpec, RunReport, StepSpec
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 N = 5

@@ -15,15 +15,10 @@ from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
 
 import examples.ledger as ledger
-from activities import Catalog
 from examples.ledger import store
-from tests import sample_tools
-from tests.conftest import SPANS, keel_worker
-from tests.model_server import OPENAI, ModelServer, openai_call
-from tests.test_approvals import start, waiting
-from tests.test_models import KEY, KEY_ENV, RUN_IDS, Collect, openai_ref, tool_messages
-from workflows import AgentWorkflow
-from workflows.contracts import (
+from keel.activities import Catalog
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import (
     PLAN_RUNNER,
     AgentRunInput,
     AgentSpec,
@@ -39,6 +34,11 @@ from workflows.contracts import (
     StepSpec,
     ToolCall,
 )
+from tests import sample_tools
+from tests.conftest import SPANS, keel_worker
+from tests.model_server import OPENAI, ModelServer, openai_call
+from tests.test_approvals import start, waiting
+from tests.test_models import KEY, KEY_ENV, RUN_IDS, Collect, openai_ref, tool_messages
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 READER = (Grant(scope="ledger:read:*"), Grant(scope="notes:read:*"))

@@ -21,14 +21,14 @@ from temporalio.converter import (
 )
 from temporalio.worker import Replayer
 
-from activities import Catalog, tool
-from activities.store import BlobStore, DirectoryStore
 from keel import KeelPlugin
+from keel.activities import Catalog, tool
+from keel.activities.store import BlobStore, DirectoryStore
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 from tests.conftest import keel_worker
 from tests.processes import starter
 from tests.test_humans_cli import GOAL, cli_env  # noqa: F401  (a fixture)
-from workflows import AgentWorkflow
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 
 DAY = 86400.0
 

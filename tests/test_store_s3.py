@@ -18,8 +18,8 @@ import boto3
 import pytest
 from temporalio.client import Client
 
-from activities.store import DirectoryStore
-from activities.store_s3 import S3Store
+from keel.activities.store import DirectoryStore
+from keel.activities.store_s3 import S3Store
 from tests.conftest import dev_address
 from tests.processes import WorkerProcess, run, starter
 from tests.test_humans_cli import GOAL, status_of

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import keel
-from workflows import errors
+from keel.workflows import errors
 
 ROOT = Path(__file__).resolve().parent.parent
 

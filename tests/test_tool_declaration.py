@@ -12,11 +12,11 @@ from temporalio.common import RetryPolicy
 from temporalio.worker import Worker
 
 import examples.ledger as ledger
-from activities import Catalog, RetrySpec, tool
-from activities.catalog import load_module
 from keel import KeelPlugin
-from workflows.contracts import PLAN_RUNNER, AgentSpec, PlanSpec, StepSpec
-from workflows.errors import CatalogError
+from keel.activities import Catalog, RetrySpec, tool
+from keel.activities.catalog import load_module
+from keel.workflows.contracts import PLAN_RUNNER, AgentSpec, PlanSpec, StepSpec
+from keel.workflows.errors import CatalogError
 
 
 def test_defaults_are_bounded() -> None:

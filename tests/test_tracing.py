@@ -15,13 +15,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 
 import examples.ledger as ledger
-from activities import Catalog
 from examples.ledger import store
 from keel import KeelPlugin
-from tests import sample_tools
-from tests.conftest import SPANS as EXPORTER
-from workflows import AgentWorkflow
-from workflows.contracts import (
+from keel.activities import Catalog
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import (
     AgentRunInput,
     AgentSpec,
     ApprovalPolicy,
@@ -31,6 +29,8 @@ from workflows.contracts import (
     PlanSpec,
     StepSpec,
 )
+from tests import sample_tools
+from tests.conftest import SPANS as EXPORTER
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 

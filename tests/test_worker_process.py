@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 from tests.conftest import dev_address
 from tests.processes import WorkerProcess, run, starter
-from workflows import AgentWorkflow
-from workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 
 
 async def test_sigterm_stops_the_worker_gracefully(dev_client: Client, tmp_path: Path) -> None:

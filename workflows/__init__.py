@@ -1,10 +1,10 @@
 """Deterministic orchestration: the agent workflow and the contracts it owns.
 
-from workflows import AgentWorkflow, AgentRunInput, PlanSpec
+from keel.workflows import AgentWorkflow, AgentRunInput, PlanSpec
 """
 
-from workflows.agent import AgentWorkflow
-from workflows.contracts import (
+from keel.workflows.agent import AgentWorkflow
+from keel.workflows.contracts import (
     AcceptanceSpec,
     AgentRunInput,
     AgentSpec,

@@ -14,14 +14,14 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.continuation import Continuation
-    from workflows.contracts import ASK_HUMAN, Decision, Message, StepState
-    from workflows.failures import Unwind
-    from workflows.gate import HumanGate
-    from workflows.loop import Action, call_key, parse_actions, system_prompt, tool_schemas
-    from workflows.model_thread import ModelThread
-    from workflows.run_state import RunState
-    from workflows.steps import StepRunner
+    from keel.workflows.continuation import Continuation
+    from keel.workflows.contracts import ASK_HUMAN, Decision, Message, StepState
+    from keel.workflows.failures import Unwind
+    from keel.workflows.gate import HumanGate
+    from keel.workflows.loop import Action, call_key, parse_actions, system_prompt, tool_schemas
+    from keel.workflows.model_thread import ModelThread
+    from keel.workflows.run_state import RunState
+    from keel.workflows.steps import StepRunner
 
 
 class StepByStep:

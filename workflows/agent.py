@@ -27,23 +27,23 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 # Keel's deterministic workflow parts (workflow APIs only, no module state) are passed
 # through, so the sandbox imports (and compiles) only this module again for each new run.
 with workflow.unsafe.imports_passed_through():
-    from workflows.acting import StepByStep
-    from workflows.audit import audit
-    from workflows.budgets import BudgetKeeper
-    from workflows.compensation import Compensator
-    from workflows.continuation import Continuation
-    from workflows.contracts import AcceptanceState, AgentRunInput, Decision, RunReport
-    from workflows.edits import check_edit
-    from workflows.errors import DecisionRefused
-    from workflows.failures import Unwind, describe_failure
-    from workflows.gate import HumanGate
-    from workflows.model_thread import ModelThread
-    from workflows.planning import Planner
-    from workflows.run_state import RunState
-    from workflows.saga import Saga
-    from workflows.steps import StepRunner
-    from workflows.tracing import annotate, span
-    from workflows.verification import Verifier
+    from keel.workflows.acting import StepByStep
+    from keel.workflows.audit import audit
+    from keel.workflows.budgets import BudgetKeeper
+    from keel.workflows.compensation import Compensator
+    from keel.workflows.continuation import Continuation
+    from keel.workflows.contracts import AcceptanceState, AgentRunInput, Decision, RunReport
+    from keel.workflows.edits import check_edit
+    from keel.workflows.errors import DecisionRefused
+    from keel.workflows.failures import Unwind, describe_failure
+    from keel.workflows.gate import HumanGate
+    from keel.workflows.model_thread import ModelThread
+    from keel.workflows.planning import Planner
+    from keel.workflows.run_state import RunState
+    from keel.workflows.saga import Saga
+    from keel.workflows.steps import StepRunner
+    from keel.workflows.tracing import annotate, span
+    from keel.workflows.verification import Verifier
 
 
 @workflow.defn(name="AgentWorkflow")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import AuditEntry, RunReport, audit_kept
+    from keel.workflows.contracts import AuditEntry, RunReport, audit_kept
 
 
 def audit(report: RunReport, **fields: object) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from workflows.contracts import CARRY_KEPT, RunReport, SagaEntry, StepState
+from keel.workflows.contracts import CARRY_KEPT, RunReport, SagaEntry, StepState
 
 # One call's arguments travel in the history and stay in the run's state (the report, the saga).
 MAX_ARGS_BYTES = 256 * 1024

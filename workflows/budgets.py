@@ -18,11 +18,11 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import NARROWABLE_LIMITS, Budget
-    from workflows.failures import Unwind
-    from workflows.gate import HumanGate
-    from workflows.loop import budget_problem
-    from workflows.run_state import RunState
+    from keel.workflows.contracts import NARROWABLE_LIMITS, Budget
+    from keel.workflows.failures import Unwind
+    from keel.workflows.gate import HumanGate
+    from keel.workflows.loop import budget_problem
+    from keel.workflows.run_state import RunState
 
 EXTENDABLE_LIMITS = (*NARROWABLE_LIMITS, "max_repeats", "max_malformed", "max_denials")
 

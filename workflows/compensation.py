@@ -11,11 +11,11 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.audit import audit
-    from workflows.contracts import CompensationState, RunReport, SagaEntry
-    from workflows.gate import HumanGate
-    from workflows.run_state import RunState
-    from workflows.saga import Saga
+    from keel.workflows.audit import audit
+    from keel.workflows.contracts import CompensationState, RunReport, SagaEntry
+    from keel.workflows.gate import HumanGate
+    from keel.workflows.run_state import RunState
+    from keel.workflows.saga import Saga
 
 
 class Compensator:

@@ -12,14 +12,14 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.bounds import PAYLOAD_LIMIT, fit, json_size
-    from workflows.budgets import BudgetKeeper
-    from workflows.contracts import RunCarry, audit_kept
-    from workflows.failures import Unwind
-    from workflows.gate import HumanGate
-    from workflows.loop import recent_repeats
-    from workflows.model_thread import ModelThread
-    from workflows.run_state import RunState
+    from keel.workflows.bounds import PAYLOAD_LIMIT, fit, json_size
+    from keel.workflows.budgets import BudgetKeeper
+    from keel.workflows.contracts import RunCarry, audit_kept
+    from keel.workflows.failures import Unwind
+    from keel.workflows.gate import HumanGate
+    from keel.workflows.loop import recent_repeats
+    from keel.workflows.model_thread import ModelThread
+    from keel.workflows.run_state import RunState
 
 
 class Continuation:

@@ -10,10 +10,10 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.bounds import MAX_ARGS_BYTES, json_size
-    from workflows.budgets import extended
-    from workflows.contracts import ArgsCheck, Decision, RunReport
-    from workflows.planning import KEEL_ACTIVITY_TIMEOUT, KEEL_RETRY
+    from keel.workflows.bounds import MAX_ARGS_BYTES, json_size
+    from keel.workflows.budgets import extended
+    from keel.workflows.contracts import ArgsCheck, Decision, RunReport
+    from keel.workflows.planning import KEEL_ACTIVITY_TIMEOUT, KEEL_RETRY
 
 
 async def check_edit(report: RunReport, decision: Decision) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 
-from workflows.contracts import RetrySpec, ToolSpec
+from keel.workflows.contracts import RetrySpec, ToolSpec
 
 
 def retry_policy(spec: RetrySpec) -> RetryPolicy:

@@ -21,10 +21,10 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows.audit import audit
+from keel.workflows.audit import audit
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import (
+    from keel.workflows.contracts import (
         ApprovalPolicy,
         Choice,
         Decision,
@@ -33,10 +33,10 @@ with workflow.unsafe.imports_passed_through():
         RunReport,
         ToolCall,
     )
-    from workflows.errors import DecisionRefused
-    from workflows.metrics import count
-    from workflows.rules import digest, holds
-    from workflows.tracing import annotate, span
+    from keel.workflows.errors import DecisionRefused
+    from keel.workflows.metrics import count
+    from keel.workflows.rules import digest, holds
+    from keel.workflows.tracing import annotate, span
 
 SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "authorization", "credential")
 SUMMARY_CHARS = 80

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workflows.contracts import (
+from keel.workflows.contracts import (
     ASK_HUMAN,
     FINISH,
     MAX_STEPS,
@@ -28,7 +28,7 @@ from workflows.contracts import (
     ToolSchema,
     ToolSpec,
 )
-from workflows.rules import digest
+from keel.workflows.rules import digest
 
 ACTION_SCHEMAS = (
     ToolSchema(

@@ -15,8 +15,8 @@ import json
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.budgets import BudgetKeeper
-    from workflows.contracts import (
+    from keel.workflows.budgets import BudgetKeeper
+    from keel.workflows.contracts import (
         PROGRESS_KEPT,
         AcceptanceState,
         Message,
@@ -30,8 +30,8 @@ with workflow.unsafe.imports_passed_through():
         ToolSpec,
         preamble_ref,
     )
-    from workflows.failures import Unwind
-    from workflows.loop import (
+    from keel.workflows.failures import Unwind
+    from keel.workflows.loop import (
         PLAN_SCHEMA,
         VERDICT_SCHEMA,
         PlanDraft,
@@ -40,10 +40,10 @@ with workflow.unsafe.imports_passed_through():
         review_prompt,
         single_call,
     )
-    from workflows.metrics import count
-    from workflows.routing import ModelsExhausted, ask_route
-    from workflows.run_state import RunState
-    from workflows.tracing import annotate, span
+    from keel.workflows.metrics import count
+    from keel.workflows.routing import ModelsExhausted, ask_route
+    from keel.workflows.run_state import RunState
+    from keel.workflows.tracing import annotate, span
 
 
 class ModelThread:

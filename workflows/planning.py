@@ -14,7 +14,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import (
+    from keel.workflows.contracts import (
         AcceptanceState,
         AgentRequest,
         PlanRequest,
@@ -24,9 +24,9 @@ with workflow.unsafe.imports_passed_through():
         ResolvedAgent,
         StepState,
     )
-    from workflows.failures import Unwind
-    from workflows.model_thread import ModelThread
-    from workflows.run_state import RunState
+    from keel.workflows.failures import Unwind
+    from keel.workflows.model_thread import ModelThread
+    from keel.workflows.run_state import RunState
 
 # Keel's own activities (planning, checking a plan or arguments) are cheap and idempotent.
 KEEL_ACTIVITY_TIMEOUT = timedelta(seconds=60)

@@ -15,8 +15,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import ModelRef, ModelReply, ModelRequest, Route
-    from workflows.failures import describe_failure, retry_policy
+    from keel.workflows.contracts import ModelRef, ModelReply, ModelRequest, Route
+    from keel.workflows.failures import describe_failure, retry_policy
 
 # The provider's own timeout is enforced by the HTTP client; this is the backstop around it.
 ACTIVITY_SLACK = timedelta(seconds=10)

@@ -16,7 +16,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from workflows.contracts import ArgRule
+from keel.workflows.contracts import ArgRule
 
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,

@@ -13,8 +13,8 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.bounds import PAYLOAD_LIMIT, fit, json_size
-    from workflows.contracts import (
+    from keel.workflows.bounds import PAYLOAD_LIMIT, fit, json_size
+    from keel.workflows.contracts import (
         PROGRESS_KEPT,
         STATUS_ATTRIBUTE,
         AgentRunInput,
@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         StepState,
         ToolSpec,
     )
-    from workflows.metrics import count
+    from keel.workflows.metrics import count
 
 STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
 

@@ -23,16 +23,16 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import (
+    from keel.workflows.contracts import (
         CompensationState,
         RetrySpec,
         SagaEntry,
         ToolCall,
         ToolSpec,
     )
-    from workflows.failures import attempts_made, describe_failure
-    from workflows.tool_calls import start_call
-    from workflows.tracing import annotate, span
+    from keel.workflows.failures import attempts_made, describe_failure
+    from keel.workflows.tool_calls import start_call
+    from keel.workflows.tracing import annotate, span
 
 DEFAULT_COMPENSATION = ToolSpec(
     name="compensation",

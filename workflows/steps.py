@@ -17,18 +17,18 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.audit import audit
-    from workflows.authz import authorize
-    from workflows.bounds import MAX_ARGS_BYTES, json_size
-    from workflows.budgets import BudgetKeeper
-    from workflows.contracts import ApprovalPolicy, SagaEntry, StepState, ToolOutput, ToolSpec
-    from workflows.failures import Unwind, attempts_made, describe_failure
-    from workflows.gate import HumanGate, needs_approval
-    from workflows.metrics import count
-    from workflows.run_state import RunState
-    from workflows.saga import Saga
-    from workflows.tool_calls import call_tool
-    from workflows.tracing import annotate, span
+    from keel.workflows.audit import audit
+    from keel.workflows.authz import authorize
+    from keel.workflows.bounds import MAX_ARGS_BYTES, json_size
+    from keel.workflows.budgets import BudgetKeeper
+    from keel.workflows.contracts import ApprovalPolicy, SagaEntry, StepState, ToolOutput, ToolSpec
+    from keel.workflows.failures import Unwind, attempts_made, describe_failure
+    from keel.workflows.gate import HumanGate, needs_approval
+    from keel.workflows.metrics import count
+    from keel.workflows.run_state import RunState
+    from keel.workflows.saga import Saga
+    from keel.workflows.tool_calls import call_tool
+    from keel.workflows.tracing import annotate, span
 
 
 class StepRunner:

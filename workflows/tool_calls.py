@@ -12,9 +12,9 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import ToolCall, ToolOutput, ToolSpec
-    from workflows.failures import retry_policy
-    from workflows.run_state import RunState
+    from keel.workflows.contracts import ToolCall, ToolOutput, ToolSpec
+    from keel.workflows.failures import retry_policy
+    from keel.workflows.run_state import RunState
 
 # A cancelled run compensates only once the in-flight call has stopped: with TRY_CANCEL a
 # write still running could land after its compensation.

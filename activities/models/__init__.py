@@ -1,6 +1,6 @@
 """Model providers. The offline scripted model is the default; it needs no key and no network."""
 
-from activities.models.scripted import (
+from keel.activities.models.scripted import (
     ScriptedModel,
     ScriptedPlanner,
     scripted_model,

@@ -20,16 +20,16 @@ from typing import Generic, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.store import BlobStore
-from workflows.contracts import (
+from keel.activities.store import BlobStore
+from keel.workflows.contracts import (
     Message,
     ModelReply,
     ModelRequest,
     ToolSchema,
     preamble_blob,
 )
-from workflows.errors import BlobCorrupted
-from workflows.loop import model_view
+from keel.workflows.errors import BlobCorrupted
+from keel.workflows.loop import model_view
 
 CACHE_SIZE = 256  # conversations this worker served last (the sticky queue sends them back here)
 # Model calls read and write the store in threads (it may be a bucket across the network).

@@ -20,9 +20,9 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.retry import jittered_delay
-from activities.secrets import file_secrets
-from workflows.contracts import (
+from keel.activities.retry import jittered_delay
+from keel.activities.secrets import file_secrets
+from keel.workflows.contracts import (
     Message,
     ModelReply,
     ModelRequest,

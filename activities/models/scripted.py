@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from workflows.contracts import ModelReply, ModelRequest, PlanSpec
+from keel.workflows.contracts import ModelReply, ModelRequest, PlanSpec
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The pydantic contracts that cross every boundary, by concern, under one import path:
 
-    from workflows.contracts import PlanSpec, AgentSpec, RunReport, Budget
+    from keel.workflows.contracts import PlanSpec, AgentSpec, RunReport, Budget
 
 base (limits, shared bases), policy (retries, gates, grants, tool specs), plan (plans, agents),
 models (routes, model calls, budgets), wire (activity boundaries), report (durable plan state
@@ -8,7 +8,7 @@ and the report), run (the run input and its carry). Pure (no I/O, no clocks): wo
 imports it through ``imports_passed_through``.
 """
 
-from workflows.contracts.base import (
+from keel.workflows.contracts.base import (
     AUDIT_KEPT,
     CARRY_KEPT,
     DEFAULT_TASK_QUEUE,
@@ -26,7 +26,7 @@ from workflows.contracts.base import (
     ToolKind,
     audit_kept,
 )
-from workflows.contracts.models import (
+from keel.workflows.contracts.models import (
     ASK_HUMAN,
     ENV_NAME,
     FINISH,
@@ -49,14 +49,14 @@ from workflows.contracts.models import (
     preamble_blob,
     preamble_ref,
 )
-from workflows.contracts.plan import (
+from keel.workflows.contracts.plan import (
     PLAN_RUNNER,
     AcceptanceSpec,
     AgentSpec,
     PlanSpec,
     StepSpec,
 )
-from workflows.contracts.policy import (
+from keel.workflows.contracts.policy import (
     ApprovalPolicy,
     ArgRule,
     Grant,
@@ -64,7 +64,7 @@ from workflows.contracts.policy import (
     SecretRef,
     ToolSpec,
 )
-from workflows.contracts.report import (
+from keel.workflows.contracts.report import (
     AcceptanceState,
     AuditEntry,
     CompensationState,
@@ -76,11 +76,11 @@ from workflows.contracts.report import (
     SagaEntry,
     StepState,
 )
-from workflows.contracts.run import (
+from keel.workflows.contracts.run import (
     AgentRunInput,
     RunCarry,
 )
-from workflows.contracts.wire import (
+from keel.workflows.contracts.wire import (
     AgentRequest,
     ArgsCheck,
     CheckResult,

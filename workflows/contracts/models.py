@@ -19,8 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from workflows.contracts.base import _Frozen, _Strict, _Wire
-from workflows.contracts.policy import RetrySpec
+from keel.workflows.contracts.base import _Frozen, _Strict, _Wire
+from keel.workflows.contracts.policy import RetrySpec
 
 Provider = Literal["scripted", "openai", "anthropic"]
 StepKind = Literal["plan", "act", "verify"]

@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from workflows.contracts.base import MAX_STEPS, TOOL_NAME, _Frozen, _Strict
-from workflows.contracts.models import ActingPolicy, Budget, Routes
-from workflows.contracts.policy import ApprovalPolicy, Grant
+from keel.workflows.contracts.base import MAX_STEPS, TOOL_NAME, _Frozen, _Strict
+from keel.workflows.contracts.models import ActingPolicy, Budget, Routes
+from keel.workflows.contracts.policy import ApprovalPolicy, Grant
 
 
 class StepSpec(_Strict):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from workflows.contracts.base import Effect, OmitDefaults, TimeoutAction, ToolKind, _Frozen
+from keel.workflows.contracts.base import Effect, OmitDefaults, TimeoutAction, ToolKind, _Frozen
 
 
 class RetrySpec(_Frozen):

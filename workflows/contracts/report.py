@@ -8,15 +8,15 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from workflows.contracts import base as limits  # read at call time: tests lower them
-from workflows.contracts.base import (
+from keel.workflows.contracts import base as limits  # read at call time: tests lower them
+from keel.workflows.contracts.base import (
     Choice,
     RunStatus,
     TimeoutAction,
     _Strict,
 )
-from workflows.contracts.models import Budget, BudgetUsed, ModelCallRecord
-from workflows.contracts.wire import ResultRef
+from keel.workflows.contracts.models import Budget, BudgetUsed, ModelCallRecord
+from keel.workflows.contracts.wire import ResultRef
 
 
 class PendingRequest(_Strict):

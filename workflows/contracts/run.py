@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from workflows.contracts.base import MAX_GOAL_CHARS, _Strict
-from workflows.contracts.models import Message
-from workflows.contracts.plan import AgentSpec, PlanSpec
-from workflows.contracts.policy import ToolSpec
-from workflows.contracts.report import RunReport
+from keel.workflows.contracts.base import MAX_GOAL_CHARS, _Strict
+from keel.workflows.contracts.models import Message
+from keel.workflows.contracts.plan import AgentSpec, PlanSpec
+from keel.workflows.contracts.policy import ToolSpec
+from keel.workflows.contracts.report import RunReport
 
 
 class AgentRunInput(_Strict):

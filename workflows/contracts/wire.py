@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import Field
 
-from workflows.contracts.base import OmitDefaults, _Strict
-from workflows.contracts.plan import AgentSpec, PlanSpec
-from workflows.contracts.policy import Grant, ToolSpec
+from keel.workflows.contracts.base import OmitDefaults, _Strict
+from keel.workflows.contracts.plan import AgentSpec, PlanSpec
+from keel.workflows.contracts.policy import Grant, ToolSpec
 
 
 class ArgsCheck(_Strict):
