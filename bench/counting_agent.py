@@ -8,6 +8,7 @@ import json
 
 from keel.activities import scripted_model
 from keel.activities.models.scripted import ScriptedModel
+from keel.workflows.context_view import results_seen
 from keel.workflows.contracts import (
     ActingPolicy,
     AgentSpec,
@@ -21,7 +22,6 @@ from keel.workflows.contracts import (
     ToolCallRequest,
     Usage,
 )
-from keel.workflows.loop import results_seen
 
 
 def counting_agent(name: str, tool_name: str) -> tuple[ScriptedModel, AgentSpec]:

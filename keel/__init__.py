@@ -44,7 +44,7 @@ _WHERE = {
     "ModelReply": "keel.workflows.contracts",
     "ModelRequest": "keel.workflows.contracts",
     "PlanSpec": "keel.workflows.contracts",
-    "results_seen": "keel.workflows.loop",
+    "results_seen": "keel.workflows.context_view",
     "RetrySpec": "keel.activities",
     "Route": "keel.workflows.contracts",
     "Routes": "keel.workflows.contracts",
@@ -155,6 +155,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from keel.workflows import (
         AgentWorkflow,
     )
+    from keel.workflows.context_view import (
+        results_seen,
+    )
     from keel.workflows.contracts import (
         AcceptanceSpec,
         ActingPolicy,
@@ -195,5 +198,4 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from keel.workflows.loop import (
         VERDICT,
-        results_seen,
     )

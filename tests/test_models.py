@@ -25,6 +25,7 @@ from keel.activities import Catalog
 from keel.activities.models.context_store import Version
 from keel.timeline import timeline
 from keel.workflows import AgentWorkflow
+from keel.workflows.context_view import model_view, results_seen
 from keel.workflows.contracts import (
     AcceptanceSpec,
     ActingPolicy,
@@ -43,7 +44,7 @@ from keel.workflows.contracts import (
     ToolCallRequest,
     ToolOutput,
 )
-from keel.workflows.loop import REPEATS_CARRIED, model_view, recent_repeats, results_seen
+from keel.workflows.loop import REPEATS_CARRIED, recent_repeats
 from tests.conftest import keel_worker
 from tests.model_server import (
     ANTHROPIC,

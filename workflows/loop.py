@@ -1,14 +1,12 @@
-"""The agent loop's pure parts: the context a model sees, how its answer becomes typed actions,
-and the budget checks. No I/O, no clocks (the caller passes workflow time), so the workflow
-imports it through ``imports_passed_through`` and a replay computes exactly the same.
-"""
+"""The agent loop's pure parts: prompts and tool schemas, how a model's answer becomes typed
+actions, and the budget checks (what the model is shown: workflows/context_view.py). No I/O,
+no clocks (the caller passes workflow time), so the workflow imports it through
+``imports_passed_through`` and a replay computes exactly the same."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
@@ -19,10 +17,8 @@ from keel.workflows.contracts import (
     FINISH,
     MAX_STEPS,
     AcceptanceSpec,
-    ActingPolicy,
     Budget,
     BudgetUsed,
-    Message,
     ModelReply,
     StepSpec,
     ToolSchema,
@@ -137,65 +133,6 @@ def review_prompt(goal: str, prompt: str) -> str:
         f"You review whether an agent met its goal: {goal}\nRead what it did and call "
         f"{VERDICT} with passed true only if the goal is met, and the reason."
     )
-
-
-def model_view(
-    system: str,
-    turns: Sequence[Message],
-    policy: ActingPolicy,
-    length: int | None = None,
-    tool_results: int | None = None,
-) -> tuple[Message, ...]:
-    """The messages for the next model call. The opening messages (before the model's first
-    answer) and the newest `keep_turns` messages go to the model; what lies between is counted
-    in the system prompt, so the request (and the work to build it) stays bounded however long
-    the run. Within that, the newest `keep_results` tool results go in full (cut at
-    `result_chars`) and older ones as a one-line summary. `length` (default: all) takes the
-    first messages of `turns` only; `tool_results`, when the caller knows it, is how many of
-    those are tool results (else they are counted)."""
-    end = len(turns) if length is None else length
-    opening = next((i for i in range(end) if turns[i].role == "assistant"), end)
-    start = max(opening, end - policy.keep_turns)
-    while start < end and turns[start].role == "tool":
-        start += 1  # a tool result never goes without the call it answers
-    head, window = list(turns[:opening]), list(turns[start:end])
-    if start > opening:
-        if tool_results is None:
-            skipped_results = sum(1 for i in range(opening, start) if turns[i].role == "tool")
-        else:
-            shown = sum(1 for m in head + window if m.role == "tool")
-            skipped_results = tool_results - shown
-        system += (
-            f"\n\n[Earlier in this run: {start - opening} messages not shown, {skipped_results} "
-            "of them tool results; the newest messages follow.]"
-        )
-    visible = head + window
-    results_at = [i for i, m in enumerate(visible) if m.role == "tool"]
-    old = set(results_at[: max(0, len(results_at) - policy.keep_results)])
-    shown_messages: list[Message] = [Message(role="system", content=system)]
-    for i, message in enumerate(visible):
-        if message.role != "tool":
-            shown_messages.append(message)
-            continue
-        text = message.content
-        if i in old:
-            line = " ".join(text.split())
-            text = f"[older result, trimmed] {line[: policy.summary_chars]}"
-        elif len(text) > policy.result_chars:
-            text = text[: policy.result_chars] + f" [... {len(text) - policy.result_chars} more]"
-        shown_messages.append(message.model_copy(update={"content": text}))
-    return tuple(shown_messages)
-
-
-SKIPPED_RESULTS = re.compile(r"\[Earlier in this run: \d+ messages not shown, (\d+) of them")
-
-
-def results_seen(messages: tuple[Message, ...] | list[Message]) -> int:
-    """Tool results in a model call's view, those counted in the system prompt included."""
-    shown = sum(1 for m in messages if m.role == "tool")
-    system = next((m.content for m in messages if m.role == "system"), "")
-    found = SKIPPED_RESULTS.search(system)
-    return shown + (int(found.group(1)) if found else 0)
 
 
 def schema_problems(parameters: dict[str, Any], args: dict[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from keel.activities.store import BlobStore
+from keel.workflows.context_view import model_view
 from keel.workflows.contracts import (
     Message,
     ModelReply,
@@ -29,7 +30,6 @@ from keel.workflows.contracts import (
     preamble_blob,
 )
 from keel.workflows.errors import BlobCorrupted
-from keel.workflows.loop import model_view
 
 CACHE_SIZE = 256  # conversations this worker served last (the sticky queue sends them back here)
 # Model calls read and write the store in threads (it may be a bucket across the network).
