@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,10 +19,10 @@ import examples.ledger as ledger
 from examples.ledger import store
 from keel import KeelPlugin
 from keel.activities import Catalog
-from keel.runs import NO_WORKER_AFTER, get_report
+from keel.runs import get_report
 from keel.workflows.errors import RunNotFound
 from tests.conftest import dev_address, keel_worker
-from tests.processes import Result, starter
+from tests.processes import ROOT, Result, child_env, starter
 
 
 @pytest_asyncio.fixture
@@ -167,16 +168,28 @@ async def test_run_wait_with_no_worker_says_so_and_keeps_waiting(
     queue = f"nobody-{uuid.uuid4().hex[:8]}"
     env = {"TEMPORAL_ADDRESS": dev_address(dev_client), "KEEL_TASK_QUEUE": queue}
     plan = write_plan(tmp_path, pay_plan("emil", 3, 3))
-    waiting = asyncio.ensure_future(starter("run", "--plan", str(plan), "--wait", env=env))
-    await asyncio.sleep(NO_WORKER_AFTER + 3)  # the starter has looked for a worker by now
-    assert not waiting.done()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "starter.py",
+        "run",
+        "--plan",
+        str(plan),
+        "--wait",
+        cwd=ROOT,
+        env=child_env(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    # A condition, not a sleep: the line arrives when the starter has looked for a worker.
+    said = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+    assert said.startswith(f"starter.py: no worker polls task queue '{queue}'; the run waits")
+    assert proc.returncode is None  # and it keeps waiting
     plugin = KeelPlugin(Catalog.from_modules([ledger]))
     async with Worker(dev_client, task_queue=queue, plugins=[plugin]):
-        result = await waiting
-    assert result.code == 0, result  # it kept waiting, and the run finished once a worker came
-    assert f"starter.py: no worker polls task queue '{queue}'; the run waits until one" in (
-        result.err
-    )
+        code = await asyncio.wait_for(proc.wait(), 60)
+    assert code == 0  # the run finished once a worker came
 
 
 @pytest.mark.parametrize(
