@@ -65,7 +65,7 @@ async def until_in_history(handle: WorkflowHandle, attribute: str) -> None:
     """Wait (a condition, not a sleep) until the run's history has an event of that kind."""
     for _ in range(400):
         history = await handle.fetch_history()
-        if any(e.HasField(attribute) for e in history.events):
+        if any(e.HasField(attribute) for e in history.events):  # type: ignore[arg-type]
             return
         await asyncio.sleep(0.025)
     raise AssertionError(f"no {attribute} in the history")

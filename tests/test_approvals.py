@@ -23,6 +23,7 @@ from keel.workflows.contracts import (
     ArgRule,
     Decision,
     Grant,
+    PendingRequest,
     PlanSpec,
     RunReport,
     StepSpec,
@@ -68,6 +69,13 @@ async def waiting(handle: WorkflowHandle) -> RunReport:
     raise AssertionError("the run never waited on a human")
 
 
+async def asked(handle: WorkflowHandle) -> PendingRequest:
+    """The request the run waits on, once it waits."""
+    pending = (await waiting(handle)).pending
+    assert pending is not None
+    return pending
+
+
 async def refused(handle: WorkflowHandle, decision: Decision, message: str) -> None:
     before = await handle.query(AgentWorkflow.report)
     with pytest.raises(WorkflowUpdateFailedError) as caught:
@@ -88,6 +96,7 @@ async def test_gated_step_waits_with_the_request_then_runs_when_approved(
         handle = await start(ts_client, queue, [pay("amy", 50), pay("bo", 500)])
         report = await waiting(handle)
         pending = report.pending
+        assert pending is not None
         assert report.status == "WAITING_ON_YOU"
         assert [s.done for s in report.steps] == [True, False]  # the cheap step did not wait
         assert (pending.kind, pending.step, pending.tool) == ("approval", 2, "post_entry")
@@ -118,6 +127,7 @@ async def test_three_day_deadline_passes_in_test_time_and_rejects(
     async with keel_worker(ts_client, CATALOG, agent()) as queue:
         handle = await start(ts_client, queue, [pay("cy", 5), pay("di", 500)])
         asked = (await waiting(handle)).pending
+        assert asked is not None
         final = await handle.result()  # the test server skips the three days
     assert asked is not None
     # Three days of workflow time passed (the run decided at its deadline, not before).
@@ -132,13 +142,14 @@ async def test_deadline_default_skip_and_reminder(ts_client: Client, ledger_db: 
     spec = agent(on_timeout="skip", remind_after=timedelta(days=1), reminder="notify")
     async with keel_worker(ts_client, CATALOG, spec) as queue:
         handle = await start(ts_client, queue, [pay("ed", 500), pay("fay", 600)], spec)
-        request = (await waiting(handle)).pending.request_id
+        request = (await asked(handle)).request_id
         await skip_time(ts_client, timedelta(days=3, minutes=1))  # past reminder and deadline
         for _ in range(400):  # step 2 then waits on a request of its own
             second = (await handle.query(AgentWorkflow.report)).pending
             if second is not None and second.request_id != request:
                 break
             await asyncio.sleep(0.025)
+        assert second is not None
         late = Decision(request_id=request, choice="approve")
         await refused(handle, late, f"request {request!r} was already decided (timeout)")
         await handle.execute_update(
@@ -158,6 +169,7 @@ async def test_refused_decisions_change_nothing(ts_client: Client, ledger_db: Pa
     async with keel_worker(ts_client, CATALOG, spec) as queue:
         handle = await start(ts_client, queue, [pay("gus", 500)], spec)
         pending = (await waiting(handle)).pending
+        assert pending is not None
         rid = pending.request_id
         ok = {"request_id": rid, "approver": "ops@example.com"}
         await refused(
@@ -197,7 +209,7 @@ async def test_refused_decisions_change_nothing(ts_client: Client, ledger_db: Pa
 async def test_edited_arguments_are_what_runs(ts_client: Client, ledger_db: Path) -> None:
     async with keel_worker(ts_client, CATALOG, agent()) as queue:
         handle = await start(ts_client, queue, [pay("hal", 900)])
-        rid = (await waiting(handle)).pending.request_id
+        rid = (await asked(handle)).request_id
         await handle.execute_update(
             AgentWorkflow.decide,
             Decision(request_id=rid, choice="edit", args={"account": "hal", "amount": 90}),
@@ -213,7 +225,7 @@ async def test_signals_decide_too_and_a_duplicate_is_refused(
 ) -> None:
     async with keel_worker(ts_client, CATALOG, agent()) as queue:
         handle = await start(ts_client, queue, [pay("ivy", 500), pay("jo", 500)])
-        first = (await waiting(handle)).pending.request_id
+        first = (await asked(handle)).request_id
         await handle.signal(
             AgentWorkflow.decide_signal, Decision(request_id=first, choice="approve")
         )
@@ -225,6 +237,7 @@ async def test_signals_decide_too_and_a_duplicate_is_refused(
             if second is not None and second.request_id != first:
                 break
             await asyncio.sleep(0.025)
+        assert second is not None
         await handle.signal(
             AgentWorkflow.decide_signal, Decision(request_id=second.request_id, choice="approve")
         )
@@ -248,6 +261,7 @@ async def test_tool_declared_gate_hides_secret_looking_args(
     async with keel_worker(ts_client, CATALOG, agent()) as queue:
         handle = await start(ts_client, queue, [step], PLAN_RUNNER)
         pending = (await waiting(handle)).pending
+        assert pending is not None
         assert pending.args_summary == {"to": "a@b.c", "body": "x" * 80 + "...", "api_token": "***"}
         await handle.execute_update(
             AgentWorkflow.decide, Decision(request_id=pending.request_id, choice="approve")
@@ -264,6 +278,7 @@ async def test_failed_step_escalates_when_the_agent_says_ask(
     async with keel_worker(ts_client, CATALOG, spec) as queue:
         handle = await start(ts_client, queue, steps, spec)
         pending = (await waiting(handle)).pending
+        assert pending is not None
         assert pending.kind == "escalation"
         assert pending.choices == ["retry", "skip", "abort", "edit"]
         assert pending.reason.startswith("step 2 'boom' (fails_quickly) failed after 3 attempt")
@@ -271,7 +286,7 @@ async def test_failed_step_escalates_when_the_agent_says_ask(
             AgentWorkflow.decide, Decision(request_id=pending.request_id, choice="retry")
         )
         again = await waiting(handle)
-        assert again.pending.request_id != pending.request_id
+        assert again.pending is not None and again.pending.request_id != pending.request_id
         assert again.steps[1].attempts == 6  # two rounds of three bounded attempts
         await handle.execute_update(
             AgentWorkflow.decide,

@@ -66,7 +66,6 @@ async def run_plan(
             AgentRunInput(agent=agent, goal=plan.goal, plan=plan),
             id=f"attack-{uuid.uuid4().hex[:8]}",
             task_queue=queue,
-            result_type=RunReport,
         )
 
 
@@ -282,7 +281,6 @@ async def test_a_signal_sent_in_time_is_taken_when_the_worker_returns_after_the_
             AgentRunInput(agent=QUICK_GATE, goal=plan.goal, plan=plan),
             id=f"attack-late-{uuid.uuid4().hex[:8]}",
             task_queue=queue,
-            result_type=RunReport,
         )
         pending = (await waiting(handle)).pending
     assert pending is not None
@@ -351,7 +349,6 @@ async def test_a_run_whose_context_was_tampered_with_stops_and_compensates(
             AgentRunInput(agent=ledger.ledger_agent, goal="Pay ann 3 and zed 500"),
             id=f"attack-{uuid.uuid4().hex[:8]}",
             task_queue=queue,
-            result_type=RunReport,
         )
         await waiting(handle)  # ann is paid; zed's 500 waits for approval
         for blob in (ledger_db.parent / "blobs").rglob("*"):
@@ -398,7 +395,6 @@ async def test_a_run_refuses_an_unlimited_extension_and_takes_a_finite_one(
             AgentRunInput(agent=agent, goal="Pay ann 3 and bo 4"),
             id=f"attack-{uuid.uuid4().hex[:8]}",
             task_queue=queue,
-            result_type=RunReport,
         )
         pending = (await waiting(handle)).pending
         assert pending is not None and pending.choices == ["extend", "abort"]
@@ -451,7 +447,6 @@ async def test_edited_arguments_get_the_same_size_check(ts_client: Client, ledge
             AgentRunInput(agent=GATED, goal=plan.goal, plan=plan),
             id=f"attack-{uuid.uuid4().hex[:8]}",
             task_queue=queue,
-            result_type=RunReport,
         )
         pending = (await waiting(handle)).pending
         assert pending is not None

@@ -49,7 +49,6 @@ async def start(client: Client, queue: str, plan: PlanSpec, prefix: str) -> Work
         AgentRunInput(agent=PLAN_RUNNER, goal=plan.goal, plan=plan),
         id=f"{prefix}-{uuid.uuid4().hex[:8]}",
         task_queue=queue,
-        result_type=RunReport,
     )
 
 

@@ -88,6 +88,7 @@ async def test_failed_compensation_escalates_and_is_reported(
         handle = await start(ts_client, queue, steps)
         waiting = await wait_for_pending(handle)
         pending = waiting.pending
+        assert pending is not None
         assert waiting.status == "WAITING_ON_YOU"
         assert pending.kind == "escalation" and pending.choices == ["retry", "skip"]
         assert pending.reason.startswith("compensation failed: undo_fails for step 1 after 3")
@@ -115,6 +116,7 @@ async def test_a_human_retry_of_a_compensation_can_succeed(
     async with keel_worker(ts_client, CATALOG) as queue:
         handle = await start(ts_client, queue, steps)
         pending = (await wait_for_pending(handle)).pending
+        assert pending is not None
         await handle.execute_update(
             AgentWorkflow.decide, Decision(request_id=pending.request_id, choice="retry")
         )

@@ -172,6 +172,7 @@ async def test_an_approver_outside_the_list_is_refused_and_audited(
         )
         RUN_IDS.append(handle.id)
         pending = (await waiting(handle)).pending
+        assert pending is not None
         with pytest.raises(WorkflowUpdateFailedError) as caught:
             await handle.execute_update(
                 AgentWorkflow.decide,

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
@@ -154,7 +155,8 @@ async def test_keel_keeps_a_data_converters_external_storage(
         ts_client.data_converter,
         external_storage=ExternalStorage(drivers=[driver], payload_size_threshold=2048),
     )
-    client = Client(**{**ts_client.config(), "data_converter": converter})
+    config: Any = {**ts_client.config(), "data_converter": converter}
+    client = Client(**config)
     steps = [StepSpec(title="read", tool="bulky_read", args={"size": 3000})]
     async with keel_worker(client, Catalog.of([bulky_read])) as queue:
         report = await client.execute_workflow(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from temporalio.client import Client
@@ -35,7 +36,7 @@ from tests.conftest import SPANS as EXPORTER
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 
 
-def keel_spans() -> list[ReadableSpan]:
+def keel_spans() -> list[Any]:  # ReadableSpans; Any: their attributes are read by key
     return [s for s in EXPORTER.get_finished_spans() if s.name.startswith("keel.")]
 
 
@@ -85,6 +86,7 @@ async def test_span_tree_of_a_run_with_a_retry_a_wait_and_a_compensation(
             if pending is not None:
                 break
             await asyncio.sleep(0.025)
+        assert pending is not None
         await handle.execute_update(
             AgentWorkflow.decide,
             Decision(request_id=pending.request_id, choice="reject", reason="too much"),
