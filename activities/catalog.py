@@ -30,7 +30,7 @@ from keel.activities.models.context_store import answered, expand
 from keel.activities.models.providers import PROVIDERS
 from keel.activities.models.scripted import ScriptedModel, ScriptedPlanner
 from keel.activities.tool import Tool
-from keel.workflows.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
+from keel.shared.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
 from keel.workflows.contracts import (
     PLAN_RUNNER,
     ActingPolicy,

@@ -29,7 +29,8 @@ from keel.activities.faults import current_injector, degrade, raise_explicit
 from keel.activities.retry import jittered_delay
 from keel.activities.secrets import known_values, redact
 from keel.activities.store import BlobStore, inline_limit
-from keel.workflows.authz import authorize
+from keel.shared.authz import authorize
+from keel.shared.tracing import annotate, span
 from keel.workflows.contracts import (
     TOOL_NAME,
     ApprovalPolicy,
@@ -43,7 +44,6 @@ from keel.workflows.contracts import (
     ToolOutput,
     ToolSpec,
 )
-from keel.workflows.tracing import annotate, span
 
 INVALID_ARGS = "InvalidToolArgs"
 IMPLAUSIBLE = "ImplausibleResult"

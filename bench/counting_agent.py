@@ -8,7 +8,7 @@ import json
 
 from keel.activities import scripted_model
 from keel.activities.models.scripted import ScriptedModel
-from keel.workflows.context_view import results_seen
+from keel.shared.context_view import results_seen
 from keel.workflows.contracts import (
     ActingPolicy,
     AgentSpec,

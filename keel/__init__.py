@@ -44,7 +44,7 @@ _WHERE = {
     "ModelReply": "keel.workflows.contracts",
     "ModelRequest": "keel.workflows.contracts",
     "PlanSpec": "keel.workflows.contracts",
-    "results_seen": "keel.workflows.context_view",
+    "results_seen": "keel.shared.context_view",
     "RetrySpec": "keel.activities",
     "Route": "keel.workflows.contracts",
     "Routes": "keel.workflows.contracts",
@@ -152,11 +152,11 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from keel.plugin import (
         KeelPlugin,
     )
+    from keel.shared.context_view import (
+        results_seen,
+    )
     from keel.workflows import (
         AgentWorkflow,
-    )
-    from keel.workflows.context_view import (
-        results_seen,
     )
     from keel.workflows.contracts import (
         AcceptanceSpec,

@@ -27,9 +27,9 @@ from keel.activities.models import context_store
 from keel.activities.retry import JITTER, jittered_delay
 from keel.activities.store import DirectoryStore
 from keel.humans import decide
+from keel.shared.authz import authorize, grant_covers
+from keel.shared.bounds import PAYLOAD_LIMIT, fit, json_size
 from keel.workflows import AgentWorkflow
-from keel.workflows.authz import authorize, grant_covers
-from keel.workflows.bounds import PAYLOAD_LIMIT, fit, json_size
 from keel.workflows.budgets import extended
 from keel.workflows.contracts import (
     PLAN_RUNNER,

@@ -23,9 +23,9 @@ import examples.ledger as ledger
 from examples.ledger import store
 from keel.activities import Catalog
 from keel.activities.models.context_store import Version
+from keel.shared.context_view import model_view, results_seen
 from keel.timeline import timeline
 from keel.workflows import AgentWorkflow
-from keel.workflows.context_view import model_view, results_seen
 from keel.workflows.contracts import (
     AcceptanceSpec,
     ActingPolicy,

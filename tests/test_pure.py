@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from keel.shared.rules import digest, holds
 from keel.workflows.contracts import ArgRule, Budget, BudgetUsed, RunReport, StepState
 from keel.workflows.contracts import base as limits
 from keel.workflows.contracts.models import ModelReply, ToolCallRequest, ToolSchema
@@ -19,7 +20,6 @@ from keel.workflows.loop import (
     schema_problems,
     tool_schemas,
 )
-from keel.workflows.rules import digest, holds
 
 PAY = ToolSchema(
     name="pay",

@@ -27,6 +27,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 # Keel's deterministic workflow parts (workflow APIs only, no module state) are passed
 # through, so the sandbox imports (and compiles) only this module again for each new run.
 with workflow.unsafe.imports_passed_through():
+    from keel.shared.tracing import annotate, span
     from keel.workflows.acting import StepByStep
     from keel.workflows.audit import audit
     from keel.workflows.budgets import BudgetKeeper
@@ -42,7 +43,6 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.run_state import RunState
     from keel.workflows.saga import Saga
     from keel.workflows.steps import StepRunner
-    from keel.workflows.tracing import annotate, span
     from keel.workflows.verification import Verifier
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from keel.workflows.bounds import PAYLOAD_LIMIT, fit, json_size
+    from keel.shared.bounds import PAYLOAD_LIMIT, fit, json_size
     from keel.workflows.budgets import BudgetKeeper
     from keel.workflows.contracts import RunCarry, audit_kept
     from keel.workflows.failures import Unwind

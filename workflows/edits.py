@@ -10,7 +10,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from keel.workflows.bounds import MAX_ARGS_BYTES, json_size
+    from keel.shared.bounds import MAX_ARGS_BYTES, json_size
     from keel.workflows.budgets import extended
     from keel.workflows.contracts import ArgsCheck, Decision, RunReport
     from keel.workflows.planning import KEEL_ACTIVITY_TIMEOUT, KEEL_RETRY

@@ -24,6 +24,8 @@ from temporalio.exceptions import ActivityError
 from keel.workflows.audit import audit
 
 with workflow.unsafe.imports_passed_through():
+    from keel.shared.rules import digest, holds
+    from keel.shared.tracing import annotate, span
     from keel.workflows.contracts import (
         ApprovalPolicy,
         Choice,
@@ -35,8 +37,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from keel.workflows.errors import DecisionRefused
     from keel.workflows.metrics import count
-    from keel.workflows.rules import digest, holds
-    from keel.workflows.tracing import annotate, span
 
 SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "authorization", "credential")
 SUMMARY_CHARS = 80

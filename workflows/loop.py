@@ -1,5 +1,5 @@
 """The agent loop's pure parts: prompts and tool schemas, how a model's answer becomes typed
-actions, and the budget checks (what the model is shown: workflows/context_view.py). No I/O,
+actions, and the budget checks (what the model is shown: keel/shared/context_view.py). No I/O,
 no clocks (the caller passes workflow time), so the workflow imports it through
 ``imports_passed_through`` and a replay computes exactly the same."""
 
@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from keel.shared.rules import digest
 from keel.workflows.contracts import (
     ASK_HUMAN,
     FINISH,
@@ -24,7 +25,6 @@ from keel.workflows.contracts import (
     ToolSchema,
     ToolSpec,
 )
-from keel.workflows.rules import digest
 
 ACTION_SCHEMAS = (
     ToolSchema(

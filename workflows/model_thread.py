@@ -15,6 +15,7 @@ import json
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from keel.shared.tracing import annotate, span
     from keel.workflows.budgets import BudgetKeeper
     from keel.workflows.contracts import (
         PROGRESS_KEPT,
@@ -43,7 +44,6 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.metrics import count
     from keel.workflows.routing import ModelsExhausted, ask_route
     from keel.workflows.run_state import RunState
-    from keel.workflows.tracing import annotate, span
 
 
 class ModelThread:

@@ -13,7 +13,7 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
-    from keel.workflows.bounds import PAYLOAD_LIMIT, fit, json_size
+    from keel.shared.bounds import PAYLOAD_LIMIT, fit, json_size
     from keel.workflows.contracts import (
         PROGRESS_KEPT,
         STATUS_ATTRIBUTE,

@@ -23,6 +23,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from keel.shared.tracing import annotate, span
     from keel.workflows.contracts import (
         CompensationState,
         RetrySpec,
@@ -32,7 +33,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from keel.workflows.failures import attempts_made, describe_failure
     from keel.workflows.tool_calls import start_call
-    from keel.workflows.tracing import annotate, span
 
 DEFAULT_COMPENSATION = ToolSpec(
     name="compensation",

@@ -17,9 +17,10 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from keel.shared.authz import authorize
+    from keel.shared.bounds import MAX_ARGS_BYTES, json_size
+    from keel.shared.tracing import annotate, span
     from keel.workflows.audit import audit
-    from keel.workflows.authz import authorize
-    from keel.workflows.bounds import MAX_ARGS_BYTES, json_size
     from keel.workflows.budgets import BudgetKeeper
     from keel.workflows.contracts import ApprovalPolicy, SagaEntry, StepState, ToolOutput, ToolSpec
     from keel.workflows.failures import Unwind, attempts_made, describe_failure
@@ -28,7 +29,6 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.run_state import RunState
     from keel.workflows.saga import Saga
     from keel.workflows.tool_calls import call_tool
-    from keel.workflows.tracing import annotate, span
 
 
 class StepRunner:

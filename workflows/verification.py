@@ -12,12 +12,12 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from keel.shared.tracing import annotate, span
     from keel.workflows.contracts import CheckResult, RunReport
     from keel.workflows.failures import describe_failure
     from keel.workflows.model_thread import ModelThread
     from keel.workflows.run_state import RunState
     from keel.workflows.tool_calls import call_tool
-    from keel.workflows.tracing import annotate, span
 
 
 class Verifier:

@@ -21,7 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from keel.activities.store import BlobStore
-from keel.workflows.context_view import model_view
+from keel.shared.context_view import model_view
 from keel.workflows.contracts import (
     Message,
     ModelReply,
