@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any
 # workflow sandbox does, for every run) must not import the client, the plugin and every
 # activity with it.
 _WHERE = {
+    "Run": "keel.api",
+    "get": "keel.api",
+    "pending": "keel.api",
+    "start": "keel.api",
     "AcceptanceSpec": "keel.workflows.contracts",
     "ActingPolicy": "keel.workflows.contracts",
     "AgentRunInput": "keel.workflows.contracts",
@@ -99,6 +103,7 @@ __all__ = [
     "RetrySpec",
     "Route",
     "Routes",
+    "Run",
     "RunClosed",
     "RunExists",
     "RunNotFound",
@@ -115,9 +120,12 @@ __all__ = [
     "Usage",
     "check",
     "connect",
+    "get",
+    "pending",
     "results_seen",
     "scripted_model",
     "scripted_planner",
+    "start",
     "task_queue",
     "tool",
     "tool_context",
@@ -145,6 +153,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         tool,
         tool_context,
     )
+    from keel.api import Run, get, pending, start
     from keel.connection import (
         connect,
         task_queue,

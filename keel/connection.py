@@ -29,11 +29,22 @@ def task_queue(override: str | None = None) -> str:
 
 
 async def connect(plugins: Sequence[Plugin] = (), *, address: str | None = None) -> Client:
+    """A client for the configured server. It speaks Keel's data converter (and encrypts with
+    KEEL_CODEC_KEYS when set) unless `plugins` already brings a KeelPlugin; only the converter:
+    a worker built on this client still takes its KeelPlugin (with its catalog) itself."""
+    from keel.codec import AesGcmCodec
+    from keel.plugin import KeelPlugin, keel_converter  # they import the workflow: not at load
+
     config = ClientConfig.load_client_connect_config()
     config.setdefault("target_host", DEFAULT_ADDRESS)
     if address:
         config["target_host"] = address
+    converter = None
+    if not any(isinstance(p, KeelPlugin) for p in plugins):
+        converter = keel_converter(None, AesGcmCodec.from_env())
     try:
+        if converter is not None:
+            return await Client.connect(**config, plugins=list(plugins), data_converter=converter)
         return await Client.connect(**config, plugins=list(plugins))
     except RuntimeError as err:
         raise ConnectionFailed(
