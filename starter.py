@@ -40,11 +40,10 @@ from typing import Any, get_args
 from pydantic import ValidationError
 from temporalio.client import Client
 
-from keel import KeelPlugin, connect, task_queue
+from keel import connect, task_queue
 from keel.activities.catalog import Catalog, explain
 from keel.activities.settings import OneLineParser, env_choice
 from keel.activities.store import BlobStore
-from keel.codec import AesGcmCodec
 from keel.humans import decide, pending_runs
 from keel.logs import add_logging_args, configure_logging
 from keel.process import exit_now, tool_modules
@@ -57,10 +56,7 @@ from keel.runs import (
     start_run,
     wait_report,
 )
-from keel.telemetry import tracing_plugins
-from keel.timeline import format_timeline, timeline
-from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, Choice, PlanSpec, RunReport
-from keel.workflows.errors import (
+from keel.shared.errors import (
     CatalogError,
     DecisionNotConfirmed,
     DecisionRefused,
@@ -68,6 +64,9 @@ from keel.workflows.errors import (
     RunClosed,
     StoreUnavailable,
 )
+from keel.telemetry import tracing_plugins
+from keel.timeline import format_timeline, timeline
+from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, Choice, PlanSpec, RunReport
 
 EXIT_CODES = {"DONE": 0, "NOT_DONE": 3, "WAITING_ON_YOU": 4, "RUNNING": 5}
 EXIT_REFUSED = 6
@@ -220,6 +219,11 @@ def build_run(args: argparse.Namespace) -> AgentRunInput:
         raise UserError(f"the run cannot start: {explain(err)}") from err
 
 
+def note(text: str) -> None:
+    """A line for the user beside the output: on stderr, so --json stays parseable."""
+    print(f"starter.py: {text}", file=sys.stderr)
+
+
 def emit(report: RunReport, as_json: bool) -> int:
     print(report.model_dump_json(indent=2) if as_json else format_report(report))
     return EXIT_CODES[report.status]
@@ -238,13 +242,8 @@ def edit_args(text: str | None) -> dict[str, Any] | None:
 
 
 async def send_decision(client: Client, args: argparse.Namespace) -> int:
-    choice: Choice = (
-        "approve"
-        if args.command == "approve"
-        else "reject"
-        if args.command == "reject"
-        else args.choice  # argparse offers only the valid choices
-    )
+    # approve and reject are their own choice; decide's comes from argparse's choices.
+    choice: Choice = args.choice if args.command == "decide" else args.command
     try:
         answer = await decide(
             client,
@@ -284,8 +283,8 @@ async def list_pending(client: Client, as_json: bool) -> int:
 
 async def command(args: argparse.Namespace) -> int:
     run = build_run(args) if args.command == "run" else None
-    codec = AesGcmCodec.from_env()
-    client = await connect(plugins=[KeelPlugin(codec=codec), *tracing_plugins("keel-starter")])
+    # connect() brings Keel's converter and the codec of KEEL_CODEC_KEYS.
+    client = await connect(plugins=tracing_plugins("keel-starter"))
     if args.command in ("approve", "reject", "decide"):
         return await send_decision(client, args)
     if args.command == "pending":
@@ -326,8 +325,7 @@ async def command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.wait:
-        say = lambda text: print(f"starter.py: {text}", file=sys.stderr)  # noqa: E731
-        return emit(await wait_report(client, run_id, on_no_worker=say), args.json)
+        return emit(await wait_report(client, run_id, on_no_worker=note), args.json)
     if args.json:
         print(json.dumps({"run_id": run_id, "status": "RUNNING"}))
     else:

@@ -30,11 +30,8 @@ from keel.codec import AesGcmCodec
 from keel.connection import pollers
 from keel.logs import add_logging_args, configure_logging, redact_output
 from keel.process import DEFAULT_TOOLS, exit_now, tool_modules
+from keel.shared.errors import CatalogError, KeelError
 from keel.telemetry import install_runtime, tracing_plugins
-from keel.workflows.errors import (
-    CatalogError,
-    KeelError,
-)
 
 LOG = logging.getLogger("keel.worker")
 LOG.setLevel(logging.INFO)  # "ready" and "stopping" show at any --log-level: scripts wait on them
@@ -157,11 +154,11 @@ def _exited_here(who: str) -> bool:
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
+        pass  # it exists, under another user
     return False
 
 

@@ -8,8 +8,8 @@ from keel.activities.context import ToolContext, tool_context
 from keel.activities.models import ScriptedModel, ScriptedPlanner, scripted_model, scripted_planner
 from keel.activities.store import BlobStore, DirectoryStore
 from keel.activities.tool import Tool, check, tool
+from keel.shared.errors import CatalogError
 from keel.workflows.contracts import CheckResult, RetrySpec, SecretRef
-from keel.workflows.errors import CatalogError
 
 __all__ = [
     "BlobStore",

@@ -31,6 +31,7 @@ from keel.activities.models.providers import PROVIDERS
 from keel.activities.models.scripted import ScriptedModel, ScriptedPlanner
 from keel.activities.tool import Tool
 from keel.shared.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
+from keel.shared.errors import CatalogError
 from keel.workflows.contracts import (
     PLAN_RUNNER,
     ActingPolicy,
@@ -47,7 +48,6 @@ from keel.workflows.contracts import (
     ResolvedAgent,
     ToolSpec,
 )
-from keel.workflows.errors import CatalogError
 
 
 def explain(err: ValidationError) -> str:
@@ -313,7 +313,7 @@ class Catalog:
 
 def _oversized(calls: list[tuple[str, str, dict[str, Any], str]]) -> list[str]:
     """A plan's arguments stay in the run's state: each call's and all of them together are
-    bounded (workflows.bounds), so the run's report always fits a payload."""
+    bounded (keel.shared.bounds), so the run's report always fits a payload."""
     problems = [
         f"{where}: arguments of {name!r} are {size} bytes, over the {MAX_ARGS_BYTES}-byte limit "
         "(pass large data by reference: a path, a URL, a stored blob)"

@@ -1,5 +1,6 @@
 """Settings from KEEL_* variables, read one way: a bad value is one line naming the variable.
-(Here, not in keel/, because activities read settings too and keel/ imports activities.)
+(In keel.activities because tools and stores read settings too; worker.py and starter.py use
+the same functions.)
 
 grace = env_number("KEEL_SHUTDOWN_GRACE", 5.0)            # SettingError if not a number >= 0
 level = env_choice("KEEL_LOG_LEVEL", "info", LEVELS)
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from keel.workflows.errors import SettingError
+from keel.shared.errors import SettingError
 
 
 def env_number(name: str, default: float, *, minimum: float = 0.0) -> float:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.activities.settings import env_count
-from keel.workflows.errors import BlobCorrupted
+from keel.shared.errors import BlobCorrupted
 
 DEFAULT_INLINE_LIMIT = 4096
 

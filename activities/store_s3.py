@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from keel.activities.store import Blob, BlobStore, Pin, blob_ref, digest_of, run_key
-from keel.workflows.errors import StoreUnavailable
+from keel.shared.errors import StoreUnavailable
 
 _stores: dict[str, S3Store] = {}
 _stores_lock = threading.Lock()

@@ -23,6 +23,7 @@ from temporalio.client import Client, WorkflowFailureError
 from keel.connection import task_queue as default_task_queue
 from keel.humans import decide, pending_runs
 from keel.runs import cancel_run, get_report, start_run
+from keel.shared.errors import KeelError
 from keel.workflows.contracts import (
     PLAN_RUNNER,
     AgentRunInput,
@@ -32,7 +33,6 @@ from keel.workflows.contracts import (
     PlanSpec,
     RunReport,
 )
-from keel.workflows.errors import KeelError
 
 
 class Run:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DefaultFailureConverter, PayloadCodec
 
-from keel.workflows.errors import CodecError
+from keel.shared.errors import CodecError
 
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"

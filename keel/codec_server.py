@@ -24,7 +24,7 @@ from temporalio.api.common.v1 import Payloads
 
 from keel.activities.settings import OneLineParser, env_count
 from keel.codec import AesGcmCodec
-from keel.workflows.errors import CodecError, SettingError
+from keel.shared.errors import CodecError, SettingError
 
 DEFAULT_ORIGIN = "http://localhost:8233"  # the dev server's web UI
 

@@ -16,10 +16,11 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import PollerInfo, TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, Plugin
+from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfig
 
+from keel.shared.errors import ConnectionFailed
 from keel.workflows.contracts import DEFAULT_TASK_QUEUE
-from keel.workflows.errors import ConnectionFailed
 
 DEFAULT_ADDRESS = "localhost:7233"
 
@@ -39,13 +40,12 @@ async def connect(plugins: Sequence[Plugin] = (), *, address: str | None = None)
     config.setdefault("target_host", DEFAULT_ADDRESS)
     if address:
         config["target_host"] = address
-    converter = None
+    # With a KeelPlugin, the plugin sets the converter; the SDK's default is its starting point.
+    converter = DataConverter.default
     if not any(isinstance(p, KeelPlugin) for p in plugins):
         converter = keel_converter(None, AesGcmCodec.from_env())
     try:
-        if converter is not None:
-            return await Client.connect(**config, plugins=list(plugins), data_converter=converter)
-        return await Client.connect(**config, plugins=list(plugins))
+        return await Client.connect(**config, plugins=list(plugins), data_converter=converter)
     except RuntimeError as err:
         raise ConnectionFailed(
             f"cannot reach Temporal at {config['target_host']} "

@@ -23,9 +23,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from keel.activities.settings import env_number
 from keel.runs import run_must_exist, status_attribute_registered
+from keel.shared.errors import DecisionNotConfirmed, DecisionRefused, StatusAttributeMissing
 from keel.workflows.agent import AgentWorkflow
 from keel.workflows.contracts import STATUS_ATTRIBUTE, Choice, Decision, PendingRequest
-from keel.workflows.errors import DecisionNotConfirmed, DecisionRefused, StatusAttributeMissing
 
 
 def update_timeout() -> float:

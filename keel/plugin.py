@@ -20,8 +20,8 @@ from temporalio.workflow import NondeterminismError
 
 from keel.activities.catalog import Catalog
 from keel.codec import EncodedFailureConverter, EncryptedPayloadGuard
+from keel.shared.errors import CatalogError
 from keel.workflows.agent import AgentWorkflow
-from keel.workflows.errors import CatalogError
 
 WORKFLOWS = (AgentWorkflow,)
 

@@ -28,6 +28,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from keel.connection import pollers
+from keel.shared.errors import RunClosed, RunExists, RunNotFound
 from keel.workflows.agent import AgentWorkflow
 from keel.workflows.contracts import (
     STATUS_ATTRIBUTE,
@@ -36,7 +37,6 @@ from keel.workflows.contracts import (
     PendingRequest,
     RunReport,
 )
-from keel.workflows.errors import RunClosed, RunExists, RunNotFound
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 
@@ -122,11 +122,10 @@ async def start_run(
 async def previous_execution(client: Client, run_id: str) -> tuple[str, str] | None:
     """The newest earlier run under this id: its execution id and its Temporal status."""
     try:
-        desc = await client.get_workflow_handle(run_id).describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            return None
-        raise
+        with run_must_exist(run_id):
+            desc = await client.get_workflow_handle(run_id).describe()
+    except RunNotFound:
+        return None
     status = desc.status.name if desc.status else "UNKNOWN"
     return desc.run_id, status
 
@@ -226,8 +225,7 @@ async def wait_report(
     goes on: a worker may still come)."""
     handle = client.get_workflow_handle(run_id, result_type=RunReport)
     result = asyncio.ensure_future(handle.result())
-    checked = on_no_worker is None
-    started = asyncio.get_running_loop().time()
+    look_for_worker_at = asyncio.get_running_loop().time() + NO_WORKER_AFTER
     try:
         with run_must_exist(run_id):
             while True:
@@ -237,9 +235,11 @@ async def wait_report(
                 desc = await handle.describe()
                 if (await desc.memo()).get("pending"):
                     return await get_report(client, run_id)
-                waited = asyncio.get_running_loop().time() - started
-                if not checked and waited >= NO_WORKER_AFTER and on_no_worker is not None:
-                    checked = True
+                if (
+                    on_no_worker is not None
+                    and asyncio.get_running_loop().time() >= look_for_worker_at
+                ):
+                    look_for_worker_at = float("inf")  # once
                     if desc.task_queue and not await pollers(client, desc.task_queue):
                         on_no_worker(
                             f"no worker polls task queue {desc.task_queue!r}; the run waits "

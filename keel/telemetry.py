@@ -26,7 +26,7 @@ from temporalio.runtime import (
     TelemetryFilter,
 )
 
-from keel.workflows.errors import TracingUnavailable
+from keel.shared.errors import TracingUnavailable
 
 TRACER = "keel"
 

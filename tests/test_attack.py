@@ -29,6 +29,7 @@ from keel.activities.store import DirectoryStore
 from keel.humans import decide
 from keel.shared.authz import authorize, grant_covers
 from keel.shared.bounds import PAYLOAD_LIMIT, fit, json_size
+from keel.shared.errors import BlobCorrupted, CatalogError
 from keel.workflows import AgentWorkflow
 from keel.workflows.budgets import extended
 from keel.workflows.contracts import (
@@ -46,11 +47,10 @@ from keel.workflows.contracts import (
     StepSpec,
     StepState,
 )
-from keel.workflows.errors import BlobCorrupted, CatalogError
 from tests import sample_tools
 from tests.conftest import dev_address, keel_worker
 from tests.processes import WorkerProcess, starter
-from tests.test_approvals import waiting
+from tests.test_approvals import asked, pay, start, waiting
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 STATEMENT = CATALOG.tools["write_statement"].spec
@@ -267,23 +267,10 @@ async def test_a_signal_sent_in_time_is_taken_when_the_worker_returns_after_the_
     dev_client: Client, ledger_db: Path
 ) -> None:
     queue = f"late-{uuid.uuid4().hex[:8]}"
-    plan = PlanSpec(
-        unverified_ok=True,
-        goal="late worker",
-        steps=[
-            StepSpec(title="pay hal", tool="post_entry", args={"account": "hal", "amount": 500})
-        ],
-    )
     catalog = CATALOG.including(QUICK_GATE)
     async with Worker(dev_client, task_queue=queue, plugins=[KeelPlugin(catalog)]):
-        handle = await dev_client.start_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=QUICK_GATE, goal=plan.goal, plan=plan),
-            id=f"attack-late-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
-        )
-        pending = (await waiting(handle)).pending
-    assert pending is not None
+        handle = await start(dev_client, queue, [pay("hal", 500)], QUICK_GATE)
+        pending = await asked(handle)
     # No worker runs: the server takes the decision before the deadline and holds it.
     decision = Decision(request_id=pending.request_id, choice="approve", approver="ann")
     await handle.signal(AgentWorkflow.decide_signal, decision)
@@ -297,18 +284,7 @@ async def test_a_signal_sent_in_time_is_taken_when_the_worker_returns_after_the_
 
 async def test_a_refused_signal_decision_is_audited(ts_client: Client, ledger_db: Path) -> None:
     async with keel_worker(ts_client, CATALOG, QUICK_GATE) as queue:
-        plan = PlanSpec(
-            goal="forged",
-            steps=[
-                StepSpec(title="pay ivy", tool="post_entry", args={"account": "ivy", "amount": 500})
-            ],
-        )
-        handle = await ts_client.start_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=QUICK_GATE, goal=plan.goal, plan=plan),
-            id=f"attack-forged-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
-        )
+        handle = await start(ts_client, queue, [pay("ivy", 500)], QUICK_GATE)
         await waiting(handle)
         forged = Decision(request_id="approval-9-9", choice="approve", approver="mallory")
         await handle.signal(AgentWorkflow.decide_signal, forged)
@@ -438,18 +414,8 @@ async def test_a_plan_whose_arguments_outgrow_a_payload_is_refused_before_any_wr
 
 async def test_edited_arguments_get_the_same_size_check(ts_client: Client, ledger_db: Path) -> None:
     async with keel_worker(ts_client, CATALOG, GATED) as queue:
-        plan = PlanSpec(
-            goal="pay big",
-            steps=[StepSpec(title="pay", tool="post_entry", args={"account": "z", "amount": 500})],
-        )
-        handle = await ts_client.start_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=GATED, goal=plan.goal, plan=plan),
-            id=f"attack-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
-        )
-        pending = (await waiting(handle)).pending
-        assert pending is not None
+        handle = await start(ts_client, queue, [pay("z", 500)], GATED)
+        pending = await asked(handle)
         huge = {"account": "z", "amount": 5, "memo": "y" * 300_000}
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await handle.execute_update(

@@ -20,7 +20,7 @@ from examples.ledger import store
 from keel import KeelPlugin
 from keel.activities import Catalog
 from keel.runs import get_report
-from keel.workflows.errors import RunNotFound
+from keel.shared.errors import RunNotFound
 from tests.conftest import dev_address, keel_worker
 from tests.processes import ROOT, Result, child_env, starter
 

@@ -25,9 +25,9 @@ from keel.activities import Catalog
 from keel.codec import AesGcmCodec, parse_keys
 from keel.codec_server import make_server
 from keel.runs import get_report
+from keel.shared.errors import CodecError
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
-from keel.workflows.errors import CodecError
 from tests import sample_tools
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import keel
-from keel.workflows import errors
+from keel.shared import errors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ def test_every_error_keel_raises_is_a_keel_error_and_importable_from_keel() -> N
 
 
 def test_no_other_exception_classes_hide_in_keels_packages() -> None:
-    # Every exception a user could catch is declared once, in workflows/errors.py (Unwind and
+    # Every exception a user could catch is declared once, in keel/shared/errors.py (Unwind and
     # ModelsExhausted are internal: the workflow turns them into a report).
     internal = {"Unwind", "ModelsExhausted"}
     found = []

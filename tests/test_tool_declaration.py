@@ -15,8 +15,8 @@ import examples.ledger as ledger
 from keel import KeelPlugin
 from keel.activities import Catalog, RetrySpec, tool
 from keel.activities.catalog import load_module
+from keel.shared.errors import CatalogError
 from keel.workflows.contracts import PLAN_RUNNER, AgentSpec, PlanSpec, StepSpec
-from keel.workflows.errors import CatalogError
 
 
 def test_defaults_are_bounded() -> None:

@@ -27,6 +27,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 # Keel's deterministic workflow parts (workflow APIs only, no module state) are passed
 # through, so the sandbox imports (and compiles) only this module again for each new run.
 with workflow.unsafe.imports_passed_through():
+    from keel.shared.errors import DecisionRefused
     from keel.shared.tracing import annotate, span
     from keel.workflows.acting import StepByStep
     from keel.workflows.audit import audit
@@ -35,7 +36,6 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.continuation import Continuation
     from keel.workflows.contracts import AcceptanceState, AgentRunInput, Decision, RunReport
     from keel.workflows.edits import check_edit
-    from keel.workflows.errors import DecisionRefused
     from keel.workflows.failures import Unwind, describe_failure
     from keel.workflows.gate import HumanGate
     from keel.workflows.model_thread import ModelThread

@@ -24,6 +24,7 @@ from temporalio.exceptions import ActivityError
 from keel.workflows.audit import audit
 
 with workflow.unsafe.imports_passed_through():
+    from keel.shared.errors import DecisionRefused
     from keel.shared.rules import digest, holds
     from keel.shared.tracing import annotate, span
     from keel.workflows.contracts import (
@@ -35,7 +36,6 @@ with workflow.unsafe.imports_passed_through():
         RunReport,
         ToolCall,
     )
-    from keel.workflows.errors import DecisionRefused
     from keel.workflows.metrics import count
 
 SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "authorization", "credential")

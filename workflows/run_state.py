@@ -84,7 +84,7 @@ class RunState:
         return out
 
     def payload(self, final: bool = False) -> RunReport:
-        """The report as it may leave the workflow: within PAYLOAD_LIMIT (workflows.bounds).
+        """The report as it may leave the workflow: within PAYLOAD_LIMIT (keel.shared.bounds).
         One that cannot fit is cut to its summary, and a run ending with it is NOT_DONE."""
         self.report.resume_notes = self.resume_notes()
         report = self.report.with_newest_steps()

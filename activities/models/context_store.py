@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from keel.activities.store import BlobStore
 from keel.shared.context_view import model_view
+from keel.shared.errors import BlobCorrupted
 from keel.workflows.contracts import (
     Message,
     ModelReply,
@@ -29,7 +30,6 @@ from keel.workflows.contracts import (
     ToolSchema,
     preamble_blob,
 )
-from keel.workflows.errors import BlobCorrupted
 
 CACHE_SIZE = 256  # conversations this worker served last (the sticky queue sends them back here)
 # Model calls read and write the store in threads (it may be a bucket across the network).

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from keel.shared.errors import Traversal
 from keel.shared.rules import holds
 from keel.workflows.contracts import ArgRule, Grant, ToolSpec
-from keel.workflows.errors import Traversal
 
 
 class _Args(dict[str, Any]):

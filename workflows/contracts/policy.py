@@ -69,7 +69,7 @@ class SecretRef(_Frozen):
 class Grant(_Frozen, OmitDefaults):
     """A scope an agent holds: a glob over scopes ("ledger:write:*", "fs:write:/data/out/*"),
     narrowed by rules on the call's arguments (all must hold): "can write" is not "anywhere".
-    `*` and `?` stop at a `/`; `**` crosses any number of them (workflows.authz)."""
+    `*` and `?` stop at a `/`; `**` crosses any number of them (keel.shared.authz)."""
 
     scope: str = Field(min_length=1)
     rules: tuple[ArgRule, ...] = ()

@@ -1,14 +1,14 @@
 """Keel's errors: one base, KeelError, so a script can catch everything Keel refuses or cannot
 reach with one `except`; each subclass says what went wrong in its message, in one line.
 
-    from keel import KeelError, RunNotFound
+    import keel
     try:
-        report = await keel_runs.get_report(client, "pay-1")
-    except RunNotFound:
+        report = await keel.get(client, "pay-1").report()
+    except keel.RunNotFound:
         ...
 
-Defined here, in the bottom layer (pure, no imports), so workflow code, activities and the
-client side raise the same classes.
+Defined here, with the helpers both layers share (pure, no imports), so workflow code,
+activities and the client side raise the same classes.
 """
 
 from __future__ import annotations
