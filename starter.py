@@ -18,6 +18,10 @@
         (removes blobs older than that from the blob store, $KEEL_STORE_DIR or
         $KEEL_STORE_URL, except those a running run pins)
 
+run waits until a worker admits the run: the worker resolves the agent and checks the plan, and
+its refusal is an error here (exit 1); with no worker answering, the run starts unchecked and a
+note on stderr says so.
+
 Exit codes: run --wait and status: 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING (run --wait
 returns as soon as the run waits on a human). approve, reject, decide: 0 accepted, 6 refused,
 7 not confirmed (sent with --signal, or no worker answered within $KEEL_DECISION_TIMEOUT s: it
@@ -41,12 +45,12 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 from keel import connect, task_queue
-from keel.activities.catalog import Catalog, explain
+from keel.activities.catalog import explain
 from keel.activities.settings import OneLineParser, env_choice
 from keel.activities.store import BlobStore
 from keel.humans import decide, pending_runs
 from keel.logs import add_logging_args, configure_logging
-from keel.process import exit_now, tool_modules
+from keel.process import exit_now
 from keel.runs import (
     audit_trail,
     cancel_run,
@@ -57,7 +61,6 @@ from keel.runs import (
     wait_report,
 )
 from keel.shared.errors import (
-    CatalogError,
     DecisionNotConfirmed,
     DecisionRefused,
     KeelError,
@@ -66,7 +69,14 @@ from keel.shared.errors import (
 )
 from keel.telemetry import tracing_plugins
 from keel.timeline import format_timeline, timeline
-from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, Choice, PlanSpec, RunReport
+from keel.workflows.contracts import (
+    PLAN_RUNNER,
+    AgentRunInput,
+    AgentSpec,
+    Choice,
+    PlanSpec,
+    RunReport,
+)
 
 EXIT_CODES = {"DONE": 0, "NOT_DONE": 3, "WAITING_ON_YOU": 4, "RUNNING": 5}
 EXIT_REFUSED = 6
@@ -116,7 +126,6 @@ def add_run_command(sub: Any) -> None:
     run.add_argument("--wait", action="store_true", help="wait for the outcome; exit code says it")
     run.add_argument("--json", action="store_true", help="print JSON")
     run.add_argument("--task-queue", help="task queue (default: $KEEL_TASK_QUEUE or keel)")
-    run.add_argument("--tools", nargs="+", metavar="MODULE", help="where agents are declared")
     run.add_argument(
         "--rerun",
         action="store_true",
@@ -188,22 +197,15 @@ def load_plan(path: Path) -> PlanSpec:
 
 
 def build_run(args: argparse.Namespace) -> AgentRunInput:
+    """The run's input from the command line alone: the worker resolves the agent by name and
+    checks the plan, so the starter needs no tool code."""
     if args.agent is None and args.plan is None:
         raise UserError("name an agent or give --plan FILE.json")
-    try:
-        catalog = Catalog.from_modules(tool_modules(args.tools))
-        agent = catalog.agent(args.agent) if args.agent else PLAN_RUNNER
-    except CatalogError as err:
-        raise UserError(str(err)) from err
+    agent = AgentSpec(name=args.agent) if args.agent else PLAN_RUNNER
     plan = load_plan(args.plan) if args.plan else None
     goal = args.goal or (plan.goal if plan else None)
     if not goal:
         raise UserError(f"agent {agent.name!r} needs a --goal")
-    if plan is not None:
-        # The worker checks again (it is the authority); this spares starting a doomed run.
-        problems = catalog.prepare(agent, plan).problems
-        if problems:
-            raise UserError("plan refused: " + "; ".join(problems))
     if args.new_keys and not args.rerun:
         raise UserError("--new-keys goes with --rerun")
     status_attribute = env_choice("KEEL_STATUS_ATTRIBUTE", "1", ("0", "1")) == "1"
@@ -315,17 +317,26 @@ async def command(args: argparse.Namespace) -> int:
     assert run is not None
     run_id = args.id or f"{run.agent.name}-{uuid.uuid4().hex[:8]}"
     earlier = await previous_execution(client, run_id) if args.rerun else None
+    said: list[str] = []
     await start_run(
-        client, run, run_id=run_id, task_queue=task_queue(args.task_queue), rerun=args.rerun
+        client,
+        run,
+        run_id=run_id,
+        task_queue=task_queue(args.task_queue),
+        rerun=args.rerun,
+        on_no_worker=said.append,
     )
+    for text in said:
+        note(text)
     if earlier is not None:
         print(
             f"rerun of {run_id}: the earlier run is execution {earlier[0]} ({earlier[1]}); "
             f"see it with: starter.py status {run_id} --execution {earlier[0]}",
             file=sys.stderr,
         )
-    if args.wait:
-        return emit(await wait_report(client, run_id, on_no_worker=note), args.json)
+    if args.wait:  # a missing worker is said once
+        report = await wait_report(client, run_id, on_no_worker=None if said else note)
+        return emit(report, args.json)
     if args.json:
         print(json.dumps({"run_id": run_id, "status": "RUNNING"}))
     else:

@@ -9,12 +9,14 @@
     same = keel.get(client, "pay-1")
 
 The client names the agent; the worker resolves it from its own catalog, so a script needs no
-tool code. Errors are KeelErrors (RunExists, RunNotFound, DecisionRefused, ...).
+tool code, and the worker's refusal comes back from start(). Errors are KeelErrors (RunRefused,
+RunExists, RunNotFound, DecisionRefused, ...).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from typing import Any
 
@@ -33,6 +35,8 @@ from keel.workflows.contracts import (
     PlanSpec,
     RunReport,
 )
+
+logger = logging.getLogger("keel")
 
 
 class Run:
@@ -94,8 +98,11 @@ async def start(
     task_queue: str | None = None,
     status_attribute: bool = True,
 ) -> Run:
-    """Start a run of the worker's agent `agent` (or of `plan` as given). An id that exists is
-    refused (RunExists): starting it again would repeat its writes."""
+    """Start a run of the worker's agent `agent` (or of `plan` as given) once a worker admits
+    it: RunRefused when the worker does not know the agent or will not run the plan (nothing
+    ran). With no worker answering within $KEEL_START_TIMEOUT s the run starts unchecked and
+    the "keel" logger warns. An id that exists is refused (RunExists): starting it again would
+    repeat its writes."""
     if agent is None and plan is None:
         raise KeelError("name an agent or give a plan")
     spec = AgentSpec(name=agent) if agent is not None else PLAN_RUNNER
@@ -104,7 +111,13 @@ async def start(
         raise KeelError(f"agent {spec.name!r} needs a goal")
     run_id = id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
     run_input = AgentRunInput(agent=spec, goal=goal, plan=plan, status_attribute=status_attribute)
-    await start_run(client, run_input, run_id=run_id, task_queue=default_task_queue(task_queue))
+    await start_run(
+        client,
+        run_input,
+        run_id=run_id,
+        task_queue=default_task_queue(task_queue),
+        on_no_worker=logger.warning,
+    )
     return Run(client, run_id)
 
 

@@ -10,25 +10,31 @@ timed out) still gets one here: NOT_DONE with the cause in `reason`, so nothing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import (
     Client,
+    WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowHistory,
     WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from keel.activities.settings import env_number
 from keel.connection import pollers
-from keel.shared.errors import RunClosed, RunExists, RunNotFound
+from keel.shared.errors import RunClosed, RunExists, RunNotFound, RunRefused
 from keel.workflows.agent import AgentWorkflow
 from keel.workflows.contracts import (
     STATUS_ATTRIBUTE,
@@ -39,6 +45,7 @@ from keel.workflows.contracts import (
 )
 
 QUERY_TIMEOUT = timedelta(seconds=5)
+NO_WORKER_AFTER = 3.0  # seconds a waiting client lets pass before it checks for a worker
 
 
 @contextmanager
@@ -84,30 +91,27 @@ async def start_run(
     run_id: str,
     task_queue: str,
     rerun: bool = False,
+    on_no_worker: Callable[[str], None] | None = None,
 ) -> WorkflowHandle[AgentWorkflow, RunReport]:
-    """Start a run. An id that exists is refused (RunExists): starting it again would repeat its
-    writes. With `rerun` a closed run's id starts again; its writes keep their idempotency keys
-    (so a write that completed before is not repeated by a tool that dedupes on the key) unless
-    the input asks for new ones (`AgentRunInput.key_scope`). A status attribute the namespace
-    lacks is dropped, never upserted: the server would refuse every workflow task of the run."""
+    """Start a run and wait until a worker admits it: the worker is the authority on agents
+    and tools, so its refusal (unknown agent, a plan it will not run) comes back here as
+    RunRefused. With no worker polling `task_queue`, or none answering within
+    $KEEL_START_TIMEOUT s, the run is started unchecked and `on_no_worker` hears it.
+
+    An id that exists is refused (RunExists): starting it again would repeat its writes. With
+    `rerun` a closed run's id starts again; its writes keep their idempotency keys (so a write
+    that completed before is not repeated by a tool that dedupes on the key) unless the input
+    asks for new ones (`AgentRunInput.key_scope`). A run the worker refused ran nothing: its id
+    starts again as if new. A status attribute the namespace lacks is dropped, never upserted:
+    the server would refuse every workflow task of the run."""
     if run.status_attribute and not await status_attribute_registered(client):
         run = run.model_copy(update={"status_attribute": False})
     try:
-        return await client.start_workflow(
-            AgentWorkflow.run,
-            run,
-            id=run_id,
-            task_queue=task_queue,
-            memo={"agent": run.agent.name, "goal": run.goal},
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            id_reuse_policy=(
-                WorkflowIDReusePolicy.ALLOW_DUPLICATE
-                if rerun
-                else WorkflowIDReusePolicy.REJECT_DUPLICATE
-            ),
-        )
+        return await admitted_start(client, run, run_id, task_queue, rerun, on_no_worker)
     except WorkflowAlreadyStartedError as err:
         existing = await get_report(client, run_id)
+        if existing.refused:
+            return await admitted_start(client, run, run_id, task_queue, True, on_no_worker)
         if existing.status in ("RUNNING", "WAITING_ON_YOU"):
             raise RunExists(
                 f"a run with id {run_id!r} is already running ({existing.status})"
@@ -117,6 +121,78 @@ async def start_run(
             "would repeat its writes. See it with: starter.py status "
             f"{run_id}; start it again with --rerun"
         ) from err
+
+
+def start_timeout() -> float:
+    """Seconds a client waits for a worker to admit a new run (KEEL_START_TIMEOUT, default 30)."""
+    return env_number("KEEL_START_TIMEOUT", 30.0)
+
+
+async def admitted_start(
+    client: Client,
+    run: AgentRunInput,
+    run_id: str,
+    task_queue: str,
+    rerun: bool,
+    on_no_worker: Callable[[str], None] | None,
+) -> WorkflowHandle[AgentWorkflow, RunReport]:
+    """Update-with-start: the run starts and its admission update rides in its first workflow
+    task, so the answer costs no round trip beyond the worker's first task."""
+    options: dict[str, Any] = {
+        "id": run_id,
+        "task_queue": task_queue,
+        "memo": {"agent": run.agent.name, "goal": run.goal},
+        "id_conflict_policy": WorkflowIDConflictPolicy.FAIL,
+        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE
+        if rerun
+        else WorkflowIDReusePolicy.REJECT_DUPLICATE,
+    }
+    start = WithStartWorkflowOperation(AgentWorkflow.run, run, **options)
+    admission = asyncio.ensure_future(
+        client.execute_update_with_start_workflow(
+            AgentWorkflow.admission, start_workflow_operation=start
+        )
+    )
+    wait = start_timeout()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    unchecked = f"no worker answered within {wait:g} s; the run is started"
+    try:
+        # A worker that just started may not be listed yet: look for one after a moment.
+        done, _ = await asyncio.wait({admission}, timeout=min(wait, NO_WORKER_AFTER))
+        if not done and not await pollers(client, task_queue):
+            unchecked = (
+                f"no worker polls task queue {task_queue!r}; the run waits until one starts "
+                f"(python worker.py --task-queue {task_queue}), which checks its agent and plan"
+            )
+        else:
+            await asyncio.wait_for(asyncio.shield(admission), max(0.0, deadline - loop.time()))
+        if admission.done():
+            admission.result()  # the worker's refusal, or an error starting the run
+            return await start.workflow_handle()
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        why = cause.message if isinstance(cause, ApplicationError) else str(err)
+        raise RunRefused(why) from err
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        pass
+    admission.cancel()
+    # The SDK turns the cancel into an error on the task and on the start's handle: take both.
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await admission
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await start.workflow_handle()
+    # The run may have started before the wait gave up (the server answers the start and the
+    # update together): ask the server, which alone knows.
+    handle = client.get_workflow_handle(run_id, result_type=RunReport)
+    try:
+        with run_must_exist(run_id):
+            await handle.describe()
+    except RunNotFound as err:
+        raise RunNotFound(f"run {run_id!r} did not start: {unchecked.split(';')[0]}") from err
+    if on_no_worker is not None:
+        on_no_worker(unchecked)
+    return handle
 
 
 async def previous_execution(client: Client, run_id: str) -> tuple[str, str] | None:
@@ -209,9 +285,6 @@ async def get_report(client: Client, run_id: str, execution: str | None = None) 
     if rebuilt.writes_left:
         skeleton.reason += f"; writes not compensated: {', '.join(rebuilt.writes_left)}"
     return skeleton
-
-
-NO_WORKER_AFTER = 5.0  # seconds a waiting client lets pass before it checks for a worker
 
 
 async def wait_report(

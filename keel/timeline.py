@@ -128,7 +128,8 @@ class _Builder:
             self._timer(event)
         elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
             request = event.workflow_execution_update_accepted_event_attributes.accepted_request
-            self._decision(event, request.input.name, _json(request.input.args))
+            if request.input.name != "admission":  # the starter's wait, not a decision
+                self._decision(event, request.input.name, _json(request.input.args))
         elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             signal = event.workflow_execution_signaled_event_attributes
             self._decision(event, signal.signal_name, _json(signal.input))

@@ -235,8 +235,6 @@ async def test_a_secret_a_tool_logs_or_prints_is_redacted_in_the_worker_log(
             str(plan),
             "--task-queue",
             queue,
-            "--tools",
-            "tests/sample_tools.py",
             "--wait",
             "--json",
             env=env,

@@ -263,14 +263,26 @@ async def test_a_wrong_namespace_is_named_not_taken_for_a_missing_run(cli_env: d
         ),
     ],
 )
-async def test_bad_plans_start_nothing(
+async def test_bad_plans_run_nothing(
     cli_env: dict, tmp_path: Path, dev_client: Client, plan: object, expected: str
 ) -> None:
+    """A plan that does not parse starts nothing; one the worker refuses (the starter has no
+    tool code to check it) ends NOT_DONE with nothing run, and its id starts again as new."""
     run_id = f"cli-{uuid.uuid4().hex[:8]}"
     path = write_plan(tmp_path, plan)
     one_line_error(await starter("run", "--plan", str(path), "--id", run_id, env=cli_env), expected)
-    with pytest.raises(RunNotFound):
-        await get_report(dev_client, run_id)
+    if "plan refused" not in expected:
+        with pytest.raises(RunNotFound):
+            await get_report(dev_client, run_id)
+        return
+    refused = await get_report(dev_client, run_id)
+    assert (refused.status, refused.refused) == ("NOT_DONE", True)
+    assert refused.reason.startswith(expected)
+    assert refused.used.tool_calls == 0 and not refused.saga
+    good = str(write_plan(tmp_path, pay_plan("olga", 2, 2)))
+    again = await starter("run", "--plan", good, "--id", run_id, "--wait", env=cli_env)
+    assert again.code == 0, again
+    assert store.balance("olga") == 2
 
 
 async def test_unreachable_server(tmp_path: Path) -> None:

@@ -84,6 +84,21 @@ class AgentWorkflow:
     def _validate_decision(self, decision: Decision) -> None:
         self._gate.validate(decision, who=False)  # the approver is checked, and audited, above
 
+    @workflow.update
+    async def admission(self) -> str:
+        """What a client starting the run waits on (update-with-start): "admitted" once the
+        worker has resolved the agent and checked a given plan. A refusal fails the update
+        with the reason, and the run ends NOT_DONE with nothing run."""
+        state = self._state
+        await workflow.wait_condition(lambda: state.admitted is not None)
+        if not state.admitted:
+            raise ApplicationError(
+                state.report.reason,
+                type="RunRefused" if state.report.refused else "RunEnded",
+                non_retryable=True,
+            )
+        return "admitted"
+
     @workflow.signal
     async def decide_signal(self, decision: Decision) -> None:
         """The same decision, fire and forget: nobody hears a refusal, so it is logged in the
@@ -108,6 +123,8 @@ class AgentWorkflow:
     async def run(self, run: AgentRunInput) -> RunReport:
         with span("run", agent=run.agent.name, run_id=self._state.report.run_id) as current:
             report = await self._execute()
+            # A client's admission (or decision) hears its answer before the run closes.
+            await workflow.wait_condition(workflow.all_handlers_finished)
             annotate(current, status=report.status, steps=report.step_total, reason=report.reason)
             return report
 
@@ -118,13 +135,17 @@ class AgentWorkflow:
             if state.run.carry is not None and workflow.info().continued_run_id is None:
                 # A carry is what a run hands its own continuation; from a client it could
                 # claim steps, tools or compensations the run never had.
-                return state.finish("NOT_DONE", "refused: a carry is written by Keel only")
+                return state.refuse("refused: a carry is written by Keel only")
             # Runs started before the worker became the authority on agents replay as they ran.
             state.agent_from_worker = workflow.patched("keel-agent-from-worker")
             if state.agent_from_worker:
                 problem = await self._planner.resolve_agent()
                 if problem is not None:
-                    return state.finish("NOT_DONE", f"agent refused: {problem}")
+                    return state.refuse(f"agent refused: {problem}")
+            if state.run.carry is not None or (
+                state.run.plan is None and state.agent.routes.act is None
+            ):
+                state.admit()  # a continuation, or a plan the model proposes: nothing to check
             if state.run.plan is None and state.agent.routes.act is not None:
                 return await self._act_step_by_step()
             if state.run.carry is None:
@@ -151,8 +172,11 @@ class AgentWorkflow:
             prepared = await self._planner.prepare(plan)
             annotate(planning, steps=len(plan.steps), problems=len(prepared.problems))
         if prepared.problems:
-            return state.finish("NOT_DONE", "plan refused: " + "; ".join(prepared.problems))
+            if run.plan is None:  # the model's plan: the run was admitted, the plan fails it
+                return state.finish("NOT_DONE", "plan refused: " + "; ".join(prepared.problems))
+            return state.refuse("plan refused: " + "; ".join(prepared.problems))
         state.tools = prepared.tools
+        state.admit()
         return None
 
     async def _run_steps(self) -> RunReport:
@@ -175,8 +199,9 @@ class AgentWorkflow:
         if state.run.carry is None:
             prepared = await self._planner.prepare(None)
             if prepared.problems:
-                return state.finish("NOT_DONE", "agent refused: " + "; ".join(prepared.problems))
+                return state.refuse("agent refused: " + "; ".join(prepared.problems))
             state.tools = prepared.tools
+        state.admit()
         await self._acting.act()
         state.stop_if_cancelled()
         return await self._verifier.verify()

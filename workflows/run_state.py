@@ -47,6 +47,9 @@ class RunState:
         self.agent_from_worker = False
         self.segment_steps = 0  # steps run since this run (or continuation) began
         self.segment_audit_start = self.report.audit_dropped + len(self.report.audit)
+        # Whether the worker admitted the run (agent resolved, a given plan checked); None
+        # until it decides. A client starting the run waits on it (AgentWorkflow.admission).
+        self.admitted: bool | None = None
 
     @property
     def agent(self) -> AgentSpec:
@@ -71,7 +74,18 @@ class RunState:
         if self.run.status_attribute:
             workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
 
+    def admit(self) -> None:
+        if self.admitted is None:
+            self.admitted = True
+
+    def refuse(self, reason: str) -> RunReport:
+        """The worker will not run this agent or plan: the run ends NOT_DONE, nothing ran."""
+        self.report.refused = True
+        return self.finish("NOT_DONE", reason)
+
     def finish(self, status: RunStatus, reason: str) -> RunReport:
+        if self.admitted is None and status != "WAITING_ON_YOU":
+            self.admitted = False  # ended before it was admitted: the client hears why
         self.set_status(status)
         self.report.reason = reason
         self.log(f"{status}: {reason}", event="final", outcome=status)

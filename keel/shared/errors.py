@@ -69,6 +69,10 @@ class RunExists(KeelError):
     """A run with that id exists (running or closed) and no rerun was asked for."""
 
 
+class RunRefused(KeelError):
+    """The worker refused the run (unknown agent, a plan it will not run): nothing ran."""
+
+
 class RunClosed(KeelError):
     """The run has already ended; a cancel has nothing to stop."""
 

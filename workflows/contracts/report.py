@@ -142,6 +142,9 @@ class RunReport(_Strict):
     audit: list[AuditEntry] = Field(default_factory=list)  # the newest AUDIT_KEPT
     audit_dropped: int = 0
     resume_notes: str = ""
+    # The worker refused the run (its agent or given plan) before anything ran: its id may be
+    # started again without --rerun, since no write of it could repeat.
+    refused: bool = False
 
     @property
     def next_step(self) -> StepState | None:
