@@ -26,7 +26,8 @@ Exit codes: run --wait and status: 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNI
 returns as soon as the run waits on a human). approve, reject, decide: 0 accepted, 6 refused,
 7 not confirmed (sent with --signal, or no worker answered within $KEEL_DECISION_TIMEOUT s: it
 may still apply). cancel: 0 requested, 6 refused (the run has already ended). 1 for an error
-(bad input, unknown run, unreachable server), 2 for bad usage. Errors are one line on stderr,
+(bad input, unknown run, unreachable server), 2 for bad usage, 141 (quietly) when the reader of
+its output went away. Errors are one line on stderr,
 never a traceback (set KEEL_DEBUG=1 to see one).
 """
 
@@ -81,6 +82,7 @@ from keel.workflows.contracts import (
 EXIT_CODES = {"DONE": 0, "NOT_DONE": 3, "WAITING_ON_YOU": 4, "RUNNING": 5}
 EXIT_REFUSED = 6
 EXIT_NOT_CONFIRMED = 7
+EXIT_BROKEN_PIPE = 141  # as a shell tool killed by SIGPIPE
 
 
 class UserError(KeelError):
@@ -351,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         configure_logging(args.log_level, args.log_format, default_level="warning")
         return asyncio.run(command(args))
+    except BrokenPipeError:
+        # The reader went away (starter.py ... | head): nothing to say, and nothing to flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeelError as err:  # bad input, settings, declarations, runs, the server: one line
         print(f"starter.py: error: {err}", file=sys.stderr)
         return 1

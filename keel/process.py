@@ -20,6 +20,9 @@ def tool_modules(arg: list[str] | None) -> list[str]:
 def exit_now(code: int) -> None:
     """Exit without interpreter teardown: the SDK's Rust threads can abort a finalizing
     interpreter ("PyGILState_Release ... must be current", temporalio/sdk-python#300)."""
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (... | head): exit as SIGPIPE would, quietly
+        code = code or 141
     sys.stderr.flush()
     os._exit(code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 import uuid
@@ -315,3 +316,24 @@ async def test_an_id_that_exists_is_refused_and_a_rerun_repeats_no_write(
         "run", "--plan", path, "--id", run_id, "--rerun", "--new-keys", "--wait", env=cli_env
     )
     assert fresh.code == 3 and store.balance("rita") == 14  # asked for: the write repeats
+
+
+async def test_a_reader_that_goes_away_ends_the_starter_quietly(cli_env: dict) -> None:
+    """`starter.py ... | head`: the pipe's reader is gone before the starter writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "starter.py",
+            "pending",
+            cwd=ROOT,
+            env=child_env(cli_env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert (proc.returncode, err.decode()) == (141, "")

@@ -63,5 +63,13 @@ async def test_up_down_status_and_persistence(tmp_path: Path) -> None:
         status = await starter("status", run_id, "--json", env=env)
         assert status.code == 5, status  # RUNNING, and known to the restarted server
         assert json.loads(status.out)["status"] == "RUNNING"
+
+        # Another state directory on the same port: that server is not its own to adopt or stop.
+        other = env | {"KEEL_TEMPORAL_DIR": str(tmp_path / "other")}
+        foreign = await run("./temporal-dev", "up", env=other)
+        assert foreign.code == 1 and "another Temporal server already answers" in foreign.err
+        left = await run("./temporal-dev", "down", env=other)
+        assert left.code == 0 and "not ours: left alone" in left.out, left
+        assert (await run("./temporal-dev", "status", env=env)).code == 0
     finally:
         await run("./temporal-dev", "down", env=env)
