@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -39,8 +39,10 @@ from keel.workflows.contracts import (
     AgentSpec,
     ApprovalPolicy,
     ArgsCheck,
+    CheckedOutput,
     ModelReply,
     ModelRequest,
+    OutputCheck,
     PlanRequest,
     PlanSpec,
     PreparedPlan,
@@ -251,6 +253,11 @@ class Catalog:
             for criterion in agent.acceptance:
                 if (check := self.tools.get(criterion.check)) is None or check.spec.kind != "check":
                     problems.append(f"agent {agent.name!r}: unknown check {criterion.check!r}")
+            if agent.output_type is not None and agent.routes.act is None:
+                problems.append(
+                    f"agent {agent.name!r}: output_type needs an act route (the model's finish "
+                    "carries the output)"
+                )
             for tool_name, policy in agent.approvals.items():
                 if tool_name not in self.tools:
                     problems.append(
@@ -307,6 +314,7 @@ class Catalog:
             keel.propose_plan,
             keel.model_call,
             keel.check_args,
+            keel.check_output,
             *(t.activity for t in self.tools.values()),
         ]
 
@@ -381,6 +389,23 @@ class KeelActivities:
     @activity.defn(name="keel.check_args")
     async def check_args(self, request: ArgsCheck) -> list[str]:
         return self.catalog.check_args(request.tool, request.args)
+
+    @activity.defn(name="keel.check_output")
+    async def check_output(self, request: OutputCheck) -> CheckedOutput:
+        agent = self.catalog.agents.get(request.agent)
+        if agent is None or agent.output_type is None:
+            return CheckedOutput(problem=f"agent {request.agent!r} declares no output type here")
+        try:
+            adapter = TypeAdapter(agent.output_type)
+            output = adapter.dump_python(adapter.validate_python(request.output), mode="json")
+        except ValidationError as err:
+            return CheckedOutput(problem=explain(err))
+        if (size := json_size(output)) > MAX_ARGS_BYTES:
+            return CheckedOutput(
+                problem=f"the output is {size} bytes, over the {MAX_ARGS_BYTES}-byte limit "
+                "(give large data by reference: a path, a URL, a stored blob)"
+            )
+        return CheckedOutput(output=output)
 
     @activity.defn(name="keel.propose_plan")
     async def propose_plan(self, request: PlanRequest) -> PlanSpec:

@@ -7,6 +7,8 @@
     report = await run.result()                   # DONE or NOT_DONE: the status says which
     waiting = await keel.pending(client)          # every run waiting on a human
     same = keel.get(client, "pay-1")
+    typed = await keel.start(client, agent="invoicer", goal=..., output_type=Invoice)
+    invoice = await typed.output()                # an Invoice (AgentSpec(output_type=Invoice))
 
 The client names the agent; the worker resolves it from its own catalog, so a script needs no
 tool code, and the worker's refusal comes back from start(). Errors are KeelErrors (RunRefused,
@@ -18,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from typing import Any
+from typing import Any, Generic, cast
 
+from pydantic import TypeAdapter
 from temporalio.client import Client, WorkflowFailureError
+from typing_extensions import TypeVar
 
 from keel.connection import task_queue as default_task_queue
 from keel.humans import decide, pending_runs
@@ -37,14 +41,19 @@ from keel.workflows.contracts import (
 )
 
 logger = logging.getLogger("keel")
+OutputT = TypeVar("OutputT", default=Any)  # a run started without an output_type: Run[Any]
 
 
-class Run:
-    """A run by id: its report, its outcome, and the decisions and cancel a human may send."""
+class Run(Generic[OutputT]):
+    """A run by id: its report, its outcome, and the decisions and cancel a human may send.
+    With an `output_type`, result() validates the report's `output` back into that type."""
 
-    def __init__(self, client: Client, run_id: str) -> None:
+    def __init__(
+        self, client: Client, run_id: str, output_type: type[OutputT] | None = None
+    ) -> None:
         self.client = client
         self.id = run_id
+        self.output_type = output_type
 
     async def report(self) -> RunReport:
         """The report as it stands (a query; with no worker, what the server knows)."""
@@ -55,7 +64,21 @@ class Run:
         (a run that failed or was terminated is NOT_DONE too, with the cause as its reason)."""
         with contextlib.suppress(WorkflowFailureError):
             await self.client.get_workflow_handle(self.id).result()
-        return await get_report(self.client, self.id)
+        report = await get_report(self.client, self.id)
+        if self.output_type is None or report.output is None:
+            return report
+        typed = TypeAdapter(self.output_type).validate_python(report.output)
+        return report.model_copy(update={"output": typed})
+
+    async def output(self) -> OutputT:
+        """The typed result of a run that ended DONE (`output_type` given); KeelError if it
+        ended otherwise or carries none."""
+        report = await self.result()
+        if self.output_type is None:
+            raise KeelError("output() needs the run's output_type (keel.start or keel.get)")
+        if report.status != "DONE" or report.output is None:
+            raise KeelError(f"run {self.id!r} has no output: {report.status}: {report.reason}")
+        return cast(OutputT, report.output)
 
     async def approve(self, reason: str = "", approver: str = "") -> str:
         return await self.decide("approve", reason=reason, approver=approver)
@@ -97,7 +120,8 @@ async def start(
     id: str | None = None,
     task_queue: str | None = None,
     status_attribute: bool = True,
-) -> Run:
+    output_type: type[OutputT] | None = None,
+) -> Run[OutputT]:
     """Start a run of the worker's agent `agent` (or of `plan` as given) once a worker admits
     it: RunRefused when the worker does not know the agent or will not run the plan (nothing
     ran). With no worker answering within $KEEL_START_TIMEOUT s the run starts unchecked and
@@ -118,12 +142,12 @@ async def start(
         task_queue=default_task_queue(task_queue),
         on_no_worker=logger.warning,
     )
-    return Run(client, run_id)
+    return Run(client, run_id, output_type)
 
 
-def get(client: Client, run_id: str) -> Run:
+def get(client: Client, run_id: str, output_type: type[OutputT] | None = None) -> Run[OutputT]:
     """A run started elsewhere (the starter, another script), by id."""
-    return Run(client, run_id)
+    return Run(client, run_id, output_type)
 
 
 async def pending(client: Client) -> list[tuple[str, PendingRequest]]:

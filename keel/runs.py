@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -367,6 +368,8 @@ def format_report(report: RunReport) -> str:
             lines.append(f"    [{mark}] {c.criterion}  {c.detail}".rstrip())
     if report.summary:
         lines.append(f"  model's summary: {report.summary}")
+    if report.output is not None:
+        lines.append(f"  output: {json.dumps(report.output, sort_keys=True)}")
     lines.append("  budget (used / allowed): " + budget_line(report))
     if report.pending is not None:
         p = report.pending

@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 
 import examples.ledger as ledger
+import keel
 from examples.ledger import store
 from keel.activities import Catalog
 from keel.activities.models.context_store import Version
 from keel.shared.context_view import model_view, results_seen
+from keel.shared.errors import CatalogError
 from keel.timeline import timeline
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
@@ -45,7 +47,7 @@ from keel.workflows.contracts import (
     ToolOutput,
 )
 from keel.workflows.loop import REPEATS_CARRIED, recent_repeats
-from tests.conftest import keel_worker
+from tests.conftest import dev_address, keel_worker
 from tests.model_server import (
     ANTHROPIC,
     OPENAI,
@@ -687,3 +689,50 @@ def test_loop_detection_carries_repeats_and_the_newest_calls_only() -> None:
     assert len(carried) == REPEATS_CARRIED + 1
     assert f"noop:{REPEATS_CARRIED + 499:016x}" in carried
     assert "noop:0000000000000000" not in carried
+
+
+class Invoice(BaseModel):
+    customer: str
+    total: int = Field(ge=0)
+
+
+async def test_a_typed_result_is_checked_fed_back_and_given_back_typed(
+    dev_client: Client, ledger_db: Path, server: ModelServer
+) -> None:
+    """Issue 15, part 4: finish must carry an output of the agent's type; a malformed one is
+    fed back like any malformed answer; the report carries it as data, result() typed."""
+    server.script(
+        OPENAI,
+        [
+            openai_call("finish", summary="invoiced", output={"customer": "ann", "total": -3}),
+            openai_call("finish", summary="invoiced"),  # no output at all
+            openai_call("finish", summary="invoiced", output={"customer": "ann", "total": "12"}),
+        ],
+    )
+    agent = clerk(openai_ref(server), name="invoicer", output_type=Invoice)
+    client = await keel.connect(address=dev_address(dev_client))
+    async with keel_worker(client, CATALOG, agent) as queue:
+        run = await keel.start(
+            client, agent="invoicer", goal="invoice ann", task_queue=queue, output_type=Invoice
+        )
+        invoice = await run.output()
+        report = await run.result()
+    assert invoice == Invoice(customer="ann", total=12)  # "12" validated into the type
+    assert (report.status, report.output) == ("DONE", Invoice(customer="ann", total=12))
+    assert (await keel.get(client, run.id).result()).output == {"customer": "ann", "total": 12}
+    first, second, third = (seen.body for seen in server.requests(OPENAI))
+    finish = next(t for t in first["tools"] if t["function"]["name"] == "finish")["function"]
+    assert finish["parameters"]["properties"]["output"]["required"] == ["customer", "total"]
+    assert finish["parameters"]["required"] == ["summary", "output"]
+    assert (
+        "invalid output for finish: total: Input should be greater than or equal to 0"
+        in (tool_messages(second)[-1])
+    )
+    assert "missing argument 'output'" in tool_messages(third)[-1]
+    assert report.used.model_calls == 3
+
+
+def test_an_output_type_needs_an_act_route() -> None:
+    planner = AgentSpec(name="typed-planner", output_type=Invoice, unverified_ok=True)
+    with pytest.raises(CatalogError, match="'typed-planner': output_type needs an act route"):
+        CATALOG.including(planner).check()

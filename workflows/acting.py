@@ -15,11 +15,20 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from keel.workflows.continuation import Continuation
-    from keel.workflows.contracts import ASK_HUMAN, Decision, Message, StepState
+    from keel.workflows.contracts import (
+        ASK_HUMAN,
+        FINISH,
+        CheckedOutput,
+        Decision,
+        Message,
+        OutputCheck,
+        StepState,
+    )
     from keel.workflows.failures import Unwind
     from keel.workflows.gate import HumanGate
     from keel.workflows.loop import Action, call_key, parse_actions, system_prompt, tool_schemas
     from keel.workflows.model_thread import ModelThread
+    from keel.workflows.planning import KEEL_ACTIVITY_TIMEOUT, KEEL_RETRY
     from keel.workflows.run_state import RunState
     from keel.workflows.steps import StepRunner
 
@@ -43,7 +52,7 @@ class StepByStep:
         """Ask the model for the next action until it finishes; raise Unwind if it cannot."""
         state, thread = self.state, self.thread
         agent = state.agent
-        schemas = tool_schemas(state.tools, agent.tools)
+        schemas = tool_schemas(state.tools, agent.tools, agent.output_schema)
         if state.run.carry is None:
             thread.turns.append(Message(role="user", content=state.run.goal))
         malformed = 0
@@ -54,6 +63,8 @@ class StepByStep:
             thread.turn += 1
             reply = await thread.ask("act", schemas, system, thread.turns)
             actions, problems = parse_actions(reply, schemas)
+            if not problems:
+                actions, problems = await self._check_output(actions)
             if problems:
                 malformed += 1
                 thread.feed_back(problems)
@@ -69,11 +80,39 @@ class StepByStep:
                 return
         raise Unwind(f"the model did not finish within max_turns {agent.loop.max_turns}")
 
+    async def _check_output(
+        self, actions: list[Action]
+    ) -> tuple[list[Action], list[tuple[str, str]]]:
+        """A typed result is checked by the worker, which holds the type, before anything in
+        the answer runs: the actions with the output as the type dumps it, or the problems to
+        feed back (all or nothing, as parse_actions)."""
+        finish = next((a for a in actions if a.kind == "finish"), None)
+        if finish is None or self.state.agent.output_schema is None:
+            return actions, []
+        checked = await workflow.execute_local_activity(
+            "keel.check_output",
+            OutputCheck(agent=self.state.agent.name, output=finish.output),
+            result_type=CheckedOutput,
+            start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+            retry_policy=KEEL_RETRY,
+        )
+        if checked.problem is not None:
+            others = [
+                (a.call_id, "not run: another call in this answer was invalid") for a in actions
+            ]
+            return [], [
+                (finish.call_id, f"invalid output for {FINISH}: {checked.problem}"),
+                *[o for o in others if o[0] != finish.call_id],
+            ]
+        typed = finish.model_copy(update={"output": checked.output})
+        return [typed if a is finish else a for a in actions], []
+
     async def _take(self, actions: list[Action]) -> bool:
         """Carry out one answer's actions in order; True once the model has finished."""
         for action in actions:
             if action.kind == "finish":
                 self.state.report.summary = action.text
+                self.state.report.output = action.output
                 self.state.log(f"model finished: {action.text}")
                 return True
             text = await (self._ask_human(action) if action.kind == "ask" else self._do(action))

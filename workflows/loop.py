@@ -96,16 +96,43 @@ class Action(BaseModel):
     tool: str = ""
     args: dict[str, Any] = {}
     text: str = ""  # the summary (finish) or the question (ask)
+    output: Any = None  # what finish carries for a typed result (AgentSpec.output_type)
 
 
-def tool_schemas(tools: dict[str, ToolSpec], allowed: tuple[str, ...]) -> tuple[ToolSchema, ...]:
+def tool_schemas(
+    tools: dict[str, ToolSpec],
+    allowed: tuple[str, ...],
+    output_schema: dict[str, Any] | None = None,
+) -> tuple[ToolSchema, ...]:
     own = tuple(
         ToolSchema(
             name=name, description=tools[name].description, parameters=tools[name].parameters
         )
         for name in allowed
     )
-    return own + ACTION_SCHEMAS
+    if output_schema is None:
+        return own + ACTION_SCHEMAS
+    return (*own, typed_finish(output_schema), *ACTION_SCHEMAS[1:])
+
+
+def typed_finish(output_schema: dict[str, Any]) -> ToolSchema:
+    """finish with a required `output` of the agent's type. Definitions the type's schema
+    refers to ("#/$defs/...") move to the top, where those references point."""
+    output = {k: v for k, v in output_schema.items() if k != "$defs"}
+    plain = ACTION_SCHEMAS[0]
+    parameters: dict[str, Any] = {
+        "type": "object",
+        "properties": {**plain.parameters["properties"], "output": output},
+        "required": ["summary", "output"],
+    }
+    if "$defs" in output_schema:
+        parameters["$defs"] = output_schema["$defs"]
+    return plain.model_copy(
+        update={
+            "description": f"{plain.description} `output` is the result, in the schema given.",
+            "parameters": parameters,
+        }
+    )
 
 
 def system_prompt(goal: str, prompt: str) -> str:
@@ -186,7 +213,14 @@ def parse_actions(
             problems.append((call.id, f"invalid arguments for {call.name}: {'; '.join(wrong)}"))
             continue
         if call.name == FINISH:
-            actions.append(Action(kind="finish", call_id=call.id, text=str(args["summary"])))
+            actions.append(
+                Action(
+                    kind="finish",
+                    call_id=call.id,
+                    text=str(args["summary"]),
+                    output=args.get("output"),
+                )
+            )
         elif call.name == ASK_HUMAN:
             actions.append(Action(kind="ask", call_id=call.id, text=str(args["question"])))
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from keel.workflows.contracts.base import MAX_STEPS, TOOL_NAME, _Frozen, _Strict
 from keel.workflows.contracts.models import ActingPolicy, Budget, Routes
@@ -79,6 +79,18 @@ class AgentSpec(_Frozen):
     # Scopes the agent holds. A tool that declares scopes runs only under a matching grant;
     # checked in the workflow before scheduling and again in the activity.
     grants: tuple[Grant, ...] = ()
+    # A typed result: the model's finish must carry an `output` that validates against this
+    # type (a pydantic model, or any type pydantic validates), checked by the worker; the report
+    # carries it as data. Only the worker holds the type: the wire carries its JSON schema.
+    output_type: Any = Field(None, exclude=True)
+    output_schema: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_of_the_output_type(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("output_type") is not None:
+            return {**data, "output_schema": TypeAdapter(data["output_type"]).json_schema()}
+        return data
 
 
 # The agent of a run whose plan is given up front: no model, any registered tool.

@@ -138,6 +138,7 @@ class RunReport(_Strict):
     used: BudgetUsed = Field(default_factory=BudgetUsed)
     model_calls: list[ModelCallRecord] = Field(default_factory=list)  # the newest PROGRESS_KEPT
     summary: str = ""  # what the model said when it finished
+    output: Any = None  # the typed result it finished with (AgentSpec.output_type), as data
     continued: int = 0  # times the run continued as new
     audit: list[AuditEntry] = Field(default_factory=list)  # the newest AUDIT_KEPT
     audit_dropped: int = 0

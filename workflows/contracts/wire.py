@@ -19,6 +19,20 @@ class ArgsCheck(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class OutputCheck(_Strict):
+    """A finishing model's output, to validate against its agent's output type."""
+
+    agent: str
+    output: Any = None
+
+
+class CheckedOutput(_Strict):
+    """The output as the type dumps it (JSON data), or why it does not validate."""
+
+    output: Any = None
+    problem: str | None = None
+
+
 class ToolCall(_Strict, OmitDefaults):
     """What a tool activity receives. The idempotency key is stable across retries and crashes."""
 
