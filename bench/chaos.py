@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from temporalio.client import Client  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 
+from keel.runs import outcome  # noqa: E402
 from keel.workflows.agent import AgentWorkflow  # noqa: E402
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec  # noqa: E402
 from tests.processes import WorkerProcess, run  # noqa: E402
@@ -114,7 +115,7 @@ async def main(runs: int, kills: int, seed: int) -> int:
         reports: list[RunReport] = []
         for run_id in ids:
             handle = client.get_workflow_handle(run_id, result_type=RunReport)
-            reports.append(await asyncio.wait_for(handle.result(), 300))
+            reports.append(await asyncio.wait_for(outcome(handle), 300))
         await worker.stop()
     finally:
         await run("./temporal-dev", "down", env=env)

@@ -36,6 +36,7 @@ import examples.ledger as ledger  # noqa: E402
 from keel import KeelPlugin  # noqa: E402
 from keel.activities import Catalog  # noqa: E402
 from keel.activities.faults import FaultSpec, Injector, set_injector  # noqa: E402
+from keel.runs import outcome  # noqa: E402
 from keel.workflows import AgentWorkflow  # noqa: E402
 from keel.workflows.contracts import (  # noqa: E402
     PLAN_RUNNER,
@@ -146,17 +147,19 @@ async def main(quick: bool) -> int:
                                 steps=steps if validators else raw(steps),
                                 unverified_ok=True,
                             )
-                            report = await env.client.execute_workflow(
-                                AgentWorkflow.run,
-                                AgentRunInput(agent=agent, goal=name, plan=plan),
-                                id=f"{name}-{mode}-{rate}-{trial}-{validators}-{uuid.uuid4().hex[:4]}",
-                                task_queue=queue,
+                            report = await outcome(
+                                await env.client.start_workflow(
+                                    AgentWorkflow.run,
+                                    AgentRunInput(agent=agent, goal=name, plan=plan),
+                                    id=f"{name}-{mode}-{rate}-{trial}-{validators}-{uuid.uuid4().hex[:4]}",
+                                    task_queue=queue,
+                                )
                             )
-                            outcome = classify(report)
+                            verdict = classify(report)
                             key = (validators, mode, rate)
-                            counts[key][outcome] += 1
+                            counts[key][verdict] += 1
                             counts[key]["runs"] += 1
-                            passes[key][name].append(outcome == "correct")
+                            passes[key][name].append(verdict == "correct")
     finally:
         set_injector(None)
         await env.shutdown()

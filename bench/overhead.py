@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 from keel import KeelPlugin
 from keel.activities import Catalog, tool
 from keel.devserver import add_server_default_flag, start_dev_server
+from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 
@@ -51,11 +52,13 @@ async def time_keel(
     plan = PlanSpec(goal=f"{n} noops", steps=steps, unverified_ok=True)
     run_id = f"bench-keel-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
-    report = await client.execute_workflow(
-        AgentWorkflow.run,
-        AgentRunInput(agent=PLAN_RUNNER, goal=plan.goal, plan=plan),
-        id=run_id,
-        task_queue=queue,
+    report = await outcome(
+        await client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=PLAN_RUNNER, goal=plan.goal, plan=plan),
+            id=run_id,
+            task_queue=queue,
+        )
     )
     elapsed = time.perf_counter() - started
     assert report.status == "DONE" and all(s.done for s in report.steps), report.reason

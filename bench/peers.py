@@ -40,6 +40,7 @@ from temporalio.worker import Worker
 from keel import KeelPlugin
 from keel.activities import Catalog
 from keel.devserver import add_server_default_flag, start_dev_server
+from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
     PLAN_RUNNER,
@@ -104,8 +105,10 @@ def keel_systems(client: Client, queue: str) -> list[System]:
         )
 
     async def keel(run: AgentRunInput, n: int, run_id: str) -> None:
-        report = await client.execute_workflow(
-            AgentWorkflow.run, run, id=run_id, task_queue=queue, execution_timeout=timeout(n)
+        report = await outcome(
+            await client.start_workflow(
+                AgentWorkflow.run, run, id=run_id, task_queue=queue, execution_timeout=timeout(n)
+            )
         )
         if report.status != "DONE":
             raise RuntimeError(f"{report.status}: {report.reason}")
@@ -255,12 +258,14 @@ async def long_run(client: Client, queue: str, n: int) -> list[str]:
     agent = REACT.model_copy(update={"loop": REACT.loop.model_copy(update={"max_turns": n + 5})})
     run_id = f"peers-long-{n}-{uuid.uuid4().hex[:6]}"
     started = time.perf_counter()
-    report = await client.execute_workflow(
-        AgentWorkflow.run,
-        AgentRunInput(agent=agent, goal=f"call noop {n}"),
-        id=run_id,
-        task_queue=queue,
-        execution_timeout=timedelta(hours=3),
+    report = await outcome(
+        await client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=agent, goal=f"call noop {n}"),
+            id=run_id,
+            task_queue=queue,
+            execution_timeout=timedelta(hours=3),
+        )
     )
     wall = time.perf_counter() - started
     events, size = await chain_history(client, run_id)

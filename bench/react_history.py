@@ -27,6 +27,7 @@ from counting_agent import counting_agent  # noqa: E402
 from keel import KeelPlugin  # noqa: E402
 from keel.activities import Catalog, tool  # noqa: E402
 from keel.devserver import start_dev_server  # noqa: E402
+from keel.runs import outcome  # noqa: E402
 from keel.workflows import AgentWorkflow  # noqa: E402
 from keel.workflows.contracts import AgentRunInput  # noqa: E402
 
@@ -55,11 +56,13 @@ async def main(sizes: list[int]) -> int:
                 )
                 run_id = f"react-{n}-{uuid.uuid4().hex[:6]}"
                 started = time.perf_counter()
-                report = await env.client.execute_workflow(
-                    AgentWorkflow.run,
-                    AgentRunInput(agent=agent, goal=f"look up {n}"),
-                    id=run_id,
-                    task_queue=queue,
+                report = await outcome(
+                    await env.client.start_workflow(
+                        AgentWorkflow.run,
+                        AgentRunInput(agent=agent, goal=f"look up {n}"),
+                        id=run_id,
+                        task_queue=queue,
+                    )
                 )
                 wall = time.perf_counter() - started
                 assert report.status == "DONE" and report.step_total == n, report.reason

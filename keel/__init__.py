@@ -21,6 +21,7 @@ _WHERE = {
     "Run": "keel.api",
     "get": "keel.api",
     "pending": "keel.api",
+    "outcome": "keel.runs",
     "start": "keel.api",
     "AcceptanceSpec": "keel.workflows.contracts",
     "ActingPolicy": "keel.workflows.contracts",
@@ -123,6 +124,7 @@ __all__ = [
     "check",
     "connect",
     "get",
+    "outcome",
     "pending",
     "results_seen",
     "scripted_model",
@@ -163,6 +165,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from keel.plugin import (
         KeelPlugin,
     )
+    from keel.runs import outcome
     from keel.shared.context_view import (
         results_seen,
     )

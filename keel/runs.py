@@ -38,6 +38,7 @@ from keel.connection import pollers
 from keel.shared.errors import RunClosed, RunExists, RunNotFound, RunRefused
 from keel.workflows.agent import AgentWorkflow
 from keel.workflows.contracts import (
+    NOT_DONE_FAILURE,
     STATUS_ATTRIBUTE,
     AgentRunInput,
     AuditEntry,
@@ -68,7 +69,7 @@ async def cancel_run(client: Client, run_id: str) -> None:
     with run_must_exist(run_id):
         desc = await handle.describe()
     if desc.status != WorkflowExecutionStatus.RUNNING:
-        state = desc.status.name if desc.status else "closed"
+        state = (await get_report(client, run_id)).status  # DONE or NOT_DONE, as status says
         raise RunClosed(f"run {run_id!r} has already ended ({state}); nothing to cancel")
     with run_must_exist(run_id):
         await handle.cancel()
@@ -143,6 +144,8 @@ async def admitted_start(
         "id": run_id,
         "task_queue": task_queue,
         "memo": {"agent": run.agent.name, "goal": run.goal},
+        # The web UI's list and run page show it: which agent, toward what.
+        "static_summary": f"{run.agent.name}: {run.goal}"[:200],
         "id_conflict_policy": WorkflowIDConflictPolicy.FAIL,
         "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE
         if rerun
@@ -251,6 +254,27 @@ async def audit_trail(
     return sorted(entries.values(), key=lambda e: e.at)
 
 
+def reported(err: WorkflowFailureError) -> RunReport | None:
+    """The report a NOT_DONE run failed its workflow with (None for any other failure)."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.type == NOT_DONE_FAILURE and cause.details:
+        return RunReport.model_validate(cause.details[0])
+    return None
+
+
+async def outcome(handle: WorkflowHandle[Any, RunReport]) -> RunReport:
+    """Wait for the run's end and return its report: a DONE run completes its workflow with it,
+    a NOT_DONE one fails its workflow carrying it. Any other failure (a run failed on a
+    determinism violation, terminated, timed out) raises as temporalio raises it."""
+    try:
+        return await handle.result()
+    except WorkflowFailureError as err:
+        report = reported(err)
+        if report is None:
+            raise
+        return report
+
+
 async def get_report(client: Client, run_id: str, execution: str | None = None) -> RunReport:
     """The run's report (the newest run under this id, or the `execution` named)."""
     handle = client.get_workflow_handle(run_id, run_id=execution, result_type=RunReport)
@@ -262,6 +286,9 @@ async def get_report(client: Client, run_id: str, execution: str | None = None) 
     )
     if desc.status == WorkflowExecutionStatus.COMPLETED:
         return await handle.result()
+    if desc.status == WorkflowExecutionStatus.FAILED:
+        with contextlib.suppress(WorkflowFailureError):
+            return await outcome(handle)  # NOT_DONE with its report; other failures below
     if desc.status == WorkflowExecutionStatus.RUNNING:
         try:
             return await handle.query(AgentWorkflow.report, rpc_timeout=QUERY_TIMEOUT)

@@ -19,7 +19,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from keel.runs import segment_histories
-from keel.workflows.contracts import StepState
+from keel.workflows.contracts import NOT_DONE_FAILURE, StepState
 
 Kind = Literal["run", "plan", "model", "step", "check", "compensation", "keel", "wait", "decision"]
 E = EventType
@@ -200,8 +200,17 @@ class _Builder:
 
     def _end(self, event: HistoryEvent) -> None:
         t = event.event_type
-        if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-            report = _json(event.workflow_execution_completed_event_attributes.result)
+        failure = event.workflow_execution_failed_event_attributes.failure
+        not_done = (
+            t == E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
+            and failure.application_failure_info.type == NOT_DONE_FAILURE
+        )
+        if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED or not_done:
+            report = _json(
+                failure.application_failure_info.details
+                if not_done
+                else event.workflow_execution_completed_event_attributes.result
+            )
             status = report.get("status", "?") if isinstance(report, dict) else "?"
             reason = report.get("reason", "") if isinstance(report, dict) else ""
             self.add(

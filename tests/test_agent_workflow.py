@@ -15,7 +15,7 @@ import examples.ledger as ledger
 from examples.ledger import store
 from keel import KeelPlugin
 from keel.activities import BlobStore, Catalog
-from keel.runs import audit_trail, segment_histories
+from keel.runs import audit_trail, outcome, segment_histories
 from keel.timeline import timeline
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
@@ -78,11 +78,13 @@ async def run_plan(
     agent: AgentSpec = PLAN_RUNNER,
     prefix: str = "test-",
 ) -> RunReport:
-    return await client.execute_workflow(
-        AgentWorkflow.run,
-        AgentRunInput(agent=agent, goal=spec.goal, plan=spec),
-        id=f"{prefix}{uuid.uuid4().hex[:8]}",
-        task_queue=queue,
+    return await outcome(
+        await client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=agent, goal=spec.goal, plan=spec),
+            id=f"{prefix}{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
     )
 
 
@@ -237,11 +239,13 @@ async def test_scripted_model_plans_the_example(
     out = tmp_path / "st.json"
     goal = f"Pay alice 30 and bob 20 and alice 5, then write the statement to {out}."
     async with keel_worker(ts_client, CATALOG) as queue:
-        report = await ts_client.execute_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=ledger.ledger_clerk, goal=goal),
-            id=f"test-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
+        report = await outcome(
+            await ts_client.start_workflow(
+                AgentWorkflow.run,
+                AgentRunInput(agent=ledger.ledger_clerk, goal=goal),
+                id=f"test-{uuid.uuid4().hex[:8]}",
+                task_queue=queue,
+            )
         )
     assert report.status == "DONE", report.reason
     assert [s.tool for s in report.steps] == ["post_entry"] * 3 + ["write_statement"]
@@ -255,11 +259,13 @@ async def test_scripted_model_plans_the_example(
 
 async def test_a_goal_the_model_cannot_plan_is_not_done(ts_client: Client, ledger_db: Path) -> None:
     async with keel_worker(ts_client, CATALOG) as queue:
-        report = await ts_client.execute_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=ledger.ledger_clerk, goal="do something nice"),
-            id=f"test-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
+        report = await outcome(
+            await ts_client.start_workflow(
+                AgentWorkflow.run,
+                AgentRunInput(agent=ledger.ledger_clerk, goal="do something nice"),
+                id=f"test-{uuid.uuid4().hex[:8]}",
+                task_queue=queue,
+            )
         )
     assert report.status == "NOT_DONE"
     assert report.reason.startswith("planning failed: ScriptedModelError: no payment")
@@ -297,7 +303,7 @@ async def test_report_is_queryable_mid_run_and_cancel_reports_not_done(
         await until_in_history(handle, "activity_task_cancel_requested_event_attributes")
         assert (await handle.query(AgentWorkflow.report)).status == "RUNNING"
         sample_tools.GATES.setdefault(gate, asyncio.Event()).set()
-        final = await handle.result()
+        final = await outcome(handle)
     assert final.status == "NOT_DONE"
     assert final.reason == "cancelled before the plan finished"
     assert [s.done for s in final.steps] == [True, True, False]  # step 3 never started
@@ -323,7 +329,7 @@ async def test_cancel_during_a_write_compensates_it_once_it_lands(
                 break
             await asyncio.sleep(0.02)
         await handle.cancel()
-        final = await handle.result()
+        final = await outcome(handle)
     assert final.status == "NOT_DONE"
     assert final.reason == "cancelled before the plan finished"
     assert [s.done for s in final.steps] == [True, True, False]
@@ -408,7 +414,7 @@ async def test_a_long_plan_continues_as_new_and_stays_one_run(
             id=f"test-{uuid.uuid4().hex[:8]}",
             task_queue=queue,
         )
-        report = await handle.result()  # follows the continuations
+        report = await outcome(handle)  # follows the continuations
         latest = await ts_client.get_workflow_handle(handle.id).query(AgentWorkflow.report)
     assert report.status == "DONE" and report.verified, report.reason
     assert report.continued >= 3 and latest.run_id == handle.id
@@ -477,11 +483,13 @@ async def test_an_agent_acting_step_by_step_continues_as_new_with_its_context(
         update={"name": "short-ledger-agent", "max_history_events": 40}
     )
     async with keel_worker(ts_client, CATALOG, agent) as queue:
-        report = await ts_client.execute_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=agent, goal=goal),
-            id=f"test-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
+        report = await outcome(
+            await ts_client.start_workflow(
+                AgentWorkflow.run,
+                AgentRunInput(agent=agent, goal=goal),
+                id=f"test-{uuid.uuid4().hex[:8]}",
+                task_queue=queue,
+            )
         )
     # The scripted model counts the results it sees: after each continuation it still sees all.
     assert report.status == "DONE", report.reason

@@ -14,6 +14,7 @@ from temporalio.service import RPCError
 import examples.ledger as ledger
 from examples.ledger import store
 from keel.activities import Catalog
+from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
     PLAN_RUNNER,
@@ -115,7 +116,7 @@ async def test_gated_step_waits_with_the_request_then_runs_when_approved(
             ),
         )
         assert answer == f"accepted: approve for {pending.request_id}"
-        final = await handle.result()
+        final = await outcome(handle)
     assert final.status == "DONE" and final.pending is None
     assert [(d.choice, d.approver) for d in final.decisions] == [("approve", "ops@example.com")]
     assert store.balances() == {"amy": 50, "bo": 500}
@@ -128,7 +129,7 @@ async def test_three_day_deadline_passes_in_test_time_and_rejects(
         handle = await start(ts_client, queue, [pay("cy", 5), pay("di", 500)])
         asked = (await waiting(handle)).pending
         assert asked is not None
-        final = await handle.result()  # the test server skips the three days
+        final = await outcome(handle)  # the test server skips the three days
     assert asked is not None
     # Three days of workflow time passed (the run decided at its deadline, not before).
     assert final.decisions[0].at - asked.asked_at >= timedelta(days=3)
@@ -155,7 +156,7 @@ async def test_deadline_default_skip_and_reminder(ts_client: Client, ledger_db: 
         await handle.execute_update(
             AgentWorkflow.decide, Decision(request_id=second.request_id, choice="approve")
         )
-        final = await handle.result()
+        final = await outcome(handle)
     assert final.status == "DONE"
     assert "1 skipped: steps [1]" in final.reason
     assert store.balances() == {"fay": 600}
@@ -197,7 +198,7 @@ async def test_refused_decisions_change_nothing(ts_client: Client, ledger_db: Pa
         await handle.execute_update(
             AgentWorkflow.decide, Decision(**ok, choice="reject", reason="too much")
         )
-        final = await handle.result()
+        final = await outcome(handle)
         with pytest.raises((RPCError, WorkflowUpdateFailedError)):  # the run has finished
             await handle.execute_update(AgentWorkflow.decide, Decision(**ok, choice="approve"))
     assert final.status == "NOT_DONE"
@@ -214,7 +215,7 @@ async def test_edited_arguments_are_what_runs(ts_client: Client, ledger_db: Path
             AgentWorkflow.decide,
             Decision(request_id=rid, choice="edit", args={"account": "hal", "amount": 90}),
         )
-        final = await handle.result()
+        final = await outcome(handle)
     assert final.status == "DONE"
     assert final.steps[0].args == {"account": "hal", "amount": 90}
     assert store.balances() == {"hal": 90}
@@ -241,7 +242,7 @@ async def test_signals_decide_too_and_a_duplicate_is_refused(
         await handle.signal(
             AgentWorkflow.decide_signal, Decision(request_id=second.request_id, choice="approve")
         )
-        final = await handle.result()
+        final = await outcome(handle)
     assert final.status == "DONE"
     assert [d.request_id for d in final.decisions] == [first, second.request_id]
     assert any(
@@ -266,7 +267,7 @@ async def test_tool_declared_gate_hides_secret_looking_args(
         await handle.execute_update(
             AgentWorkflow.decide, Decision(request_id=pending.request_id, choice="approve")
         )
-        assert (await handle.result()).status == "DONE"
+        assert (await outcome(handle)).status == "DONE"
 
 
 async def test_failed_step_escalates_when_the_agent_says_ask(
@@ -292,7 +293,7 @@ async def test_failed_step_escalates_when_the_agent_says_ask(
             AgentWorkflow.decide,
             Decision(request_id=again.pending.request_id, choice="abort", reason="give up"),
         )
-        final = await handle.result()
+        final = await outcome(handle)
     assert final.status == "NOT_DONE"
     assert final.reason.endswith("aborted: give up")
     assert store.balances() == {"kim": 0}
@@ -301,7 +302,7 @@ async def test_failed_step_escalates_when_the_agent_says_ask(
 async def test_validator_flags_an_implausible_result(ts_client: Client, ledger_db: Path) -> None:
     step = StepSpec(title="price", tool="quote", args={"sku": "a", "price": -5})
     async with keel_worker(ts_client, CATALOG, agent()) as queue:
-        final = await (await start(ts_client, queue, [step], PLAN_RUNNER)).result()
+        final = await outcome(await start(ts_client, queue, [step], PLAN_RUNNER))
     assert final.status == "NOT_DONE"
     assert "ImplausibleResult: implausible result: negative price" in final.reason
     assert final.steps[0].attempts == 3

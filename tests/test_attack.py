@@ -27,6 +27,7 @@ from keel.activities.models import context_store
 from keel.activities.retry import JITTER, jittered_delay
 from keel.activities.store import DirectoryStore
 from keel.humans import decide
+from keel.runs import outcome
 from keel.shared.authz import authorize, grant_covers
 from keel.shared.bounds import PAYLOAD_LIMIT, fit, json_size
 from keel.shared.errors import BlobCorrupted, CatalogError
@@ -61,11 +62,13 @@ async def run_plan(
 ) -> RunReport:
     plan = PlanSpec(goal="attack", steps=steps, unverified_ok=True)
     async with keel_worker(client, catalog) as queue:
-        return await client.execute_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=agent, goal=plan.goal, plan=plan),
-            id=f"attack-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
+        return await outcome(
+            await client.start_workflow(
+                AgentWorkflow.run,
+                AgentRunInput(agent=agent, goal=plan.goal, plan=plan),
+                id=f"attack-{uuid.uuid4().hex[:8]}",
+                task_queue=queue,
+            )
         )
 
 
@@ -146,7 +149,7 @@ async def test_a_client_redefining_an_agent_gets_the_workers_definition(
         assert report.pending is not None and report.pending.tool == "post_entry"
         assert report.budget.max_tool_calls == 10
         await handle.cancel()
-        assert (await handle.result()).status == "NOT_DONE"
+        assert (await outcome(handle)).status == "NOT_DONE"
     assert store.balances() == {}
 
 
@@ -274,7 +277,7 @@ async def test_a_signal_sent_in_time_is_taken_when_the_worker_returns_after_the_
     await handle.signal(AgentWorkflow.decide_signal, decision)
     await asyncio.sleep(max(0.0, (pending.deadline - datetime.now(UTC)).total_seconds()) + 1.5)
     async with Worker(dev_client, task_queue=queue, plugins=[KeelPlugin(catalog)]):
-        final = await handle.result()
+        final = await outcome(handle)
     assert [(d.choice, d.approver) for d in final.decisions] == [("approve", "ann")]
     assert final.status == "DONE", final.reason
     assert store.balances() == {"hal": 500}
@@ -331,7 +334,7 @@ async def test_a_run_whose_context_was_tampered_with_stops_and_compensates(
         context_store._conversations.clear()  # a worker that must read the store again
         context_store._preambles.clear()
         await decide(ts_client, handle.id, choice="approve", approver="ops")
-        report = await handle.result()
+        report = await outcome(handle)
     assert report.status == "NOT_DONE" and "does not match its hash" in report.reason
     assert sorted(c.step for c in report.compensations if c.status == "done") == [1, 2]
     assert store.balances() == {"ann": 0, "zed": 0}
@@ -384,7 +387,7 @@ async def test_a_run_refuses_an_unlimited_extension_and_takes_a_finite_one(
                 )
         assert (await handle.query(AgentWorkflow.report)).budget.max_tool_calls == 1
         await decide(ts_client, handle.id, choice="extend", args={"max_tool_calls": 2})
-        report = await handle.result()
+        report = await outcome(handle)
     assert report.status == "DONE" and report.budget.max_tool_calls == 2
 
 
@@ -422,7 +425,7 @@ async def test_edited_arguments_get_the_same_size_check(ts_client: Client, ledge
             )
         assert "over the 262144 limit" in str(refused.value.cause)
         await handle.cancel()
-        assert (await handle.result()).status == "NOT_DONE"
+        assert (await outcome(handle)).status == "NOT_DONE"
     assert store.balances() == {}
 
 

@@ -23,6 +23,7 @@ import examples.ledger as ledger
 from examples.ledger import store
 from keel import KeelPlugin
 from keel.activities import Catalog
+from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
 from tests.conftest import dev_address
@@ -115,7 +116,7 @@ async def test_a_write_completing_with_the_cancel_in_one_activation_is_compensat
         # request reach the run in one workflow task.
         await wait_for_completions(handle, 2)
         async with workflow_worker():
-            report = await handle.result()
+            report = await outcome(handle)
     assert [c.step for c in report.compensations] == [2, 1]
     assert_world_matches(report, handle.id, 3)
 
@@ -143,5 +144,5 @@ async def test_random_cancels_never_leave_a_write_unreported(
         handle = await start(dev_client, queue, plan, "cancels")
         await asyncio.sleep(chance.uniform(0.0, 0.4))  # the run takes ~0.4 s
         await handle.cancel()
-        report = await handle.result()
+        report = await outcome(handle)
     assert_world_matches(report, handle.id, 10)

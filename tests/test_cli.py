@@ -20,10 +20,11 @@ import examples.ledger as ledger
 from examples.ledger import store
 from keel import KeelPlugin
 from keel.activities import Catalog
-from keel.runs import get_report
+from keel.devserver import temporal_binary
+from keel.runs import get_report, outcome
 from keel.shared.errors import RunNotFound
 from tests.conftest import dev_address, keel_worker
-from tests.processes import ROOT, Result, child_env, starter
+from tests.processes import ROOT, Result, child_env, run, starter
 
 
 @pytest_asyncio.fixture
@@ -122,13 +123,13 @@ async def test_cancel_a_running_run(cli_env: dict, tmp_path: Path, dev_client: C
     one_line_error(again, f"a run with id '{run_id}' is already running")
     cancelled = await starter("cancel", run_id, env=cli_env)
     assert cancelled.code == 0, cancelled
-    await dev_client.get_workflow_handle(run_id).result()
+    await outcome(dev_client.get_workflow_handle(run_id))
     status = await starter("status", run_id, "--json", env=cli_env)
     assert status.code == 3
     assert json.loads(status.out)["reason"] == "cancelled before the plan finished"
     closed = await starter("cancel", run_id, env=cli_env)
     assert closed.code == 6 and "Traceback" not in closed.err, closed
-    assert f"refused: run '{run_id}' has already ended (COMPLETED); nothing to cancel" in closed.err
+    assert f"refused: run '{run_id}' has already ended (NOT_DONE); nothing to cancel" in closed.err
 
 
 async def test_status_of_a_terminated_run_rebuilds_its_steps_and_names_uncompensated_writes(
@@ -337,3 +338,34 @@ async def test_a_reader_that_goes_away_ends_the_starter_quietly(cli_env: dict) -
         os.close(write_end)
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert (proc.returncode, err.decode()) == (141, "")
+
+
+async def test_temporals_list_view_tells_done_from_not_done(cli_env: dict, tmp_path: Path) -> None:
+    """Issue 15, part 5: `temporal workflow list` (and the web UI's list) shows a NOT_DONE run
+    as Failed, a DONE one as Completed; status and the report stay Keel's."""
+    done, not_done = f"cli-{uuid.uuid4().hex[:8]}", f"cli-{uuid.uuid4().hex[:8]}"
+    good = write_plan(tmp_path, pay_plan("lou", 4, 4))
+    unverified = write_plan(tmp_path, pay_plan("lou", 4, 4) | {"acceptance": []})
+    assert (
+        await starter("run", "--plan", str(good), "--id", done, "--wait", env=cli_env)
+    ).code == 0
+    failed = await starter(
+        "run", "--plan", str(unverified), "--id", not_done, "--wait", env=cli_env
+    )
+    assert failed.code == 3, failed
+    listed = await run(
+        temporal_binary(),
+        "workflow",
+        "list",
+        "--address",
+        cli_env["TEMPORAL_ADDRESS"],
+        "--query",
+        f"WorkflowId IN ('{done}', '{not_done}')",
+        env={},
+    )
+    rows = {line.split()[1]: line.split()[0] for line in listed.out.splitlines()[1:] if line}
+    assert rows == {done: "Completed", not_done: "Failed"}, listed
+    status = await starter("status", not_done, "--json", env=cli_env)
+    report = json.loads(status.out)
+    assert (status.code, report["status"]) == (3, "NOT_DONE")
+    assert "nothing verified the result" in report["reason"]

@@ -24,7 +24,7 @@ from keel import KeelPlugin
 from keel.activities import Catalog
 from keel.codec import AesGcmCodec, parse_keys
 from keel.codec_server import make_server
-from keel.runs import get_report
+from keel.runs import get_report, outcome
 from keel.shared.errors import CodecError
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
@@ -47,11 +47,13 @@ async def run_marked(client: Client, marker: str) -> tuple[str, RunReport]:
     )
     queue, run_id = f"codec-{uuid.uuid4().hex[:6]}", f"codec-{uuid.uuid4().hex[:8]}"
     async with Worker(client, task_queue=queue):
-        report = await client.execute_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=PLAN_RUNNER, goal=f"codec {marker}", plan=plan),
-            id=run_id,
-            task_queue=queue,
+        report = await outcome(
+            await client.start_workflow(
+                AgentWorkflow.run,
+                AgentRunInput(agent=PLAN_RUNNER, goal=f"codec {marker}", plan=plan),
+                id=run_id,
+                task_queue=queue,
+            )
         )
     return run_id, report
 
@@ -143,6 +145,15 @@ async def test_codec_server_needs_the_token() -> None:
         assert base64.b64decode(decoded["payloads"][0]["data"]) == b'"hello"'
         status, encoded = await asyncio.to_thread(post, f"{url}/encode", decoded, "s3cret-token")
         assert status == 200 and encoded["payloads"][0]["metadata"]["encryption-key-id"]
+        # The web UI sends no header: the token is in the endpoint's path (and it adds a query).
+        ui = f"{url}/s3cret-token/decode?preserveStorageRefs=true"
+        status, decoded = await asyncio.to_thread(post, ui, body, None)
+        assert status == 200 and base64.b64decode(decoded["payloads"][0]["data"]) == b'"hello"'
+        assert (await asyncio.to_thread(post, f"{url}/wrong/decode", body, None))[0] == 401
+        assert (await asyncio.to_thread(post, f"{url}/x/s3cret-token/decode", body, None))[0] == 401
+        # What the UI shows in plaintext (search attributes, say) passes as it is.
+        status, same = await asyncio.to_thread(post, ui, decoded, None)
+        assert (status, same) == (200, decoded)
     finally:
         server.shutdown()
     with pytest.raises(CodecError, match="needs KEEL_CODEC_TOKEN"):

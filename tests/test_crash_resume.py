@@ -11,6 +11,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
+from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AcceptanceSpec, AgentRunInput, PlanSpec, StepSpec
 from tests.conftest import dev_address
@@ -94,7 +95,7 @@ async def test_sigkill_mid_plan_resumes_at_the_first_unchecked_step(
 
         await wait_until(next_step_done, every=0.05)
         resume_seconds = time.monotonic() - started
-        report = await asyncio.wait_for(handle.result(), 120)
+        report = await asyncio.wait_for(outcome(handle), 120)
     finally:
         await first.stop()
         await second.stop()

@@ -15,6 +15,7 @@ from temporalio.client import Client
 import examples.ledger as ledger
 from keel.activities import Catalog
 from keel.activities.faults import EXPLICIT, IMPLICIT, FaultSpec, Injector, set_injector
+from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
 from tests import sample_tools
@@ -59,11 +60,13 @@ async def run_one(client: Client, tool: str, args: dict) -> RunReport:
         goal="faults", steps=[StepSpec(title=tool, tool=tool, args=args)], unverified_ok=True
     )
     async with keel_worker(client, CATALOG) as queue:
-        return await client.execute_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=PLAN_RUNNER, goal="faults", plan=plan),
-            id=f"faults-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
+        return await outcome(
+            await client.start_workflow(
+                AgentWorkflow.run,
+                AgentRunInput(agent=PLAN_RUNNER, goal="faults", plan=plan),
+                id=f"faults-{uuid.uuid4().hex[:8]}",
+                task_queue=queue,
+            )
         )
 
 

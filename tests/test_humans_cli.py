@@ -16,6 +16,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 import examples.ledger as ledger
 from examples.ledger import store
 from keel.activities import Catalog
+from keel.runs import outcome
 from keel.workflows.contracts import RunReport
 from tests.conftest import dev_address, keel_worker, replay_all
 from tests.processes import Result, WorkerProcess, run, starter
@@ -79,7 +80,7 @@ async def test_wait_list_approve_then_done(cli_env: dict, dev_client: Client) ->
     approved = await starter("approve", run_id, "--approver", "ops@example.com", env=cli_env)
     assert approved.code == 0, approved
     assert approved.out.strip() == f"accepted: approve for {pending['request_id']}"
-    final = await dev_client.get_workflow_handle(run_id, result_type=RunReport).result()
+    final = await outcome(dev_client.get_workflow_handle(run_id, result_type=RunReport))
     assert final.status == "DONE" and final.verified
     assert [(d.choice, d.approver) for d in final.decisions] == [("approve", "ops@example.com")]
     assert store.balances() == {"alice": 30, "zed": 500}
@@ -129,7 +130,7 @@ async def test_refusals_change_nothing_then_reject_compensates(
 
     rejected = await starter("reject", run_id, "--reason", "too much", env=cli_env)
     assert rejected.code == 0, rejected
-    final = await dev_client.get_workflow_handle(run_id, result_type=RunReport).result()
+    final = await outcome(dev_client.get_workflow_handle(run_id, result_type=RunReport))
     assert final.status == "NOT_DONE"
     assert final.reason.startswith("step 2 'Pay zed 500' rejected: too much")
     assert store.balances() == {"alice": 0}  # the first payment was reversed
@@ -164,7 +165,7 @@ async def test_waits_through_a_sigkill_and_a_signal_sent_with_no_worker(
         assert "as a signal, not confirmed" in sent.err
         assert (await status_of(run_id, env))["status"] == "WAITING_ON_YOU"  # nobody applied it
         await second.start()
-        final = await dev_client.get_workflow_handle(run_id, result_type=RunReport).result()
+        final = await outcome(dev_client.get_workflow_handle(run_id, result_type=RunReport))
     finally:
         await first.stop()
         await second.stop()
@@ -228,7 +229,7 @@ async def test_show_a_timeline_while_waiting_and_when_finished(
     assert not [k for k in kinds if k[0] == "run" and k[1] == "finished"]
 
     await starter("approve", run_id, "--approver", "ops", env=cli_env)
-    await dev_client.get_workflow_handle(run_id).result()
+    await outcome(dev_client.get_workflow_handle(run_id))
     shown = await starter("show", run_id, env=cli_env)
     assert shown.code == 0, shown
     lines = shown.out.splitlines()

@@ -24,6 +24,7 @@ import keel
 from examples.ledger import store
 from keel.activities import Catalog
 from keel.activities.models.context_store import Version
+from keel.runs import outcome
 from keel.shared.context_view import model_view, results_seen
 from keel.shared.errors import CatalogError
 from keel.timeline import timeline
@@ -138,11 +139,13 @@ async def run_agent(client: Client, agent: AgentSpec, goal: str = "pay ann 5") -
     async with keel_worker(client, CATALOG, agent) as queue:
         run_id = f"model-{uuid.uuid4().hex[:8]}"
         RUN_IDS.append(run_id)
-        return await client.execute_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=agent, goal=goal),
-            id=run_id,
-            task_queue=queue,
+        return await outcome(
+            await client.start_workflow(
+                AgentWorkflow.run,
+                AgentRunInput(agent=agent, goal=goal),
+                id=run_id,
+                task_queue=queue,
+            )
         )
 
 
@@ -429,7 +432,7 @@ async def test_a_human_extends_the_budget_and_answers_a_question(
             AgentWorkflow.decide,
             Decision(request_id=pending.request_id, choice="extend", args={"max_model_calls": 5}),
         )
-        report = await handle.result()
+        report = await outcome(handle)
     assert report.status == "DONE", report.reason
     assert report.budget.max_model_calls == 5 and report.used.model_calls == 4
     assert store.balances() == {"eve": 9}
@@ -583,7 +586,7 @@ async def test_the_deadline_budget_counts_workflow_time_spent_waiting(
         await asyncio.sleep(budget.total_seconds() + 1 - (time.monotonic() - started))
         answer = Decision(request_id=question.request_id, choice="answer", reason="ann")
         await handle.execute_update(AgentWorkflow.decide, answer)
-        report = await handle.result()
+        report = await outcome(handle)
     assert report.status == "NOT_DONE"
     assert report.reason.startswith("budget exhausted: max_duration 0:00:06 reached")
     assert len(server.requests(OPENAI)) == 1  # the second model call never went out

@@ -13,6 +13,7 @@ from temporalio.client import Client, WorkflowHandle
 import examples.ledger as ledger
 from examples.ledger import store
 from keel.activities import Catalog
+from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
     PLAN_RUNNER,
@@ -66,7 +67,7 @@ async def test_failure_at_step_k_leaves_the_ledger_as_it_was(
     ]
     steps[k - 1] = StepSpec(title="boom", tool="always_fails", args={"label": f"k{k}"})
     async with keel_worker(ts_client, CATALOG) as queue:
-        report = await (await start(ts_client, queue, steps)).result()
+        report = await outcome(await start(ts_client, queue, steps))
     assert report.status == "NOT_DONE"
     assert report.reason.startswith(f"step {k} 'boom' (always_fails) failed after 3 attempt(s)")
     assert {a: b for a, b in store.balances().items() if b} == before
@@ -96,7 +97,7 @@ async def test_failed_compensation_escalates_and_is_reported(
         await handle.execute_update(
             AgentWorkflow.decide, Decision(request_id=pending.request_id, choice="skip")
         )
-        report = await handle.result()
+        report = await outcome(handle)
     assert report.status == "NOT_DONE"
     assert (
         "compensation failed: step 1 undo_fails (RuntimeError: the undo service is down; "
@@ -120,7 +121,7 @@ async def test_a_human_retry_of_a_compensation_can_succeed(
         await handle.execute_update(
             AgentWorkflow.decide, Decision(request_id=pending.request_id, choice="retry")
         )
-        report = await handle.result()
+        report = await outcome(handle)
     assert report.status == "NOT_DONE" and "compensation failed" not in report.reason
     assert [(c.status, c.attempts) for c in report.compensations] == [("done", 1)]
     assert sample_tools.CALLS[f"undo_after_human_retry:{label}"] == 4

@@ -17,6 +17,7 @@ from temporalio.testing import ActivityEnvironment
 import examples.ledger as ledger
 from examples.ledger import store
 from keel.activities import Catalog
+from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
     PLAN_RUNNER,
@@ -59,11 +60,13 @@ async def run(client: Client, agent: AgentSpec, goal: str, plan: PlanSpec | None
     async with keel_worker(client, CATALOG, agent) as queue:
         run_id = f"sec-{uuid.uuid4().hex[:8]}"
         RUN_IDS.append(run_id)
-        return await client.execute_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=agent, goal=goal, plan=plan),
-            id=run_id,
-            task_queue=queue,
+        return await outcome(
+            await client.start_workflow(
+                AgentWorkflow.run,
+                AgentRunInput(agent=agent, goal=goal, plan=plan),
+                id=run_id,
+                task_queue=queue,
+            )
         )
 
 
@@ -181,7 +184,7 @@ async def test_an_approver_outside_the_list_is_refused_and_audited(
         assert "approver 'mallory' may not decide" in str(caught.value.cause)
         ok = Decision(request_id=pending.request_id, choice="approve", approver="ops@example.com")
         await handle.execute_update(AgentWorkflow.decide, ok)
-        report = await handle.result()
+        report = await outcome(handle)
         with pytest.raises((WorkflowUpdateFailedError, RPCError)):  # a replay changes nothing
             await handle.execute_update(AgentWorkflow.decide, ok)
     assert report.status == "DONE"

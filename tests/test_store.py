@@ -25,6 +25,7 @@ from temporalio.worker import Replayer
 from keel import KeelPlugin
 from keel.activities import Catalog, tool
 from keel.activities.store import BlobStore, DirectoryStore
+from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 from tests.conftest import keel_worker
@@ -159,15 +160,17 @@ async def test_keel_keeps_a_data_converters_external_storage(
     client = Client(**config)
     steps = [StepSpec(title="read", tool="bulky_read", args={"size": 3000})]
     async with keel_worker(client, Catalog.of([bulky_read])) as queue:
-        report = await client.execute_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(
-                agent=PLAN_RUNNER,
-                goal="bulky",
-                plan=PlanSpec(goal="bulky", steps=steps, unverified_ok=True),
-            ),
-            id=f"self-replayed-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
+        report = await outcome(
+            await client.start_workflow(
+                AgentWorkflow.run,
+                AgentRunInput(
+                    agent=PLAN_RUNNER,
+                    goal="bulky",
+                    plan=PlanSpec(goal="bulky", steps=steps, unverified_ok=True),
+                ),
+                id=f"self-replayed-{uuid.uuid4().hex[:8]}",
+                task_queue=queue,
+            )
         )
     assert report.status == "DONE", report.reason
     assert report.steps[0].result == "r" * 3000

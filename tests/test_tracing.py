@@ -19,6 +19,7 @@ import examples.ledger as ledger
 from examples.ledger import store
 from keel import KeelPlugin
 from keel.activities import Catalog
+from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
     AgentRunInput,
@@ -91,7 +92,7 @@ async def test_span_tree_of_a_run_with_a_retry_a_wait_and_a_compensation(
             AgentWorkflow.decide,
             Decision(request_id=pending.request_id, choice="reject", reason="too much"),
         )
-        report = await handle.result()
+        report = await outcome(handle)
     assert report.status == "NOT_DONE" and store.balances() == {"tia": 0}
 
     spans = keel_spans()

@@ -34,7 +34,13 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.budgets import BudgetKeeper
     from keel.workflows.compensation import Compensator
     from keel.workflows.continuation import Continuation
-    from keel.workflows.contracts import AcceptanceState, AgentRunInput, Decision, RunReport
+    from keel.workflows.contracts import (
+        NOT_DONE_FAILURE,
+        AcceptanceState,
+        AgentRunInput,
+        Decision,
+        RunReport,
+    )
     from keel.workflows.edits import check_edit
     from keel.workflows.failures import Unwind, describe_failure
     from keel.workflows.gate import HumanGate
@@ -126,7 +132,16 @@ class AgentWorkflow:
             # A client's admission (or decision) hears its answer before the run closes.
             await workflow.wait_condition(workflow.all_handlers_finished)
             annotate(current, status=report.status, steps=report.step_total, reason=report.reason)
-            return report
+        # NOT_DONE fails the workflow, carrying the report: the web UI, `temporal workflow list`
+        # and the server's metrics tell it from DONE. Runs from before replay as they closed.
+        if report.status == "NOT_DONE" and workflow.patched("keel-not-done-fails"):
+            raise ApplicationError(
+                f"NOT_DONE: {report.reason[:1000]}",
+                report,
+                type=NOT_DONE_FAILURE,
+                non_retryable=True,
+            )
+        return report
 
     async def _execute(self) -> RunReport:
         state = self._state

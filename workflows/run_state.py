@@ -71,6 +71,12 @@ class RunState:
         pending = self.report.pending
         # The memo says what the run waits for, readable with no worker running (describe).
         workflow.upsert_memo({"pending": pending.model_dump(mode="json") if pending else None})
+        # The web UI shows a run's current details on its page (no history event, no replay).
+        workflow.set_current_details(
+            "WAITING ON YOU: " + pending.reason
+            if status == "WAITING_ON_YOU" and pending
+            else status
+        )
         if self.run.status_attribute:
             workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
 
