@@ -10,6 +10,7 @@
     python starter.py reject RUN_ID --reason TEXT [--request ID] [--approver NAME] [--signal]
     python starter.py decide RUN_ID --choice retry|skip|abort|edit|extend|answer [--args JSON]
         (edit: the new arguments; extend: new budget limits; answer: the answer in --reason)
+    python starter.py watch RUN_ID [--since N] [--json]  (its events, live, until it ends)
     python starter.py pending [--json]
     python starter.py audit RUN_ID [--execution E]  (who did what and when, as JSON lines)
     python starter.py show RUN_ID [--execution E] [--json]  (the timeline, from its history)
@@ -22,12 +23,12 @@ run waits until a worker admits the run: the worker resolves the agent and check
 its refusal is an error here (exit 1); with no worker answering, the run starts unchecked and a
 note on stderr says so.
 
-Exit codes: run --wait and status: 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING (run --wait
-returns as soon as the run waits on a human). approve, reject, decide: 0 accepted, 6 refused,
-7 not confirmed (sent with --signal, or no worker answered within $KEEL_DECISION_TIMEOUT s: it
-may still apply). cancel: 0 requested, 6 refused (the run has already ended). 1 for an error
-(bad input, unknown run, unreachable server), 2 for bad usage, 141 (quietly) when the reader of
-its output went away. Errors are one line on stderr,
+Exit codes: run --wait, watch and status: 0 DONE, 3 NOT_DONE, 4 WAITING_ON_YOU, 5 RUNNING (run
+--wait returns as soon as the run waits on a human; watch only when the run ends). approve,
+reject, decide: 0 accepted, 6 refused, 7 not confirmed (sent with --signal, or no worker
+answered within $KEEL_DECISION_TIMEOUT s: it may still apply). cancel: 0 requested, 6 refused
+(the run has already ended). 1 for an error (bad input, unknown run, unreachable server), 2 for
+bad usage, 141 (quietly) when the reader of its output went away. Errors are one line on stderr,
 never a traceback (set KEEL_DEBUG=1 to see one).
 """
 
@@ -50,6 +51,7 @@ from keel.activities.catalog import explain
 from keel.activities.settings import OneLineParser, env_choice
 from keel.activities.store import BlobStore
 from keel.humans import decide, pending_runs
+from keel.live import follow
 from keel.logs import add_logging_args, configure_logging
 from keel.process import exit_now
 from keel.runs import (
@@ -107,6 +109,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     show.add_argument("run_id")
     show.add_argument("--execution", help="an earlier run under this id (after --rerun)")
     show.add_argument("--json", action="store_true", help="print JSON")
+    watch = sub.add_parser("watch", help="print a run's events live; exit with its outcome")
+    watch.add_argument("run_id")
+    watch.add_argument("--since", type=int, default=0, help="the offset to start from")
+    watch.add_argument("--json", action="store_true", help="one JSON event per line")
     pending = sub.add_parser("pending", help="list the runs waiting on a human")
     pending.add_argument("--json", action="store_true", help="print JSON")
     prune = sub.add_parser("prune", help="remove old blobs no running run references")
@@ -285,6 +291,31 @@ async def list_pending(client: Client, as_json: bool) -> int:
     return 0
 
 
+async def watch_run(client: Client, run_id: str, since: int, as_json: bool) -> int:
+    """Print the run's events as they happen; the exit code is the run's outcome. Streamed
+    model text is printed as it comes, on one line per model call."""
+    in_text = False
+    async for event in follow(client, run_id, since):
+        if as_json:
+            print(event.model_dump_json(), flush=True)
+        elif event.kind == "model_text":
+            if not in_text:
+                print(f"[{event.offset}] model: ", end="")
+            print(event.message, end="", flush=True)
+            in_text = True
+            continue
+        else:
+            if in_text:
+                print()
+            in_text = False
+            where = f" step {event.step}" if event.step is not None else ""
+            print(f"[{event.offset}] {event.at:%H:%M:%S} {event.kind}{where}: {event.message}")
+            sys.stdout.flush()
+        if event.kind == "final":
+            return EXIT_CODES.get(event.outcome or "", 1)
+    return 1
+
+
 async def command(args: argparse.Namespace) -> int:
     run = build_run(args) if args.command == "run" else None
     # connect() brings Keel's converter and the codec of KEEL_CODEC_KEYS.
@@ -293,6 +324,8 @@ async def command(args: argparse.Namespace) -> int:
         return await send_decision(client, args)
     if args.command == "pending":
         return await list_pending(client, args.json)
+    if args.command == "watch":
+        return await watch_run(client, args.run_id, args.since, args.json)
     if args.command == "prune":
         return await prune_blobs(client, args.older_than, args.dry_run)
     if args.command == "audit":

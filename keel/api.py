@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Generic, cast
 
 from pydantic import TypeAdapter
@@ -28,6 +29,7 @@ from typing_extensions import TypeVar
 
 from keel.connection import task_queue as default_task_queue
 from keel.humans import decide, pending_runs
+from keel.live import follow
 from keel.runs import cancel_run, get_report, start_run
 from keel.shared.errors import KeelError
 from keel.workflows.contracts import (
@@ -37,6 +39,7 @@ from keel.workflows.contracts import (
     Choice,
     PendingRequest,
     PlanSpec,
+    RunEvent,
     RunReport,
 )
 
@@ -79,6 +82,11 @@ class Run(Generic[OutputT]):
         if report.status != "DONE" or report.output is None:
             raise KeelError(f"run {self.id!r} has no output: {report.status}: {report.reason}")
         return cast(OutputT, report.output)
+
+    def events(self, since: int = 0) -> AsyncIterator[RunEvent]:
+        """The run's live events from offset `since` (resume with the offset after the last
+        one seen), ending with its "final" event: `async for event in run.events(): ...`."""
+        return follow(self.client, self.id, since)
 
     async def approve(self, reason: str = "", approver: str = "") -> str:
         return await self.decide("approve", reason=reason, approver=approver)

@@ -37,8 +37,10 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.contracts import (
         NOT_DONE_FAILURE,
         AcceptanceState,
+        ActivityEvents,
         AgentRunInput,
         Decision,
+        EventPage,
         RunReport,
     )
     from keel.workflows.edits import check_edit
@@ -70,11 +72,32 @@ class AgentWorkflow:
         self._acting = StepByStep(state, thread, steps, continuation, gate)
         self._verifier = Verifier(state, thread)
         self._compensator = Compensator(state, saga, gate)
+        self._sources: dict[str, int] = {}  # activity_events: the last batch of each source
 
     @workflow.query
     def report(self) -> RunReport:
         """The plan state as it stands: steps with checkboxes, progress, acceptance, status."""
         return self._state.payload()
+
+    @workflow.query
+    def events(self, since: int) -> EventPage:
+        """The run's live events from offset `since` on (what `watch` and Run.events() read)."""
+        return self._state.events.since(since, self._state.report.status)
+
+    @workflow.signal(name="keel.activity_events")
+    def activity_events(self, batch: ActivityEvents) -> None:
+        """Events an activity publishes (a retried attempt, streamed model text), batched so
+        the history gets one signal per batch, never one per token. A batch sent twice (a
+        retried signal) is dropped."""
+        if self._sources.get(batch.source, 0) >= batch.seq:
+            return
+        if len(self._sources) > 1000:  # only the calls in flight matter
+            self._sources.clear()
+        self._sources[batch.source] = batch.seq
+        for event in batch.events:
+            self._state.emit(
+                event.kind, event.message, step=event.step, tool=event.tool, data=event.data
+            )
 
     @workflow.update
     async def decide(self, decision: Decision) -> str:
@@ -146,6 +169,8 @@ class AgentWorkflow:
     async def _execute(self) -> RunReport:
         state = self._state
         state.set_status("RUNNING")
+        if state.run.carry is None:
+            state.emit("status", f"RUNNING: {state.agent.name} started: {state.run.goal}")
         try:
             if state.run.carry is not None and workflow.info().continued_run_id is None:
                 # A carry is what a run hands its own continuation; from a client it could

@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.contracts import NARROWABLE_LIMITS, Budget
     from keel.workflows.failures import Unwind
     from keel.workflows.gate import HumanGate
-    from keel.workflows.loop import budget_problem
+    from keel.workflows.loop import budget_problem, budget_warnings
     from keel.workflows.run_state import RunState
 
 EXTENDABLE_LIMITS = (*NARROWABLE_LIMITS, "max_repeats", "max_malformed", "max_denials")
@@ -32,6 +32,7 @@ class BudgetKeeper:
         self.state = state
         self.gate = gate
         self.repeats = repeats  # how often each call (tool and arguments) was made lately
+        self.warned: set[str] = set()  # limits already warned of in the live stream
 
     async def admit(self, next_call: Literal["model", "tool"], key: str | None = None) -> None:
         """Return when the call may run; raise Unwind, or wait for a human to extend the
@@ -48,6 +49,7 @@ class BudgetKeeper:
                 key=key,
             )
             if problem is None:
+                self._warn(elapsed)
                 return
             self.state.log(f"budget check: {problem}")
             if agent.on_budget != "ask":
@@ -66,6 +68,13 @@ class BudgetKeeper:
             report.budget = extended(report.budget, decision.args)
             if problem.startswith("max_repeats"):
                 self.repeats[key or ""] = 0  # the human says the repetition is intended
+
+    def _warn(self, elapsed: Any) -> None:
+        report = self.state.report
+        for name, text in budget_warnings(report.budget, report.used, elapsed).items():
+            if name not in self.warned:
+                self.warned.add(name)
+                self.state.emit("budget_warning", f"budget: {text}", outcome=name)
 
 
 def extended(budget: Budget, changes: dict[str, Any]) -> Budget:

@@ -70,7 +70,11 @@ class Continuation:
             repeats=recent_repeats(self.budget.repeats),
             asked=self.gate.asked,
             turn=self.thread.turn,
+            events=list(state.events.kept),
+            next_event=state.events.next_offset,
         )
+        if json_size(carry) > PAYLOAD_LIMIT:  # the live events give way first
+            carry = carry.model_copy(update={"events": []})
         if json_size(carry) > PAYLOAD_LIMIT:
             raise Unwind(too_large("what it would carry on with"))
         workflow.continue_as_new(

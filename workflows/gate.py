@@ -83,7 +83,7 @@ class HumanGate:
     def __init__(
         self,
         report: RunReport,
-        log: Callable[[str], None],
+        log: Callable[..., None],  # RunState.log: a message and its fields
         on_status: Callable[[Literal["RUNNING", "WAITING_ON_YOU"]], None],
     ) -> None:
         self._report = report
@@ -191,7 +191,11 @@ class HumanGate:
         self._report.pending = pending
         self._on_status("WAITING_ON_YOU")
         self._log(
-            f"waiting on you: {reason} (request {pending.request_id}, until {pending.deadline})"
+            f"waiting on you: {reason} (request {pending.request_id}, until {pending.deadline})",
+            step=step,
+            tool=tool,
+            event="approval_requested",
+            outcome=pending.request_id,
         )
         with span(
             "approval_wait",
@@ -229,7 +233,12 @@ class HumanGate:
         self._report.pending = None
         self._answer = None
         self._on_status("RUNNING")
-        self._log(f"decision on {pending.request_id}: {decision.choice} {decision.reason}".strip())
+        self._log(
+            f"decision on {pending.request_id}: {decision.choice} {decision.reason}".strip(),
+            step=pending.step,
+            event="decision",
+            outcome=decision.choice,
+        )
 
     async def _wait(self, pending: PendingRequest, policy: ApprovalPolicy) -> Decision:
         remaining = policy.timeout

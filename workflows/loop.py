@@ -292,6 +292,30 @@ def budget_problem(
     return None
 
 
+WARN_AT = 0.8  # a live budget_warning when a limit is this much spent
+
+
+def budget_warnings(budget: Budget, used: BudgetUsed, elapsed: timedelta) -> dict[str, str]:
+    """The limits spent to WARN_AT or more, each with what it has used (for the live stream)."""
+    limits: list[tuple[int | float | None, int | float, str]] = [
+        (budget.max_input_tokens, used.input_tokens, "max_input_tokens"),
+        (budget.max_output_tokens, used.output_tokens, "max_output_tokens"),
+        (budget.max_cost, used.cost, "max_cost"),
+        (budget.max_model_calls, used.model_calls, "max_model_calls"),
+        (budget.max_tool_calls, used.tool_calls, "max_tool_calls"),
+        (budget.max_steps, used.steps, "max_steps"),
+    ]
+    if budget.max_duration is not None:
+        limits.append(
+            (budget.max_duration.total_seconds(), elapsed.total_seconds(), "max_duration")
+        )
+    return {
+        name: f"{name}: {spent:g} of {limit:g} used"
+        for limit, spent, name in limits
+        if limit is not None and limit > 0 and spent >= WARN_AT * limit
+    }
+
+
 def single_call(
     reply: ModelReply, schema: ToolSchema, model: type[T]
 ) -> tuple[T | None, list[tuple[str, str]]]:

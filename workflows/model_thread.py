@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from keel.shared.tracing import annotate, span
     from keel.workflows.budgets import BudgetKeeper
     from keel.workflows.contracts import (
+        EVENT_TEXT_CHARS,
         PROGRESS_KEPT,
         AcceptanceState,
         Message,
@@ -103,6 +104,21 @@ class ModelThread:
                 fallbacks=len(fallbacks),
                 outcome="ok",
             )
+        usage = reply.usage
+        self.state.emit(
+            "model_call",
+            f"{ref.label} answered ({kind}): {len(reply.tool_calls)} tool call(s), "
+            f"{usage.input_tokens} tokens in, {usage.output_tokens} out",
+            data={
+                "model": ref.label,
+                "kind": kind,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cost": ref.cost(usage.input_tokens, usage.output_tokens),
+                "text": reply.text[:EVENT_TEXT_CHARS],
+                "tool_calls": [call.name for call in reply.tool_calls],
+            },
+        )
         # The model's answer joins the conversation here; the model activity stored the same
         # message with its context, so it counts as sent.
         turns.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))

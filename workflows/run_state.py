@@ -8,6 +8,7 @@ Workflow code: times are workflow time, logs are silent on replay.
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast, get_args
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey
@@ -25,6 +26,8 @@ with workflow.unsafe.imports_passed_through():
         StepState,
         ToolSpec,
     )
+    from keel.workflows.contracts.report import EventKind
+    from keel.workflows.events import EventLog
     from keel.workflows.metrics import count
 
 STATUS_KEY = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
@@ -40,9 +43,11 @@ class RunState:
             budget=run.agent.budget,
         )
         self.tools: dict[str, ToolSpec] = {}
+        self.events = EventLog()
         if run.carry is not None:  # a continuation: the state carries on, the history does not
             self.report = run.carry.report
             self.tools = run.carry.tools
+            self.events = EventLog(run.carry.events, run.carry.next_event)
         # Set from the keel-agent-from-worker patch: runs older than it keep their old ways.
         self.agent_from_worker = False
         self.segment_steps = 0  # steps run since this run (or continuation) began
@@ -56,7 +61,16 @@ class RunState:
         return self.run.agent
 
     def log(self, message: str, **fields: str | int | None) -> None:
-        """One progress entry, and one log line carrying `fields` (step, event, outcome)."""
+        """One progress entry, one live event (of kind `event`, else "progress") and one log
+        line carrying `fields` (step, tool, event, outcome)."""
+        step, tool, event, outcome = (fields.get(k) for k in ("step", "tool", "event", "outcome"))
+        self.emit(
+            cast(EventKind, event) if event in get_args(EventKind) else "progress",
+            message,
+            step=step if isinstance(step, int) else None,
+            tool=str(tool) if tool is not None else None,
+            outcome=str(outcome) if outcome is not None else None,
+        )
         progress = self.report.progress
         progress.append(ProgressEntry(at=workflow.now(), message=message))
         if len(progress) > PROGRESS_KEPT:
@@ -65,6 +79,21 @@ class RunState:
             self.report.progress_dropped += 1
         # workflow.logger stays silent during replay: a decision is logged once.
         workflow.logger.info(message, extra={k: v for k, v in fields.items() if v is not None})
+
+    def emit(
+        self,
+        kind: EventKind,
+        message: str,
+        *,
+        step: int | None = None,
+        tool: str | None = None,
+        outcome: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """A live event only (no progress entry): model calls, streamed text, attempts."""
+        self.events.add(
+            kind, message, at=workflow.now(), step=step, tool=tool, outcome=outcome, data=data
+        )
 
     def set_status(self, status: RunStatus) -> None:
         self.report.status = status

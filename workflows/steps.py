@@ -108,10 +108,12 @@ class StepRunner:
         step.attempts += tried
         step.error = describe_failure(err)
         step.finished_at = workflow.now()
-        return (
+        failure = (
             f"step {step.index} '{step.title}' ({step.tool}) failed after "
             f"{step.attempts} attempt(s): {step.error}"
         )
+        self.state.log(failure, step=step.index, tool=step.tool, event="step_failed")
+        return failure
 
     def _done(self, step: StepState, spec: ToolSpec, out: ToolOutput) -> None:
         report, agent = self.state.report, self.state.agent.name

@@ -11,6 +11,7 @@ from pydantic import Field
 from keel.workflows.contracts import base as limits  # read at call time: tests lower them
 from keel.workflows.contracts.base import (
     Choice,
+    OmitDefaults,
     RunStatus,
     TimeoutAction,
     _Strict,
@@ -112,6 +113,68 @@ class AcceptanceState(_Strict):
 class ProgressEntry(_Strict):
     at: datetime
     message: str
+
+
+EventKind = Literal[
+    "progress",  # a line of the progress log with no kind of its own
+    "status",  # RUNNING, WAITING_ON_YOU
+    "step_started",
+    "step_done",
+    "step_failed",
+    "policy_check",  # a call outside the agent's grants
+    "tool_attempt",  # a tool's attempt failed and Temporal retries it
+    "approval_requested",  # the run waits on a human (approval, escalation, question)
+    "decision",  # a human's answer was accepted
+    "compensation",
+    "budget_warning",  # a limit is 80 % spent
+    "model_call",  # with usage
+    "model_text",  # the model's text as it streams (partial; model_call has it whole)
+    "acceptance",
+    "continue_as_new",
+    "final",  # DONE or NOT_DONE: the last event of a run
+    "gap",  # (made by the client) events older than the run keeps: `data` says which
+]
+
+
+class RunEvent(_Strict, OmitDefaults):
+    """One event of a run's live stream. Offsets are global and gapless over the run's life
+    (continue-as-new included) and the same on every replay, so a client that resumes from
+    an offset after a disconnect or a worker crash sees nothing twice and misses nothing."""
+
+    offset: int
+    at: datetime
+    kind: EventKind
+    message: str = ""
+    step: int | None = None
+    tool: str | None = None
+    outcome: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ActivityEvent(_Strict):
+    """An event an activity publishes to its run (a retried attempt, the model's streamed
+    text), by the `activity_events` signal: `source` and `seq` let the run drop a batch it has."""
+
+    kind: Literal["tool_attempt", "model_text"]
+    message: str = ""
+    step: int | None = None
+    tool: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ActivityEvents(_Strict):
+    source: str  # the activity and its attempt
+    seq: int  # batches of one source are numbered from 1
+    events: list[ActivityEvent]
+
+
+class EventPage(_Strict):
+    """The answer to the `events` query: events from an offset on, and where to go on."""
+
+    events: list[RunEvent] = Field(default_factory=list)
+    next_offset: int = 0  # ask from here next time
+    first_kept: int = 0  # older events are no longer kept (see EVENTS_KEPT_BYTES)
+    status: RunStatus = "RUNNING"
 
 
 class RunReport(_Strict):

@@ -8,7 +8,7 @@ from keel.workflows.contracts.base import MAX_GOAL_CHARS, _Strict
 from keel.workflows.contracts.models import Message
 from keel.workflows.contracts.plan import AgentSpec, PlanSpec
 from keel.workflows.contracts.policy import ToolSpec
-from keel.workflows.contracts.report import RunReport
+from keel.workflows.contracts.report import RunEvent, RunReport
 
 
 class AgentRunInput(_Strict):
@@ -42,6 +42,8 @@ class RunCarry(_Strict):
     repeats: dict[str, int] = Field(default_factory=dict)
     asked: int = 0
     turn: int = 0
+    events: list[RunEvent] = Field(default_factory=list)  # the newest live events
+    next_event: int = 0  # the offset the continuation's first new event takes
 
 
 AgentRunInput.model_rebuild()  # RunCarry is defined after it
