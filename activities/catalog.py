@@ -26,6 +26,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from keel.activities.checks import BUILTIN_CHECKS
+from keel.activities.live import Publisher
 from keel.activities.models.context_store import answered, expand
 from keel.activities.models.providers import PROVIDERS
 from keel.activities.models.scripted import ScriptedModel, ScriptedPlanner
@@ -35,6 +36,7 @@ from keel.shared.errors import CatalogError
 from keel.workflows.contracts import (
     PLAN_RUNNER,
     ActingPolicy,
+    ActivityEvent,
     AgentRequest,
     AgentSpec,
     ApprovalPolicy,
@@ -373,7 +375,17 @@ class KeelActivities:
     async def _answer(self, request: ModelRequest) -> ModelReply:
         ref = request.model
         if ref.provider != "scripted":
-            return await PROVIDERS[ref.provider](request)
+            if not (ref.stream and activity.in_activity()):
+                return await PROVIDERS[ref.provider](request)
+            async with Publisher() as live:
+
+                async def on_text(piece: str) -> None:
+                    event = ActivityEvent(
+                        kind="model_text", message=piece, data={"model": ref.label}
+                    )
+                    await live.add(event)
+
+                return await PROVIDERS[ref.provider](request, on_text)
         scripted = self.catalog.models.get(ref.model)
         if scripted is None:
             raise ApplicationError(

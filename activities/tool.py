@@ -26,6 +26,7 @@ from temporalio.exceptions import ApplicationError
 
 from keel.activities.context import ToolContext, _current
 from keel.activities.faults import current_injector, degrade, raise_explicit
+from keel.activities.live import publish
 from keel.activities.retry import jittered_delay
 from keel.activities.secrets import known_values, redact
 from keel.activities.store import BlobStore, inline_limit
@@ -33,6 +34,7 @@ from keel.shared.authz import authorize
 from keel.shared.tracing import annotate, span
 from keel.workflows.contracts import (
     TOOL_NAME,
+    ActivityEvent,
     ApprovalPolicy,
     ArgRule,
     CheckResult,
@@ -242,6 +244,18 @@ async def _run(
             out = await _attempt(spec, fn, args_model, call, validator, attempt)
         except ApplicationError as err:
             annotate(current, outcome="failed", error=err.type)
+            policy = activity.info().retry_policy
+            retried = policy is not None and attempt < (policy.maximum_attempts or attempt + 1)
+            if spec.kind == "tool" and retried and not err.non_retryable:
+                await publish(
+                    ActivityEvent(
+                        kind="tool_attempt",
+                        message=f"{spec.name} attempt {attempt} failed: {err.message}; retrying",
+                        step=call.step,
+                        tool=spec.name,
+                        data={"attempt": attempt, "error": err.type},
+                    )
+                )
             raise
         annotate(current, outcome="ok", stored=out.ref is not None)
         return out

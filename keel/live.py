@@ -14,13 +14,21 @@ run keeps (its newest 256 KB) come back as one "gap" event saying which are miss
 from __future__ import annotations
 
 import asyncio
+import hmac
+import os
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from http import HTTPStatus
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from keel.activities.settings import OneLineParser
+from keel.process import exit_now
 from keel.runs import QUERY_TIMEOUT, get_report, run_must_exist
+from keel.shared.errors import KeelError
 from keel.workflows.agent import AgentWorkflow
 from keel.workflows.contracts import RunEvent
 
@@ -66,6 +74,110 @@ async def follow(
             yield event
             if event.kind == "final":
                 return
+        if not page.events and page.status in ("DONE", "NOT_DONE"):
+            return  # asked from past the final event: nothing more will come
         since = page.next_offset
         if not page.events:
             await asyncio.sleep(poll)
+
+
+# --- Server-Sent Events, for browsers ----------------------------------------------------------
+
+
+async def serve(client: Client, port: int, origin: str, token: str) -> asyncio.Server:
+    """GET /runs/RUN_ID/events[?since=N] as text/event-stream: one SSE message per event (its
+    id is the offset, so a browser's EventSource resumes by itself with Last-Event-ID; its
+    event name is the kind), closed after the final event; 204 once there is nothing more."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await answer(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the browser went away
+        finally:
+            writer.close()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        method, target, _ = [*head[0].split(" "), "", "", ""][:3]
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
+        url = urlsplit(target)
+        query = parse_qs(url.query)
+        parts = url.path.strip("/").split("/")
+        given = query.get("token", [""])[0] or headers.get("authorization", "").removeprefix(
+            "Bearer "
+        )
+        if method != "GET" or len(parts) != 3 or parts[0] != "runs" or parts[2] != "events":
+            return reply(writer, 404, origin, "GET /runs/RUN_ID/events[?since=N]")
+        if token and not hmac.compare_digest(given.encode(), token.encode()):
+            return reply(writer, 401, origin, "unauthorized: give ?token=KEEL_EVENTS_TOKEN")
+        run_id = unquote(parts[1])
+        resume = headers.get("last-event-id")
+        since_text = str(int(resume) + 1) if resume and resume.isdigit() else None
+        since_text = since_text or query.get("since", ["0"])[0]
+        if not since_text.isdigit():
+            return reply(writer, 400, origin, "since must be an offset (a whole number)")
+        events = follow(client, run_id, int(since_text)).__aiter__()
+        try:
+            first = await events.__anext__()
+        except StopAsyncIteration:
+            return reply(writer, 204, origin, "")
+        except KeelError as err:
+            return reply(writer, 404, origin, str(err))
+        writer.write(
+            (
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+                f"access-control-allow-origin: {origin}\r\nconnection: close\r\n\r\n"
+            ).encode()
+        )
+        event: RunEvent | None = first
+        while event is not None:
+            data = event.model_dump_json()
+            writer.write(f"id: {event.offset}\nevent: {event.kind}\ndata: {data}\n\n".encode())
+            await writer.drain()
+            event = await anext(events, None)
+
+    return await asyncio.start_server(handle, "127.0.0.1", port)
+
+
+def reply(writer: asyncio.StreamWriter, status: int, origin: str, text: str) -> None:
+    body = text.encode()
+    writer.write(
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: text/plain\r\n"
+        f"access-control-allow-origin: {origin}\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n".encode()
+        + body
+    )
+
+
+async def main_async(port: int, origin: str) -> None:
+    from keel.connection import connect
+
+    client = await connect()
+    token = os.environ.get("KEEL_EVENTS_TOKEN", "")
+    server = await serve(client, port, origin, token)
+    where = f"http://127.0.0.1:{port}/runs/RUN_ID/events" + ("?token=..." if token else "")
+    print(f"keel live events on {where} (for pages from {origin})", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="python -m keel.live", description="runs' live events as SSE")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument(
+        "--origin", default=os.environ.get("KEEL_EVENTS_ORIGIN", "*"), help="CORS origin"
+    )
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(main_async(args.port, args.origin))
+    except KeyboardInterrupt:
+        return 0
+    except (KeelError, OSError) as err:
+        print(f"keel.live: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    exit_now(main())

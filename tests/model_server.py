@@ -55,6 +55,8 @@ class ModelServer:
                     reply = server._next(self.path, body)
                 if reply.delay:
                     time.sleep(reply.delay)
+                if body.get("stream") and reply.status == 200 and isinstance(reply.body, dict):
+                    return self._stream(reply.body)
                 data = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
                 try:
                     self.send_response(reply.status)
@@ -67,9 +69,25 @@ class ModelServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test)
 
+            def _stream(self, answer: dict[str, Any]) -> None:
+                """The scripted answer as the API streams it (SSE), piece by piece."""
+                chunks = anthropic_chunks(answer) if "content" in answer else openai_chunks(answer)
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                try:
+                    for name, data in chunks:
+                        event = f"event: {name}\n" if name else ""
+                        self.wfile.write(f"{event}data: {data}\n\n".encode())
+                        self.wfile.flush()
+                        time.sleep(server.chunk_delay)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+        self.chunk_delay = 0.01  # seconds between streamed pieces
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._http.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._http.server_address[1]}"
@@ -95,6 +113,52 @@ class ModelServer:
     def __exit__(self, *exc: object) -> None:
         self._http.shutdown()
         self._http.server_close()
+
+
+# --- streaming: a whole answer cut into each API's SSE events ----------------------------------
+
+
+def pieces(text: str, size: int = 7) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def openai_chunks(answer: dict[str, Any]) -> list[tuple[str, str]]:
+    message = answer["choices"][0]["message"]
+    out: list[dict[str, Any]] = []
+    for piece in pieces(message.get("content") or ""):
+        out.append({"choices": [{"index": 0, "delta": {"content": piece}}]})
+    for index, call in enumerate(message.get("tool_calls") or ()):
+        head = {"index": index, "id": call["id"], "type": "function"}
+        head["function"] = {"name": call["function"]["name"], "arguments": ""}
+        out.append({"choices": [{"index": 0, "delta": {"tool_calls": [head]}}]})
+        for piece in pieces(call["function"]["arguments"]):
+            part = {"index": index, "function": {"arguments": piece}}
+            out.append({"choices": [{"index": 0, "delta": {"tool_calls": [part]}}]})
+    out.append({"choices": [], "usage": answer.get("usage")})
+    chunks = [("", json.dumps(c | {"model": answer.get("model")})) for c in out]
+    return [*chunks, ("", "[DONE]")]
+
+
+def anthropic_chunks(answer: dict[str, Any]) -> list[tuple[str, str]]:
+    usage = answer.get("usage") or {}
+    start = {k: v for k, v in answer.items() if k != "content"} | {"content": []}
+    start["usage"] = {"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1}
+    events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
+    for index, block in enumerate(answer["content"]):
+        if block["type"] == "text":
+            opening = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": p} for p in pieces(block["text"])]
+        else:
+            opening = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+            text = json.dumps(block.get("input", {}))
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces(text)]
+        events.append({"type": "content_block_start", "index": index, "content_block": opening})
+        events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+        events.append({"type": "content_block_stop", "index": index})
+    output = {"output_tokens": usage.get("output_tokens", 0)}
+    events.append({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": output})
+    events.append({"type": "message_stop"})
+    return [(e["type"], json.dumps(e)) for e in events]
 
 
 # --- answers in each API's shape ---------------------------------------------------------------

@@ -5,6 +5,7 @@ the budget stops. The model's answers are scripted; HTTP, adapters and Temporal 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import time
@@ -739,3 +740,50 @@ def test_an_output_type_needs_an_act_route() -> None:
     planner = AgentSpec(name="typed-planner", output_type=Invoice, unverified_ok=True)
     with pytest.raises(CatalogError, match="'typed-planner': output_type needs an act route"):
         CATALOG.including(planner).check()
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_streamed_answer_gives_the_same_result_and_usage(
+    dev_client: Client, ledger_db: Path, server: ModelServer, provider: str
+) -> None:
+    """Issue 15, part 3: with stream=True the adapter reads the API's SSE stream; the reply,
+    usage and cost are those of the unstreamed answer, and the run's live events carry the
+    text as it came."""
+    said = "Paying ann five now."
+    if provider == "openai":
+        path, ref = OPENAI, openai_ref
+        paying = openai_call("post_entry", account="ann", amount=5)
+        paying.body["choices"][0]["message"]["content"] = said
+        finishing = openai_call("finish", summary="paid ann 5")
+    else:
+        path, ref = ANTHROPIC, anthropic_ref
+        paying = anthropic_call("post_entry", account="ann", amount=5)
+        paying.body["content"][0]["text"] = said
+        finishing = anthropic_call("finish", summary="paid ann 5")
+        finishing.body["content"] = finishing.body["content"][1:]  # the tool call alone
+    reports: dict[bool, RunReport] = {}
+    texts: dict[bool, str] = {}
+    for stream in (False, True):
+        server.script(path, [copy.deepcopy(paying), copy.deepcopy(finishing)])
+        agent = clerk(ref(server, stream=stream), name=f"streamer-{provider}-{stream}")
+        async with keel_worker(dev_client, CATALOG, agent) as queue:
+            run = await keel.start(
+                await keel.connect(address=dev_address(dev_client)),
+                agent=agent.name,
+                goal="pay ann 5",
+                task_queue=queue,
+            )
+            reports[stream] = await run.result()
+            events = [e async for e in run.events()]
+        texts[stream] = "".join(e.message for e in events if e.kind == "model_text")
+    plain, streamed = reports[False], reports[True]
+    assert streamed.status == plain.status == "DONE"
+    assert streamed.used == plain.used  # tokens, calls and cost
+    assert [(s.tool, s.args) for s in streamed.steps] == [(s.tool, s.args) for s in plain.steps]
+    assert streamed.summary == plain.summary == "paid ann 5"
+    assert [c.model_dump(exclude={"at", "latency_ms"}) for c in streamed.model_calls] == [
+        c.model_dump(exclude={"at", "latency_ms"}) for c in plain.model_calls
+    ]
+    assert (texts[False], texts[True]) == ("", said)  # streamed text, as it came, only streamed
+    bodies = [seen.body for seen in server.requests(path)]
+    assert [b.get("stream", False) for b in bodies] == [False, False, True, True]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +26,7 @@ from keel.activities.retry import jittered_delay
 from keel.activities.secrets import file_secrets
 from keel.workflows.contracts import (
     Message,
+    ModelRef,
     ModelReply,
     ModelRequest,
     ToolCallRequest,
@@ -63,17 +66,12 @@ def _jittered() -> timedelta | None:
     return jittered_delay(info.attempt, info.retry_policy)
 
 
-async def post(
-    url: str,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    request: ModelRequest,
-    secret: str | None,
-) -> dict[str, Any]:
+@asynccontextmanager
+async def http_errors(request: ModelRequest, url: str) -> AsyncIterator[None]:
+    """Timeouts and unreachable servers as retryable ApplicationErrors."""
     timeout = request.model.timeout.total_seconds()
     try:
-        async with httpx.AsyncClient(timeout=timeout) as client:
-            response = await client.post(url, json=body, headers=headers)
+        yield
     except httpx.TimeoutException:
         raise ApplicationError(
             f"{request.model.label}: no answer within {timeout:g} s",
@@ -86,22 +84,41 @@ async def post(
             type=UNAVAILABLE,
             next_retry_delay=_jittered(),
         ) from None
+
+
+def refuse_status(response: httpx.Response, request: ModelRequest, secret: str | None) -> None:
+    """A 429 or 5xx is retryable (its Retry-After honoured), another 4xx is not."""
+    if response.status_code < 400:
+        return
+    said = scrub(response.text[:ERROR_BODY_CHARS], secret)
     if response.status_code == 429 or response.status_code >= 500:
         retry_after = response.headers.get("retry-after", "")
         delay = timedelta(seconds=float(retry_after)) if retry_after.isdigit() else _jittered()
         raise ApplicationError(
-            f"{request.model.label}: HTTP {response.status_code}: "
-            + scrub(response.text[:ERROR_BODY_CHARS], secret),
+            f"{request.model.label}: HTTP {response.status_code}: {said}",
             type=UNAVAILABLE,
             next_retry_delay=delay,
         )
-    if response.status_code >= 400:
-        raise ApplicationError(
-            f"{request.model.label}: HTTP {response.status_code}: "
-            + scrub(response.text[:ERROR_BODY_CHARS], secret),
-            type=REJECTED,
-            non_retryable=True,
-        )
+    raise ApplicationError(
+        f"{request.model.label}: HTTP {response.status_code}: {said}",
+        type=REJECTED,
+        non_retryable=True,
+    )
+
+
+async def post(
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    request: ModelRequest,
+    secret: str | None,
+) -> dict[str, Any]:
+    async with (
+        http_errors(request, url),
+        httpx.AsyncClient(timeout=request.model.timeout.total_seconds()) as client,
+    ):
+        response = await client.post(url, json=body, headers=headers)
+    refuse_status(response, request, secret)
     try:
         data = response.json()
     except ValueError:
@@ -111,6 +128,49 @@ async def post(
     if not isinstance(data, dict):
         raise ApplicationError(f"{request.model.label}: unexpected answer", type=UNAVAILABLE)
     return data
+
+
+OnText = Callable[[str], Awaitable[None]]  # hears each piece of streamed text
+
+
+async def sse(
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    request: ModelRequest,
+    secret: str | None,
+) -> AsyncIterator[dict[str, Any]]:
+    """A streamed answer (Server-Sent Events) as its data objects, in order; errors as for a
+    plain answer (the status is checked before anything is read)."""
+    async with (
+        http_errors(request, url),
+        httpx.AsyncClient(timeout=request.model.timeout.total_seconds()) as client,
+        client.stream("POST", url, json=body, headers=headers) as response,
+    ):
+        if response.status_code >= 400:
+            await response.aread()
+            refuse_status(response, request, secret)
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue  # "event:" names repeat the data's type; blank lines end events
+            data = line.removeprefix("data:").strip()
+            if data == "[DONE]":
+                return
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                raise ApplicationError(
+                    f"{request.model.label}: a streamed chunk is not JSON", type=UNAVAILABLE
+                ) from None
+            if isinstance(parsed, dict):
+                yield parsed
+
+
+def shape_error(model: ModelRef, err: Exception) -> ApplicationError:
+    return ApplicationError(
+        f"{model.label}: unexpected answer shape ({type(err).__name__}: {err})",
+        type=UNAVAILABLE,
+    )
 
 
 # --- OpenAI-compatible Chat Completions --------------------------------------------------------
@@ -129,7 +189,7 @@ def openai_message(message: Message) -> dict[str, Any]:
     return out
 
 
-async def openai_chat(request: ModelRequest) -> ModelReply:
+async def openai_chat(request: ModelRequest, on_text: OnText | None = None) -> ModelReply:
     model = request.model
     secret = api_key(request)
     body: dict[str, Any] = {
@@ -154,7 +214,11 @@ async def openai_chat(request: ModelRequest) -> ModelReply:
     headers = {"authorization": f"Bearer {secret}"} if secret else {}
     url = (model.base_url or OPENAI_URL).rstrip("/") + "/chat/completions"
     started = time.monotonic()
-    data = await post(url, body, headers, request, secret)
+    if model.stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+        data = await openai_gathered(sse(url, body, headers, request, secret), on_text, model)
+    else:
+        data = await post(url, body, headers, request, secret)
     try:
         message = data["choices"][0]["message"]
         calls = tuple(
@@ -181,6 +245,39 @@ async def openai_chat(request: ModelRequest) -> ModelReply:
             f"{model.label}: unexpected answer shape ({type(err).__name__}: {err})",
             type=UNAVAILABLE,
         ) from None
+
+
+async def openai_gathered(
+    chunks: AsyncIterator[dict[str, Any]], on_text: OnText | None, model: ModelRef
+) -> dict[str, Any]:
+    """A streamed Chat Completion put back together in the shape of an unstreamed one: the
+    text, the tool calls (their arguments arrive in pieces, by index) and the usage."""
+    text: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    usage: dict[str, Any] = {}
+    name = model.model
+    try:
+        async for chunk in chunks:
+            name = chunk.get("model") or name
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                if piece := delta.get("content"):
+                    text.append(piece)
+                    if on_text is not None:
+                        await on_text(piece)
+                for part in delta.get("tool_calls") or ():
+                    call = calls.setdefault(
+                        int(part["index"]), {"id": "", "function": {"name": "", "arguments": ""}}
+                    )
+                    call["id"] = part.get("id") or call["id"]
+                    function = part.get("function") or {}
+                    call["function"]["name"] += function.get("name") or ""
+                    call["function"]["arguments"] += function.get("arguments") or ""
+    except (KeyError, TypeError, ValueError) as err:
+        raise shape_error(model, err) from None
+    message = {"content": "".join(text), "tool_calls": [calls[i] for i in sorted(calls)]}
+    return {"model": name, "choices": [{"message": message}], "usage": usage}
 
 
 # --- Anthropic Messages ------------------------------------------------------------------------
@@ -216,7 +313,7 @@ def anthropic_messages(messages: tuple[Message, ...]) -> tuple[str, list[dict[st
     return system, out
 
 
-async def anthropic_chat(request: ModelRequest) -> ModelReply:
+async def anthropic_chat(request: ModelRequest, on_text: OnText | None = None) -> ModelReply:
     model = request.model
     secret = api_key(request)
     system, messages = anthropic_messages(request.messages)
@@ -241,7 +338,11 @@ async def anthropic_chat(request: ModelRequest) -> ModelReply:
         headers["x-api-key"] = secret
     url = (model.base_url or ANTHROPIC_URL).rstrip("/") + "/v1/messages"
     started = time.monotonic()
-    data = await post(url, body, headers, request, secret)
+    if model.stream:
+        body["stream"] = True
+        data = await anthropic_gathered(sse(url, body, headers, request, secret), on_text, model)
+    else:
+        data = await post(url, body, headers, request, secret)
     try:
         text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
         calls = tuple(
@@ -265,6 +366,46 @@ async def anthropic_chat(request: ModelRequest) -> ModelReply:
             f"{model.label}: unexpected answer shape ({type(err).__name__}: {err})",
             type=UNAVAILABLE,
         ) from None
+
+
+async def anthropic_gathered(
+    events: AsyncIterator[dict[str, Any]], on_text: OnText | None, model: ModelRef
+) -> dict[str, Any]:
+    """A streamed Message put back together in the shape of an unstreamed one: its content
+    blocks (text, and tool_use whose input arrives as pieces of JSON) and its usage."""
+    blocks: dict[int, dict[str, Any]] = {}
+    partial: dict[int, list[str]] = {}
+    usage: dict[str, Any] = {}
+    name = model.model
+    try:
+        async for event in events:
+            kind = event.get("type")
+            if kind == "message_start":
+                message = event["message"]
+                name = message.get("model") or name
+                usage.update(message.get("usage") or {})
+            elif kind == "content_block_start":
+                blocks[int(event["index"])] = dict(event["content_block"])
+            elif kind == "content_block_delta":
+                index, delta = int(event["index"]), event["delta"]
+                if delta.get("type") == "text_delta":
+                    block = blocks.setdefault(index, {"type": "text", "text": ""})
+                    block["text"] = block.get("text", "") + delta["text"]
+                    if on_text is not None:
+                        await on_text(delta["text"])
+                elif delta.get("type") == "input_json_delta":
+                    partial.setdefault(index, []).append(delta.get("partial_json", ""))
+            elif kind == "message_delta":
+                usage.update(event.get("usage") or {})
+            elif kind == "error":
+                raise ApplicationError(
+                    f"{model.label}: streamed error: {event.get('error')}", type=UNAVAILABLE
+                )
+        for index, pieces in partial.items():
+            blocks[index]["input"] = json.loads("".join(pieces) or "{}")
+    except (KeyError, TypeError, ValueError) as err:
+        raise shape_error(model, err) from None
+    return {"model": name, "content": [blocks[i] for i in sorted(blocks)], "usage": usage}
 
 
 PROVIDERS = {"openai": openai_chat, "anthropic": anthropic_chat}

@@ -50,6 +50,9 @@ class ModelRef(_Wire):
     # through the server's task queue (bench/peers.py: keel-react-lm). Keep it off for
     # remote providers: a local activity holds the workflow task while it runs.
     local: bool = False
+    # Stream the answer (SSE): the run's live events carry the text as it comes; the reply,
+    # usage and cost are the same as unstreamed.
+    stream: bool = False
 
     @model_validator(mode="after")
     def _local_is_quick(self) -> ModelRef:
