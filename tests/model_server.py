@@ -145,6 +145,7 @@ def anthropic_chunks(answer: dict[str, Any]) -> list[tuple[str, str]]:
     start["usage"] = {"input_tokens": usage.get("input_tokens", 0), "output_tokens": 1}
     events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
     for index, block in enumerate(answer["content"]):
+        opening: dict[str, Any]
         if block["type"] == "text":
             opening = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": p} for p in pieces(block["text"])]
