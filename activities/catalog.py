@@ -50,6 +50,7 @@ from keel.workflows.contracts import (
     PreparedPlan,
     PrepareRequest,
     ResolvedAgent,
+    SupervisorSpec,
     ToolSpec,
 )
 
@@ -97,17 +98,20 @@ def _import(target: str) -> ModuleType:
     return importlib.import_module(target)
 
 
+# What a tools module may declare for the worker's catalog.
+Declared = Tool | AgentSpec | ScriptedPlanner | ScriptedModel | SupervisorSpec
+
+
 @dataclass
 class Catalog:
     tools: dict[str, Tool] = field(default_factory=dict)
     agents: dict[str, AgentSpec] = field(default_factory=dict)
     planners: dict[str, ScriptedPlanner] = field(default_factory=dict)
     models: dict[str, ScriptedModel] = field(default_factory=dict)
+    supervisors: dict[str, SupervisorSpec] = field(default_factory=dict)
 
     @classmethod
-    def of(
-        cls, items: Iterable[Tool | AgentSpec | ScriptedPlanner | ScriptedModel] = ()
-    ) -> Catalog:
+    def of(cls, items: Iterable[Declared] = ()) -> Catalog:
         catalog = cls()
         for item in (*BUILTIN_CHECKS, *items):
             catalog.add(item)
@@ -118,21 +122,23 @@ class Catalog:
         items: list[Any] = []
         for target in targets:
             module = load_module(target) if isinstance(target, str) else target
-            items.extend(
-                value
-                for value in vars(module).values()
-                if isinstance(value, Tool | AgentSpec | ScriptedPlanner | ScriptedModel)
-            )
+            items.extend(value for value in vars(module).values() if isinstance(value, Declared))
         return cls.of(items)
 
-    def including(self, *items: Tool | AgentSpec | ScriptedPlanner | ScriptedModel) -> Catalog:
+    def including(self, *items: Declared) -> Catalog:
         """A copy of this catalog with `items` added (say, an agent declared in a test)."""
-        copy = Catalog(dict(self.tools), dict(self.agents), dict(self.planners), dict(self.models))
+        copy = Catalog(
+            dict(self.tools),
+            dict(self.agents),
+            dict(self.planners),
+            dict(self.models),
+            dict(self.supervisors),
+        )
         for item in items:
             copy.add(item)
         return copy
 
-    def add(self, item: Tool | AgentSpec | ScriptedPlanner | ScriptedModel) -> None:
+    def add(self, item: Declared) -> None:
         if isinstance(item, Tool):
             known = self.tools.get(item.name)
             if known is not None and known is not item:
@@ -147,6 +153,10 @@ class Catalog:
             if self.agents.get(item.name, item) != item:
                 raise CatalogError(f"two agents are named {item.name!r}")
             self.agents[item.name] = item
+        elif isinstance(item, SupervisorSpec):
+            if self.supervisors.get(item.name, item) != item:
+                raise CatalogError(f"two supervisors are named {item.name!r}")
+            self.supervisors[item.name] = item
         elif isinstance(item, ScriptedModel):
             self.models[item.name] = item
         else:
@@ -239,6 +249,7 @@ class Catalog:
         parts += [a.model_dump_json() for _, a in sorted(self.agents.items())]
         parts += [f"planner:{n}" for n in sorted(self.planners)]
         parts += [f"model:{n}" for n in sorted(self.models)]
+        parts += [s.model_dump_json() for _, s in sorted(self.supervisors.items())]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
     def check(self) -> None:
@@ -266,8 +277,47 @@ class Catalog:
                         f"agent {agent.name!r}: approval for unknown tool {tool_name!r}"
                     )
                 problems += [f"agent {agent.name!r}: {p}" for p in self._reminder(policy, {})]
+        problems += self._supervision_problems()
         if problems:
             raise CatalogError("declarations refused: " + "; ".join(dict.fromkeys(problems)))
+
+    def _supervision_problems(self) -> list[str]:
+        """Every child names an agent or supervisor this catalog has; no supervisor contains
+        itself; no name is both an agent and a supervisor."""
+        problems = [
+            f"{name!r} is both an agent and a supervisor"
+            for name in self.supervisors
+            if name in self.agents or name == PLAN_RUNNER.name
+        ]
+        for sup in self.supervisors.values():
+            for child in sup.children:
+                if child.supervisor is not None and child.supervisor not in self.supervisors:
+                    problems.append(
+                        f"supervisor {sup.name!r}: child {child.key!r}: unknown supervisor "
+                        f"{child.supervisor!r}"
+                    )
+                if child.agent is not None and child.agent not in self.agents:
+                    problems.append(
+                        f"supervisor {sup.name!r}: child {child.key!r}: unknown agent "
+                        f"{child.agent!r}"
+                    )
+
+        def nests(name: str, seen: tuple[str, ...]) -> str | None:
+            if name in seen:
+                return " > ".join((*seen, name))
+            sup = self.supervisors.get(name)
+            for child in sup.children if sup else ():
+                if child.supervisor is not None and (
+                    loop := nests(child.supervisor, (*seen, name))
+                ):
+                    return loop
+            return None
+
+        for name in self.supervisors:
+            if loop := nests(name, ()):
+                problems.append(f"supervisors nest in a loop: {loop}")
+                break
+        return problems
 
     def _companions(self, spec: ToolSpec, used: dict[str, ToolSpec]) -> list[str]:
         """The tools a tool relies on (its compensation, its reminder) must be registered too."""
@@ -347,6 +397,11 @@ class KeelActivities:
 
     @activity.defn(name="keel.resolve_agent")
     async def resolve_agent(self, request: AgentRequest) -> ResolvedAgent:
+        supervisor = self.catalog.supervisors.get(request.agent.name)
+        if supervisor is not None:
+            # A supervisor runs as an agent with no tools of its own (see Supervision).
+            agent = AgentSpec(name=supervisor.name, description=supervisor.description)
+            return ResolvedAgent(agent=agent, supervisor=supervisor)
         try:
             agent = self.catalog.resolve(request.agent)
         except CatalogError as err:

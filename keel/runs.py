@@ -412,6 +412,15 @@ def format_report(report: RunReport) -> str:
                 f"    step {undo.step} {undo.compensation}: {undo.status}"
                 + (f" ({undo.error})" if undo.error else "")
             )
+    if report.children:
+        lines.append("  children:")
+        for kid in report.children:
+            again = f", {kid.restarts} restart(s)" if kid.restarts else ""
+            lines.append(
+                f"    [{kid.status}] {kid.key}: {kid.runs} ({kid.restart}{again})  {kid.run_id}"
+            )
+            if kid.reason:
+                lines.append(f"      {kid.reason}")
     if report.files_touched:
         lines.append("  files touched: " + ", ".join(report.files_touched))
     if report.resume_notes:

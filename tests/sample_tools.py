@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 
+from temporalio.exceptions import ApplicationError
+
 from keel.activities import RetrySpec, SecretRef, tool, tool_context
 
 FAST_RETRY = RetrySpec(max_attempts=3, initial_interval=1)
@@ -55,6 +57,26 @@ def big_result(size: int) -> str:
 @tool(timeout=600)
 async def wait_for_gate(name: str) -> str:
     """Blocks until the test opens the gate."""
+    await GATES.setdefault(name, asyncio.Event()).wait()
+    return f"{name} opened"
+
+
+RUN_FAILURES: dict[str, int] = {}  # label -> how many more runs of child_work fail
+
+
+@tool
+def child_work(label: str) -> str:
+    """Fails its run (non-retryable) while the test has failures left for `label`."""
+    _count(f"child_work:{label}")
+    if RUN_FAILURES.get(label, 0) > 0:
+        RUN_FAILURES[label] -= 1
+        raise ApplicationError(f"{label} told to fail", non_retryable=True)
+    return label
+
+
+@tool(timeout=600, heartbeat=1)
+async def hold(name: str) -> str:
+    """Holds until the test opens the gate; heartbeats, so a cancel reaches it at once."""
     await GATES.setdefault(name, asyncio.Event()).wait()
     return f"{name} opened"
 

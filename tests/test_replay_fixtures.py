@@ -6,8 +6,9 @@ acceptance, compensation, approvals by update and by signal, a deadline with a r
 acting step by step on scripted and HTTP models (local and remote), continue-as-new, and a
 cancel racing a write; and, recorded after issue 15: a run refused at admission
 (update-with-start, NOT_DONE as a failed workflow), a typed output, streamed model text and a
-retried attempt published by signal, and a continuation carrying live events. A change to workflow code that would break a run in flight fails here;
-such a change goes behind `workflow.patched`, and the old history keeps replaying.
+retried attempt published by signal, and a continuation carrying live events. A change to
+workflow code that would break a run in flight fails here; such a change goes behind
+`workflow.patched`, and the old history keeps replaying.
 """
 
 from __future__ import annotations

@@ -19,10 +19,16 @@ BudgetKeeper, HumanGate, Continuation, Verifier, Compensator (see the README's L
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    FailureError,
+    is_cancelled_exception,
+)
 
 # Keel's deterministic workflow parts (workflow APIs only, no module state) are passed
 # through, so the sandbox imports (and compiles) only this module again for each new run.
@@ -39,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         AcceptanceState,
         ActivityEvents,
         AgentRunInput,
+        ChildEnded,
         Decision,
         EventPage,
         RunReport,
@@ -51,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.run_state import RunState
     from keel.workflows.saga import Saga
     from keel.workflows.steps import StepRunner
+    from keel.workflows.supervision import Supervision
     from keel.workflows.verification import Verifier
 
 
@@ -73,6 +81,7 @@ class AgentWorkflow:
         self._verifier = Verifier(state, thread)
         self._compensator = Compensator(state, saga, gate)
         self._sources: dict[str, int] = {}  # activity_events: the last batch of each source
+        self._supervision = Supervision(state, gate)
 
     @workflow.query
     def report(self) -> RunReport:
@@ -98,6 +107,11 @@ class AgentWorkflow:
             self._state.emit(
                 event.kind, event.message, step=event.step, tool=event.tool, data=event.data
             )
+
+    @workflow.signal(name="keel.child_ended")
+    def child_ended(self, ended: ChildEnded) -> None:
+        """A supervised child run tells its supervisor (this run) that it ended."""
+        self._supervision.child_ended(ended)
 
     @workflow.update
     async def decide(self, decision: Decision) -> str:
@@ -154,6 +168,8 @@ class AgentWorkflow:
             report = await self._execute()
             # A client's admission (or decision) hears its answer before the run closes.
             await workflow.wait_condition(workflow.all_handlers_finished)
+            if run.parent is not None:
+                await self._tell_parent(run, report)
             annotate(current, status=report.status, steps=report.step_total, reason=report.reason)
         # NOT_DONE fails the workflow, carrying the report: the web UI, `temporal workflow list`
         # and the server's metrics tell it from DONE. Runs from before replay as they closed.
@@ -165,6 +181,20 @@ class AgentWorkflow:
                 non_retryable=True,
             )
         return report
+
+    async def _tell_parent(self, run: AgentRunInput, report: RunReport) -> None:
+        """A supervised run tells its supervisor's newest run how it ended."""
+        assert run.parent is not None and run.child_key is not None
+        ended = ChildEnded(
+            key=run.child_key,
+            run_id=workflow.info().workflow_id,
+            status=report.status,
+            reason=report.reason[:1000],
+        )
+        with contextlib.suppress(FailureError):  # the supervisor has closed: nobody to tell
+            await workflow.get_external_workflow_handle(run.parent).signal(
+                "keel.child_ended", ended
+            )
 
     async def _execute(self) -> RunReport:
         state = self._state
@@ -182,6 +212,9 @@ class AgentWorkflow:
                 problem = await self._planner.resolve_agent()
                 if problem is not None:
                     return state.refuse(f"agent refused: {problem}")
+                if state.supervisor is not None:
+                    state.admit()
+                    return await self._supervision.run()
             if state.run.carry is not None or (
                 state.run.plan is None and state.agent.routes.act is None
             ):

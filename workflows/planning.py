@@ -53,6 +53,7 @@ class Planner:
         if resolved.agent is None:
             return resolved.problem or f"unknown agent {state.agent.name!r}"
         state.run = state.run.model_copy(update={"agent": resolved.agent})
+        state.supervisor = resolved.supervisor
         if state.run.carry is None:
             state.report.budget = resolved.agent.budget
         else:

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         RunReport,
         RunStatus,
         StepState,
+        SupervisorSpec,
         ToolSpec,
     )
     from keel.workflows.contracts.report import EventKind
@@ -55,6 +56,7 @@ class RunState:
         # Whether the worker admitted the run (agent resolved, a given plan checked); None
         # until it decides. A client starting the run waits on it (AgentWorkflow.admission).
         self.admitted: bool | None = None
+        self.supervisor: SupervisorSpec | None = None  # the run supervises (Supervision)
 
     @property
     def agent(self) -> AgentSpec:

@@ -88,6 +88,14 @@ from keel.workflows.contracts.run import (
     AgentRunInput,
     RunCarry,
 )
+from keel.workflows.contracts.supervision import (
+    ChildEnded,
+    ChildSpec,
+    ChildState,
+    RestartType,
+    Strategy,
+    SupervisorSpec,
+)
 from keel.workflows.contracts.wire import (
     AgentRequest,
     ArgsCheck,
@@ -137,6 +145,9 @@ __all__ = [
     "BudgetUsed",
     "CheckResult",
     "CheckedOutput",
+    "ChildEnded",
+    "ChildSpec",
+    "ChildState",
     "Choice",
     "CompensationState",
     "Decision",
@@ -160,6 +171,7 @@ __all__ = [
     "ProgressEntry",
     "Provider",
     "ResolvedAgent",
+    "RestartType",
     "ResultRef",
     "RetrySpec",
     "Route",
@@ -173,6 +185,8 @@ __all__ = [
     "StepKind",
     "StepSpec",
     "StepState",
+    "Strategy",
+    "SupervisorSpec",
     "TimeoutAction",
     "ToolCall",
     "ToolCallRequest",

@@ -17,6 +17,7 @@ from keel.workflows.contracts.base import (
     _Strict,
 )
 from keel.workflows.contracts.models import Budget, BudgetUsed, ModelCallRecord
+from keel.workflows.contracts.supervision import ChildState
 from keel.workflows.contracts.wire import ResultRef
 
 
@@ -131,6 +132,8 @@ EventKind = Literal[
     "model_text",  # the model's text as it streams (partial; model_call has it whole)
     "acceptance",
     "continue_as_new",
+    "child_started",  # a supervisor's child run
+    "child_ended",
     "final",  # DONE or NOT_DONE: the last event of a run
     "gap",  # (made by the client) events older than the run keeps: `data` says which
 ]
@@ -206,6 +209,7 @@ class RunReport(_Strict):
     audit: list[AuditEntry] = Field(default_factory=list)  # the newest AUDIT_KEPT
     audit_dropped: int = 0
     resume_notes: str = ""
+    children: list[ChildState] = Field(default_factory=list)  # a supervisor's
     # The worker refused the run (its agent or given plan) before anything ran: its id may be
     # started again without --rerun, since no write of it could repeat.
     refused: bool = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import Field
 
 from keel.workflows.contracts.base import MAX_GOAL_CHARS, _Strict
@@ -28,6 +30,10 @@ class AgentRunInput(_Strict):
     # again with --rerun, so a write that completed is not repeated); a scope gives a rerun
     # keys of its own (--rerun --new-keys).
     key_scope: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    # A child of a supervisor: the supervisor's workflow id (told when this run ends) and the
+    # child's key there.
+    parent: str | None = None
+    child_key: str | None = None
     # Set by the run itself when it continues as new: the state it carries on with.
     carry: RunCarry | None = None
 
@@ -44,6 +50,7 @@ class RunCarry(_Strict):
     turn: int = 0
     events: list[RunEvent] = Field(default_factory=list)  # the newest live events
     next_event: int = 0  # the offset the continuation's first new event takes
+    restarts_at: list[datetime] = Field(default_factory=list)  # a supervisor's, for intensity
 
 
 AgentRunInput.model_rebuild()  # RunCarry is defined after it

@@ -10,6 +10,7 @@ from pydantic import Field
 from keel.workflows.contracts.base import OmitDefaults, _Strict
 from keel.workflows.contracts.plan import AgentSpec, PlanSpec
 from keel.workflows.contracts.policy import Grant, ToolSpec
+from keel.workflows.contracts.supervision import SupervisorSpec
 
 
 class ArgsCheck(_Strict):
@@ -99,6 +100,7 @@ class ResolvedAgent(_Strict):
     agent: AgentSpec | None = None
     tools: dict[str, ToolSpec] = Field(default_factory=dict)
     problem: str | None = None
+    supervisor: SupervisorSpec | None = None  # the name is a supervisor's
 
 
 class PreparedPlan(_Strict):
