@@ -202,7 +202,12 @@ async def test_escalation_asks_a_human_who_may_retry(dev_client: Client, ledger_
         run = await keel.start(client, agent=spec.name, goal="ask me", task_queue=queue)
         waiting = await wait_for(run, lambda r: r.status == "WAITING_ON_YOU")
         assert waiting.pending is not None and waiting.pending.choices == ["retry", "abort"]
-        assert run.id in [run_id for run_id, _ in await keel.pending(client)]
+        for _ in range(100):  # the list comes from visibility, which lags a little
+            if run.id in [run_id for run_id, _ in await keel.pending(client)]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the waiting supervisor is not listed by pending")
         await run.decide("retry", reason="one more", approver="ops")
         final = await run.result()
     assert final.status == "DONE", final.reason
