@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
@@ -68,8 +70,14 @@ RUN_FAILURES: dict[str, int] = {}  # label -> how many more runs of child_work f
 def child_work(label: str) -> str:
     """Fails its run (non-retryable) while the test has failures left for `label`."""
     _count(f"child_work:{label}")
+    # Across worker processes (a crash test): the failures left are in a file of the test's.
+    kept = Path(os.environ.get("KEEL_TEST_FAILURES_DIR", "."), f"fail-{label}")
+    if "KEEL_TEST_FAILURES_DIR" in os.environ and kept.exists():
+        RUN_FAILURES[label] = int(kept.read_text())
     if RUN_FAILURES.get(label, 0) > 0:
         RUN_FAILURES[label] -= 1
+        if "KEEL_TEST_FAILURES_DIR" in os.environ:
+            kept.write_text(str(RUN_FAILURES[label]))
         raise ApplicationError(f"{label} told to fail", non_retryable=True)
     return label
 

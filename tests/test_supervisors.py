@@ -4,6 +4,7 @@ children that fail on command; restarts, cancels and compensation checked exactl
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -24,6 +25,7 @@ from keel.workflows.contracts import (
 )
 from tests import sample_tools
 from tests.conftest import dev_address, keel_worker
+from tests.processes import WorkerProcess
 
 CATALOG = keel.Catalog.from_modules([ledger, sample_tools])
 
@@ -248,3 +250,101 @@ def test_declarations_are_checked() -> None:
     with pytest.raises(ValueError, match="child keys must be unique"):
         SupervisorSpec(name="dup", children=(works("a"), works("a")))
     _ = uuid
+
+
+async def test_a_long_lived_supervisor_continues_as_new_and_its_children_run_on(
+    dev_client: Client, ledger_db: Path
+) -> None:
+    sample_tools.RUN_FAILURES["a"] = 12
+    spec = SupervisorSpec(
+        name="long-lived",
+        children=(works("a"), holds("b", pay=2)),
+        max_restarts=20,
+        max_history_events=50,
+    )
+    client = await keel.connect(address=dev_address(dev_client))
+    async with keel_worker(client, CATALOG.including(spec)) as queue:
+        run = await keel.start(client, agent=spec.name, goal="months", task_queue=queue)
+        await wait_for(run, lambda r: r.continued >= 1 and by_key(r)["a"].status == "DONE")
+        sample_tools.GATES.setdefault("b", asyncio.Event()).set()  # b ends after the carry-over
+        final = await run.result()
+    kids = by_key(final)
+    assert final.status == "DONE", final.reason
+    assert final.continued >= 1
+    assert (kids["a"].generation, kids["a"].restarts) == (13, 12)
+    assert (kids["b"].generation, kids["b"].restarts) == (1, 0)  # never stopped by the carry-over
+    assert store.balances() == {"b": 2}
+
+
+CREW = """
+from keel import ChildSpec, PlanSpec, StepSpec, SupervisorSpec
+
+def pay(account, amount, pause_s=0.0):
+    args = {"account": account, "amount": amount, "pause_s": pause_s}
+    return StepSpec(title=f"pay {account}", tool="post_entry", args=args)
+
+CREW = SupervisorSpec(
+    name="crew",
+    strategy="rest_for_one",
+    children=(
+        ChildSpec(
+            key="a",
+            plan=PlanSpec(goal="pay a", steps=[pay("a", 5)], unverified_ok=True),
+            restart="transient",
+        ),
+        ChildSpec(
+            key="b",
+            plan=PlanSpec(
+                goal="work, then pay b",
+                steps=[StepSpec(title="work", tool="child_work", args={"label": "b"}), pay("b", 7)],
+                unverified_ok=True,
+            ),
+            restart="transient",
+        ),
+        ChildSpec(
+            key="c",
+            plan=PlanSpec(goal="pay c", steps=[pay("c", 3, 1.0)], unverified_ok=True),
+            restart="transient",
+        ),
+    ),
+)
+"""
+
+
+async def test_a_worker_sigkill_during_a_restart_changes_nothing(
+    dev_client: Client, tmp_path: Path
+) -> None:
+    crew = tmp_path / "crew.py"
+    crew.write_text(CREW)
+    failures = tmp_path / "failures"
+    failures.mkdir()
+    (failures / "fail-b").write_text("2")
+    queue = f"crew-{uuid.uuid4().hex[:8]}"
+    db = tmp_path / "ledger.sqlite"
+    env = {
+        "TEMPORAL_ADDRESS": dev_address(dev_client),
+        "KEEL_LEDGER_DB": str(db),
+        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
+        "KEEL_STICKY_TIMEOUT": "1",
+        "KEEL_TEST_FAILURES_DIR": str(failures),
+    }
+    tools = ("examples.ledger", "tests/sample_tools.py", str(crew))
+    first = WorkerProcess(env, tmp_path / "w1.log", "--task-queue", queue, "--tools", *tools)
+    second = WorkerProcess(env, tmp_path / "w2.log", "--task-queue", queue, "--tools", *tools)
+    client = await keel.connect(address=dev_address(dev_client))
+    await first.start()
+    try:
+        run = await keel.start(client, agent="crew", goal="a crew", task_queue=queue)
+        await wait_for(run, lambda r: by_key(r)["b"].generation >= 2)
+        await first.kill()  # mid-restart: b's second run and c's restart in flight
+        await second.start()
+        final = await asyncio.wait_for(run.result(), 120)
+    finally:
+        await first.stop()
+        await second.stop()
+    kids = by_key(final)
+    assert final.status == "DONE", final.reason
+    assert [kids[k].generation for k in "abc"] == [1, 3, 3], kids
+    with sqlite3.connect(db) as conn:
+        balances = dict(conn.execute("SELECT account, SUM(amount) FROM entries GROUP BY account"))
+    assert balances == {"a": 5, "b": 7, "c": 3}  # c's stopped payments undone, none doubled
