@@ -25,6 +25,7 @@ from tests.processes import run
             "runs finished DONE: 4; runs lost: 0; runs with a payment applied twice: 0",
         ),
         ("bench/load.py", " keel   100 "),
+        ("bench/supervisors.py", "       20     0.10 "),
         # The peers need the optional `peers` extra: CI measures Keel and raw temporalio only.
         ("bench/peers.py --no-peers", "   20 keel-react-lm "),
     ],

@@ -344,7 +344,10 @@ async def test_a_worker_sigkill_during_a_restart_changes_nothing(
         await second.stop()
     kids = by_key(final)
     assert final.status == "DONE", final.reason
-    assert [kids[k].generation for k in "abc"] == [1, 3, 3], kids
+    # b failed twice, so it ran three times; c ran again with each restart it was still running
+    # for (when the crash delays b's second failure, c may have ended DONE before it).
+    assert (kids["a"].generation, kids["b"].generation) == (1, 3), kids
+    assert kids["c"].generation in (2, 3) and kids["c"].status == "DONE", kids
     with sqlite3.connect(db) as conn:
         balances = dict(conn.execute("SELECT account, SUM(amount) FROM entries GROUP BY account"))
     assert balances == {"a": 5, "b": 7, "c": 3}  # c's stopped payments undone, none doubled
