@@ -284,9 +284,10 @@ async def list_pending(client: Client, as_json: bool) -> int:
     if not waiting:
         print("no run is waiting on a human")
     for run_id, p in waiting:
+        chain = f"  (delegated by {' > '.join(p.chain)})" if p.chain else ""
         print(
             f"{run_id}  {p.request_id}  since {p.asked_at:%Y-%m-%d %H:%M:%S}  "
-            f"deadline {p.deadline:%Y-%m-%d %H:%M:%S}  {p.reason}"
+            f"deadline {p.deadline:%Y-%m-%d %H:%M:%S}  {p.reason}{chain}"
         )
     return 0
 

@@ -266,6 +266,15 @@ class Catalog:
             for criterion in agent.acceptance:
                 if (check := self.tools.get(criterion.check)) is None or check.spec.kind != "check":
                     problems.append(f"agent {agent.name!r}: unknown check {criterion.check!r}")
+            problems += [
+                f"agent {agent.name!r}: delegate {name!r} is not an agent here"
+                for name in agent.delegates
+                if name not in self.agents
+            ]
+            if agent.delegates and agent.routes.act is None:
+                problems.append(
+                    f"agent {agent.name!r}: delegates need an act route (its model delegates)"
+                )
             if agent.output_type is not None and agent.routes.act is None:
                 problems.append(
                     f"agent {agent.name!r}: output_type needs an act route (the model's finish "

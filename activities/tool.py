@@ -30,7 +30,7 @@ from keel.activities.live import publish
 from keel.activities.retry import jittered_delay
 from keel.activities.secrets import known_values, redact
 from keel.activities.store import BlobStore, inline_limit
-from keel.shared.authz import authorize
+from keel.shared.authz import authorize, within_ceilings
 from keel.shared.tracing import annotate, span
 from keel.workflows.contracts import (
     TOOL_NAME,
@@ -234,7 +234,10 @@ async def _run(
     validator: Validator | None,
 ) -> ToolOutput:
     attempt = activity.info().attempt
-    if call.grants is not None and (denied := authorize(spec, call.args, call.grants)):
+    denied = call.grants is not None and (
+        authorize(spec, call.args, call.grants) or within_ceilings(spec, call.args, call.ceilings)
+    )
+    if denied:
         # The workflow checked already; checking here too means a workflow bug (or a call
         # scheduled by hand) still cannot run a tool outside the agent's grants.
         raise ApplicationError(f"denied: {denied}", type="Denied", non_retryable=True)

@@ -33,11 +33,23 @@ def update_timeout() -> float:
     return env_number("KEEL_DECISION_TIMEOUT", 30.0)
 
 
-async def pending_request(client: Client, run_id: str) -> PendingRequest | None:
-    with run_must_exist(run_id):
-        desc = await client.get_workflow_handle(run_id).describe()
-    memo = await desc.memo()
-    return PendingRequest.model_validate(memo["pending"]) if memo.get("pending") else None
+async def waiting_run(client: Client, run_id: str) -> tuple[str, PendingRequest | None]:
+    """The run that waits for a decision sent to `run_id`: itself, or the run it delegated to
+    (followed down the chain of delegations, from the memo: no worker needed)."""
+    for _ in range(MAX_CHAIN):
+        with run_must_exist(run_id):
+            desc = await client.get_workflow_handle(run_id).describe()
+        memo = await desc.memo()
+        if memo.get("pending"):
+            return run_id, PendingRequest.model_validate(memo["pending"])
+        delegate = memo.get("delegate")
+        if not isinstance(delegate, str):
+            return run_id, None
+        run_id = delegate
+    return run_id, None
+
+
+MAX_CHAIN = 20  # delegations followed at most
 
 
 async def decide(
@@ -53,7 +65,7 @@ async def decide(
 ) -> str:
     """Send a decision; returns what the run answered. Raises DecisionRefused when the run
     refused it, DecisionNotConfirmed when nothing answered (always so for a signal)."""
-    pending = await pending_request(client, run_id)
+    run_id, pending = await waiting_run(client, run_id)
     if request_id is None:
         if pending is None:
             raise DecisionRefused(f"run {run_id!r} is not waiting on a decision")

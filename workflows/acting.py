@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         OutputCheck,
         StepState,
     )
+    from keel.workflows.delegation import Delegator
     from keel.workflows.failures import Unwind
     from keel.workflows.gate import HumanGate
     from keel.workflows.loop import Action, call_key, parse_actions, system_prompt, tool_schemas
@@ -41,7 +42,9 @@ class StepByStep:
         steps: StepRunner,
         continuation: Continuation,
         gate: HumanGate,
+        delegator: Delegator,
     ) -> None:
+        self.delegator = delegator
         self.state = state
         self.thread = thread
         self.steps = steps
@@ -52,7 +55,7 @@ class StepByStep:
         """Ask the model for the next action until it finishes; raise Unwind if it cannot."""
         state, thread = self.state, self.thread
         agent = state.agent
-        schemas = tool_schemas(state.tools, agent.tools, agent.output_schema)
+        schemas = tool_schemas(state.tools, agent.tools, agent.output_schema, agent.delegates)
         if state.run.carry is None:
             thread.turns.append(Message(role="user", content=state.run.goal))
         malformed = 0
@@ -115,7 +118,10 @@ class StepByStep:
                 self.state.report.output = action.output
                 self.state.log(f"model finished: {action.text}")
                 return True
-            text = await (self._ask_human(action) if action.kind == "ask" else self._do(action))
+            if action.kind == "delegate":
+                text = await self.delegator.delegate(action)
+            else:
+                text = await (self._ask_human(action) if action.kind == "ask" else self._do(action))
             self.state.stop_if_cancelled()
             self.thread.turns.append(
                 Message(role="tool", content=text, tool_call_id=action.call_id, name=action.tool)

@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         EventPage,
         RunReport,
     )
+    from keel.workflows.delegation import Delegator
     from keel.workflows.edits import check_edit
     from keel.workflows.failures import Unwind, describe_failure
     from keel.workflows.gate import HumanGate
@@ -68,7 +69,7 @@ class AgentWorkflow:
     def __init__(self, run: AgentRunInput) -> None:
         self._state = state = RunState(run)
         carry = run.carry
-        self._gate = gate = HumanGate(state.report, state.log, state.set_status)
+        self._gate = gate = HumanGate(state.report, state.log, state.set_status, run.chain)
         if carry is not None:
             gate.asked = carry.asked
         saga = Saga(state.report.saga)
@@ -77,7 +78,8 @@ class AgentWorkflow:
         self._continuation = continuation = Continuation(state, thread, budget, gate)
         self._planner = Planner(state, thread)
         self._steps = steps = StepRunner(state, gate, budget, saga)
-        self._acting = StepByStep(state, thread, steps, continuation, gate)
+        delegator = Delegator(state, budget, saga)
+        self._acting = StepByStep(state, thread, steps, continuation, gate, delegator)
         self._verifier = Verifier(state, thread)
         self._compensator = Compensator(state, saga, gate)
         self._sources: dict[str, int] = {}  # activity_events: the last batch of each source

@@ -7,9 +7,15 @@ Pure helpers shared by the agent workflow and the saga; workflow code imports th
 from __future__ import annotations
 
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    RetryState,
+    TimeoutError,
+)
 
-from keel.workflows.contracts import RetrySpec, ToolSpec
+from keel.workflows.contracts import NOT_DONE_FAILURE, RetrySpec, RunReport, ToolSpec
 
 
 def retry_policy(spec: RetrySpec) -> RetryPolicy:
@@ -46,3 +52,13 @@ def attempts_made(err: ActivityError, spec: ToolSpec) -> int:
 class Unwind(Exception):
     """The run stops here: its completed writes are compensated and it ends NOT_DONE with this
     message as the reason (a spent budget, a rejected step, a model that cannot go on, ...)."""
+
+
+def child_report(err: ChildWorkflowError, run_id: str, agent: str, goal: str) -> RunReport:
+    """The report of a child run that did not complete: its own (a NOT_DONE run fails its
+    workflow carrying it), or one saying how it ended (failed otherwise, terminated, timed out)."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.type == NOT_DONE_FAILURE and cause.details:
+        return RunReport.model_validate(cause.details[0])
+    why = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+    return RunReport(run_id=run_id, agent=agent, goal=goal, status="NOT_DONE", reason=why)

@@ -13,7 +13,7 @@ or an approver not on the list. At the deadline the policy's default action is t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -85,7 +85,9 @@ class HumanGate:
         report: RunReport,
         log: Callable[..., None],  # RunState.log: a message and its fields
         on_status: Callable[[Literal["RUNNING", "WAITING_ON_YOU"]], None],
+        chain: Sequence[str] = (),
     ) -> None:
+        self._chain = list(chain)  # a delegated run's delegators: pending requests name them
         self._report = report
         self._log = log
         self._on_status = on_status
@@ -185,6 +187,7 @@ class HumanGate:
             choices=choices,
             on_timeout=policy.on_timeout,
             approvers=list(policy.approvers),
+            chain=self._chain,
         )
         self._answer = None
         count("human_requests", self._report.agent, kind=kind)

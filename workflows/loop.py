@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from keel.shared.rules import digest
 from keel.workflows.contracts import (
     ASK_HUMAN,
+    DELEGATE,
     FINISH,
     MAX_STEPS,
     AcceptanceSpec,
@@ -91,11 +92,11 @@ class Action(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["tool", "finish", "ask"]
+    kind: Literal["tool", "finish", "ask", "delegate"]
     call_id: str
     tool: str = ""
     args: dict[str, Any] = {}
-    text: str = ""  # the summary (finish) or the question (ask)
+    text: str = ""  # the summary (finish), the question (ask) or the goal (delegate)
     output: Any = None  # what finish carries for a typed result (AgentSpec.output_type)
 
 
@@ -103,6 +104,7 @@ def tool_schemas(
     tools: dict[str, ToolSpec],
     allowed: tuple[str, ...],
     output_schema: dict[str, Any] | None = None,
+    delegates: tuple[str, ...] = (),
 ) -> tuple[ToolSchema, ...]:
     own = tuple(
         ToolSchema(
@@ -110,9 +112,30 @@ def tool_schemas(
         )
         for name in allowed
     )
+    if delegates:
+        own = (*own, delegate_schema(delegates))
     if output_schema is None:
         return own + ACTION_SCHEMAS
     return (*own, typed_finish(output_schema), *ACTION_SCHEMAS[1:])
+
+
+def delegate_schema(delegates: tuple[str, ...]) -> ToolSchema:
+    return ToolSchema(
+        name=DELEGATE,
+        description=(
+            "Hand a goal to another agent: it works on it as a run of its own, with no more "
+            "powers than you and part of your remaining budget; you get back its status and "
+            "summary (or its output)."
+        ),
+        parameters={
+            "type": "object",
+            "properties": {
+                "agent": {"type": "string", "enum": list(delegates)},
+                "goal": {"type": "string"},
+            },
+            "required": ["agent", "goal"],
+        },
+    )
 
 
 def typed_finish(output_schema: dict[str, Any]) -> ToolSchema:
@@ -223,6 +246,16 @@ def parse_actions(
             )
         elif call.name == ASK_HUMAN:
             actions.append(Action(kind="ask", call_id=call.id, text=str(args["question"])))
+        elif call.name == DELEGATE:
+            may = schema.parameters["properties"]["agent"]["enum"]
+            if args["agent"] not in may:
+                problems.append(
+                    (call.id, f"unknown agent {args['agent']!r}; you may delegate to: {may}")
+                )
+                continue
+            actions.append(
+                Action(kind="delegate", call_id=call.id, tool=args["agent"], text=args["goal"])
+            )
         else:
             actions.append(Action(kind="tool", call_id=call.id, tool=call.name, args=args))
     if problems:

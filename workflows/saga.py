@@ -85,7 +85,7 @@ class Saga:
             run_id=workflow.info().workflow_id,
             step=entry.step,
             args={"args": entry.args, "result": entry.result},
-            idempotency_key=f"{key_prefix}:{entry.step}:undo",
+            idempotency_key=entry.undo_key or f"{key_prefix}:{entry.step}:undo",
         )
         state = CompensationState(
             step=entry.step, tool=entry.tool, compensation=entry.compensation, status="done"

@@ -17,7 +17,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from keel.shared.authz import authorize
+    from keel.shared.authz import authorize, within_ceilings
     from keel.shared.bounds import MAX_ARGS_BYTES, json_size
     from keel.shared.tracing import annotate, span
     from keel.workflows.audit import audit
@@ -152,7 +152,9 @@ class StepRunner:
         """True when the call is outside the agent's grants (recorded, audited, and told to the
         model in a loop; a plan stops)."""
         state = self.state
-        reason = authorize(spec, step.args, state.agent.grants)
+        reason = authorize(spec, step.args, state.agent.grants) or within_ceilings(
+            spec, step.args, state.run.ceilings
+        )
         if reason is None:
             return False
         state.report.used.denials += 1

@@ -25,12 +25,11 @@ from datetime import datetime
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError, ChildWorkflowError, FailureError
+from temporalio.exceptions import ChildWorkflowError, FailureError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from keel.workflows.contracts import (
-        NOT_DONE_FAILURE,
         AgentRunInput,
         AgentSpec,
         ChildEnded,
@@ -40,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         RunReport,
         SupervisorSpec,
     )
+    from keel.workflows.failures import child_report
     from keel.workflows.gate import HumanGate
     from keel.workflows.run_state import RunState
 
@@ -146,17 +146,11 @@ class Supervision:
         """The child's end as its handle sees it (a terminated child sends no signal)."""
         try:
             report: RunReport = await handle
-            ended = ChildEnded(key=key, run_id=run_id, status=report.status, reason=report.reason)
         except ChildWorkflowError as err:
-            cause = err.cause
-            details = cause.details if isinstance(cause, ApplicationError) else ()
-            if isinstance(cause, ApplicationError) and cause.type == NOT_DONE_FAILURE and details:
-                report = RunReport.model_validate(details[0])
-                ended = ChildEnded(key=key, run_id=run_id, status="NOT_DONE", reason=report.reason)
-            else:
-                why = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-                ended = ChildEnded(key=key, run_id=run_id, status="NOT_DONE", reason=why)
-        self.child_ended(ended)
+            report = child_report(err, run_id, key, "")
+        self.child_ended(
+            ChildEnded(key=key, run_id=run_id, status=report.status, reason=report.reason)
+        )
 
     async def handle(self, ended: ChildEnded) -> None:
         child = next(c for c in self.children if c.key == ended.key)

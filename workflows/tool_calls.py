@@ -53,6 +53,7 @@ async def call_tool(state: RunState, spec: ToolSpec, step: int, args: dict[str, 
         args=args,
         idempotency_key=state.key(str(step)),
         grants=list(state.agent.grants) if spec.kind == "tool" else None,
+        ceilings=list(state.run.ceilings) if spec.kind == "tool" else [],
     )
     handle = start_call(spec, call)
     try:

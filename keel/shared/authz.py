@@ -25,7 +25,7 @@ from typing import Any
 
 from keel.shared.errors import Traversal
 from keel.shared.rules import holds
-from keel.workflows.contracts import ArgRule, Grant, ToolSpec
+from keel.workflows.contracts import ArgRule, Ceiling, Grant, ToolSpec
 
 
 class _Args(dict[str, Any]):
@@ -72,6 +72,18 @@ def grant_covers(glob: str, scope: str) -> bool:
 def allows(rule: ArgRule, args: dict[str, Any]) -> bool:
     """A grant's rule: the argument must be there and compare as stated (else: denied)."""
     return holds(rule, args, uncomparable=False)
+
+
+def within_ceilings(
+    spec: ToolSpec, args: dict[str, Any], ceilings: Sequence[Ceiling]
+) -> str | None:
+    """Why a delegated run may not make this call (a delegator may not), or None."""
+    for ceiling in ceilings:
+        if ceiling.tools and spec.name not in ceiling.tools:
+            return f"{spec.name}: the delegating agent {ceiling.agent!r} may not use it"
+        if (why := authorize(spec, args, ceiling.grants)) is not None:
+            return f"{why} (delegated by {ceiling.agent!r}, whose powers bound this run)"
+    return None
 
 
 def authorize(spec: ToolSpec, args: dict[str, Any], grants: Sequence[Grant]) -> str | None:

@@ -31,6 +31,7 @@ from keel.workflows.contracts.base import (
 )
 from keel.workflows.contracts.models import (
     ASK_HUMAN,
+    DELEGATE,
     ENV_NAME,
     FINISH,
     NARROWABLE_LIMITS,
@@ -62,6 +63,7 @@ from keel.workflows.contracts.plan import (
 from keel.workflows.contracts.policy import (
     ApprovalPolicy,
     ArgRule,
+    Ceiling,
     Grant,
     RetrySpec,
     SecretRef,
@@ -116,6 +118,7 @@ __all__ = [
     "AUDIT_KEPT",
     "CARRY_KEPT",
     "DEFAULT_TASK_QUEUE",
+    "DELEGATE",
     "ENV_NAME",
     "EVENTS_KEPT_BYTES",
     "EVENT_TEXT_CHARS",
@@ -143,6 +146,7 @@ __all__ = [
     "AuditEntry",
     "Budget",
     "BudgetUsed",
+    "Ceiling",
     "CheckResult",
     "CheckedOutput",
     "ChildEnded",

@@ -26,6 +26,7 @@ Provider = Literal["scripted", "openai", "anthropic"]
 StepKind = Literal["plan", "act", "verify"]
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 FINISH, ASK_HUMAN = "finish", "ask_human"  # the two actions a model takes besides tool calls
+DELEGATE = "delegate"  # a third, for an agent with delegates
 
 
 class ModelRef(_Wire):

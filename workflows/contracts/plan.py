@@ -79,6 +79,9 @@ class AgentSpec(_Frozen):
     # Scopes the agent holds. A tool that declares scopes runs only under a matching grant;
     # checked in the workflow before scheduling and again in the activity.
     grants: tuple[Grant, ...] = ()
+    # Agents this one's model may hand a goal to (the `delegate` action): each runs as a child
+    # workflow with no more powers than this agent and a budget carved out of what it has left.
+    delegates: tuple[str, ...] = ()
     # A typed result: the model's finish must carry an `output` that validates against this
     # type (a pydantic model, or any type pydantic validates), checked by the worker; the report
     # carries it as data. Only the worker holds the type: the wire carries its JSON schema.

@@ -75,6 +75,15 @@ class Grant(_Frozen, OmitDefaults):
     rules: tuple[ArgRule, ...] = ()
 
 
+class Ceiling(_Frozen):
+    """What a delegating agent may do, which a run it delegates to may never exceed: a call
+    of the child's must be one the parent's tools and grants allow too."""
+
+    agent: str
+    tools: tuple[str, ...] = ()  # empty: the parent named no tools (a plan runner)
+    grants: tuple[Grant, ...] = ()
+
+
 class ToolSpec(_Frozen):
     """What the workflow needs to know to schedule a tool: its policy and its argument schema."""
 

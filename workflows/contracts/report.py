@@ -36,6 +36,7 @@ class PendingRequest(_Strict):
     choices: list[Choice]
     on_timeout: TimeoutAction
     approvers: list[str] = Field(default_factory=list)
+    chain: list[str] = Field(default_factory=list)  # a delegated run's delegators, oldest first
 
 
 class Decision(_Strict):
@@ -77,6 +78,8 @@ class SagaEntry(_Strict):
     compensation: str
     args: dict[str, Any] = Field(default_factory=dict)
     result: Any = None
+    # A write of a delegated run, undone by the delegating one: the key its own run would use.
+    undo_key: str | None = None
 
 
 class CompensationState(_Strict):
@@ -101,6 +104,7 @@ class StepState(_Strict):
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    child: str | None = None  # a delegation: the run id of the agent it handed the goal to
 
 
 class AcceptanceState(_Strict):

@@ -9,7 +9,7 @@ from pydantic import Field
 from keel.workflows.contracts.base import MAX_GOAL_CHARS, _Strict
 from keel.workflows.contracts.models import Message
 from keel.workflows.contracts.plan import AgentSpec, PlanSpec
-from keel.workflows.contracts.policy import ToolSpec
+from keel.workflows.contracts.policy import Ceiling, ToolSpec
 from keel.workflows.contracts.report import RunEvent, RunReport
 
 
@@ -34,6 +34,10 @@ class AgentRunInput(_Strict):
     # child's key there.
     parent: str | None = None
     child_key: str | None = None
+    # A run delegated to by other agents: what each of them may do (the run may do no more)
+    # and their run ids, oldest first. Only ever narrows: the worker's grants still apply.
+    ceilings: tuple[Ceiling, ...] = ()
+    chain: tuple[str, ...] = ()
     # Set by the run itself when it continues as new: the state it carries on with.
     carry: RunCarry | None = None
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from keel.workflows.contracts.base import OmitDefaults, _Strict
 from keel.workflows.contracts.plan import AgentSpec, PlanSpec
-from keel.workflows.contracts.policy import Grant, ToolSpec
+from keel.workflows.contracts.policy import Ceiling, Grant, ToolSpec
 from keel.workflows.contracts.supervision import SupervisorSpec
 
 
@@ -44,6 +44,7 @@ class ToolCall(_Strict, OmitDefaults):
     # The agent's grants, checked again by the activity (None: a compensation, a check or a
     # reminder, which undo or read what an authorized call did).
     grants: list[Grant] | None = None
+    ceilings: list[Ceiling] = Field(default_factory=list)  # a delegated run's (checked too)
 
 
 class ResultRef(_Strict):
