@@ -59,6 +59,7 @@ from keel.runs import (
     cancel_run,
     format_report,
     get_report,
+    nested_reports,
     previous_execution,
     start_run,
     wait_report,
@@ -341,7 +342,11 @@ async def command(args: argparse.Namespace) -> int:
             print(format_timeline(args.run_id, entries))
         return 0
     if args.command == "status":
-        return emit(await get_report(client, args.run_id, args.execution), args.json)
+        report = await get_report(client, args.run_id, args.execution)
+        if args.json:
+            return emit(report, as_json=True)
+        print(format_report(report, await nested_reports(client, report)))
+        return EXIT_CODES[report.status]
     if args.command == "cancel":
         try:
             await cancel_run(client, args.run_id)

@@ -352,6 +352,17 @@ async def wait_report(
         result.cancel()
 
 
+async def nested_reports(client: Client, report: RunReport) -> dict[str, RunReport]:
+    """The reports of a supervisor's nested supervisors, all the way down, by run id."""
+    found: dict[str, RunReport] = {}
+    for kid in report.children:
+        if kid.supervises and kid.run_id:
+            nested = await get_report(client, kid.run_id)
+            found[kid.run_id] = nested
+            found |= await nested_reports(client, nested)
+    return found
+
+
 def budget_line(report: RunReport) -> str:
     used, budget = report.used, report.budget
 
@@ -370,8 +381,23 @@ def budget_line(report: RunReport) -> str:
     )
 
 
-def format_report(report: RunReport) -> str:
-    """The report for a terminal: status first, then steps, acceptance and progress."""
+def child_tree(report: RunReport, nested: dict[str, RunReport], indent: str) -> list[str]:
+    lines: list[str] = []
+    for kid in report.children:
+        again = f", {kid.restarts} restart(s)" if kid.restarts else ""
+        lines.append(
+            f"{indent}[{kid.status}] {kid.key}: {kid.runs} ({kid.restart}{again})  {kid.run_id}"
+        )
+        if kid.reason:
+            lines.append(f"{indent}  {kid.reason}")
+        if kid.run_id in nested:
+            lines += child_tree(nested[kid.run_id], nested, indent + "    ")
+    return lines
+
+
+def format_report(report: RunReport, nested: dict[str, RunReport] | None = None) -> str:
+    """The report for a terminal: status first, then steps, acceptance and progress; a
+    supervisor's children as a tree (with `nested`, the reports of nested supervisors)."""
     lines = [f"run {report.run_id}  {report.status}", f"  agent: {report.agent}"]
     lines += [f"  goal: {report.goal}", f"  reason: {report.reason}"]
     lines.append(f"  verified: {'yes' if report.verified else 'no'}")
@@ -414,13 +440,7 @@ def format_report(report: RunReport) -> str:
             )
     if report.children:
         lines.append("  children:")
-        for kid in report.children:
-            again = f", {kid.restarts} restart(s)" if kid.restarts else ""
-            lines.append(
-                f"    [{kid.status}] {kid.key}: {kid.runs} ({kid.restart}{again})  {kid.run_id}"
-            )
-            if kid.reason:
-                lines.append(f"      {kid.reason}")
+        lines += child_tree(report, nested or {}, "    ")
     if report.files_touched:
         lines.append("  files touched: " + ", ".join(report.files_touched))
     if report.resume_notes:

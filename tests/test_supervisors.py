@@ -25,7 +25,7 @@ from keel.workflows.contracts import (
 )
 from tests import sample_tools
 from tests.conftest import dev_address, keel_worker
-from tests.processes import WorkerProcess
+from tests.processes import WorkerProcess, starter
 
 CATALOG = keel.Catalog.from_modules([ledger, sample_tools])
 
@@ -237,6 +237,10 @@ async def test_a_nested_supervisor_is_a_child_and_cancel_stops_the_tree(
     assert nested.status == "NOT_DONE" and by_key(nested)["x"].status == "NOT_DONE"
     assert store.balances() == {"x": 0, "y": 0}  # both payments compensated across the tree
     assert [c.key for c in final.children] == ["team", "y"]
+    shown = await starter("status", run.id, env={"TEMPORAL_ADDRESS": dev_address(dev_client)})
+    assert shown.code == 3, shown  # NOT_DONE
+    assert f"    [NOT_DONE] team: inner (permanent)  {run.id}.team.1\n" in shown.out
+    assert f"        [NOT_DONE] x: plan (transient)  {run.id}.team.1.x.1\n" in shown.out
 
 
 def test_declarations_are_checked() -> None:

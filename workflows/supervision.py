@@ -81,7 +81,10 @@ class Supervision:
         state = self.state
         if state.run.carry is None:
             state.report.children = [
-                ChildState(key=c.key, runs=c.runs, restart=c.restart) for c in self.spec.children
+                ChildState(
+                    key=c.key, runs=c.runs, restart=c.restart, supervises=c.supervisor is not None
+                )
+                for c in self.spec.children
             ]
             state.log(
                 f"supervising {len(self.spec.children)} children ({self.spec.strategy}, at most "

@@ -79,6 +79,7 @@ class ChildState(_Strict):
 
     key: str
     runs: str  # the agent or supervisor it runs
+    supervises: bool = False  # a nested supervisor (its report has children of its own)
     restart: RestartType
     run_id: str = ""  # the workflow id of its current (or last) run
     generation: int = 0  # runs started so far
