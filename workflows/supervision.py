@@ -90,9 +90,10 @@ class Supervision:
                 f"supervising {len(self.spec.children)} children ({self.spec.strategy}, at most "
                 f"{self.spec.max_restarts} restarts within {self.spec.within})"
             )
-            for child in self.children:
-                await self.start(child)
         try:
+            if state.run.carry is None:
+                for child in self.children:  # a cancel meanwhile stops those started so far
+                    await self.start(child)
             while True:
                 await workflow.wait_condition(
                     lambda: bool(self.ended) or not self.running() or self.continuation_due()
