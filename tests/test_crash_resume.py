@@ -112,3 +112,51 @@ async def test_sigkill_mid_plan_resumes_at_the_first_unchecked_step(
     assert runs[K + 1] == 2, runs  # interrupted after its effect: delivered again, applied once
     assert all(runs[step] == 1 for step in range(K + 2, N + 1)), runs
     assert report.steps[K].attempts == 2
+
+
+async def test_a_write_in_flight_when_a_cancel_meets_a_dead_worker_is_still_undone(
+    dev_client: Client, tmp_path: Path
+) -> None:
+    """The run is cancelled while a write runs on a worker that then dies: the write landed but
+    its call never reports. The cancel waits for the call; the server delivers the timed-out
+    call again to the next worker (same key: a no-op that reports what it did), so the write
+    is known and undone, never left behind by the compensation."""
+    db = tmp_path / "ledger.sqlite"
+    env = {
+        "TEMPORAL_ADDRESS": dev_address(dev_client),
+        "KEEL_LEDGER_DB": str(db),
+        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
+        "KEEL_STICKY_TIMEOUT": "1",
+    }
+    queue = f"inflight-{uuid.uuid4().hex[:8]}"
+    args = ("--task-queue", queue, "--tools", "examples.ledger")
+    first = WorkerProcess(env, tmp_path / "worker1.log", *args)
+    second = WorkerProcess(env, tmp_path / "worker2.log", *args)
+    step = StepSpec(
+        title="pay", tool="post_entry", args={"account": "z", "amount": 4, "pause_s": 4.0}
+    )
+    spec = PlanSpec(goal="in flight", steps=[step], unverified_ok=True)
+    await first.start()
+    try:
+        handle = await dev_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=PLAN_RUNNER, goal=spec.goal, plan=spec),
+            id=f"inflight-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+
+        async def written() -> bool:
+            return ledger_rows(db, "SELECT COUNT(*) FROM entries") == [(1,)]
+
+        await wait_until(written)  # committed; the call sleeps 4 s before it reports
+        await handle.cancel()
+        await first.kill()
+        await second.start()
+        report = await asyncio.wait_for(outcome(handle), 120)
+    finally:
+        await first.stop()
+        await second.stop()
+    assert report.status == "NOT_DONE" and "cancelled" in report.reason, report.reason
+    assert [c.status for c in report.compensations] == ["done"], report.compensations
+    rows = ledger_rows(db, "SELECT account, SUM(amount) FROM entries GROUP BY account")
+    assert rows == [("z", 0)]  # written once, undone once

@@ -216,9 +216,14 @@ class Supervision:
         )
         stopped = [c for c in group if c is not child and c.status in RUNNING]
         await self.cancel(stopped, f"{child.key} restarts")
-        # The ended child and the siblings stopped for it; one that had ended already stays
-        # ended, and a temporary one is never started again.
-        again = [c for c in group if c is child or (c in stopped and c.restart != "temporary")]
+        # The ended child and the siblings stopped for it. One that had ended already stays
+        # ended; so does one that finished DONE before the cancel reached it (its writes stand,
+        # and running it again would repeat them); a temporary one is never started again.
+        again = [
+            c
+            for c in group
+            if c is child or (c in stopped and c.status != "DONE" and c.restart != "temporary")
+        ]
         self.state.log(f"restarting {', '.join(c.key for c in again)} ({strategy})")
         for each in again:
             each.restarts += 1
