@@ -71,7 +71,8 @@ from keel.shared.errors import (
     RunClosed,
     StoreUnavailable,
 )
-from keel.telemetry import tracing_plugins
+from keel.shared.tracing import flush_spans
+from keel.telemetry import tracer, tracing_plugins
 from keel.timeline import format_timeline, timeline
 from keel.workflows.contracts import (
     PLAN_RUNNER,
@@ -357,6 +358,14 @@ async def command(args: argparse.Namespace) -> int:
         return 0
     assert run is not None
     run_id = args.id or f"{run.agent.name}-{uuid.uuid4().hex[:8]}"
+    # With tracing on, the run's spans hang under this one (the client propagates it).
+    with tracer().start_as_current_span("keel.starter", attributes={"keel.run_id": run_id}):
+        return await start_and_report(client, args, run, run_id)
+
+
+async def start_and_report(
+    client: Client, args: argparse.Namespace, run: AgentRunInput, run_id: str
+) -> int:
     earlier = await previous_execution(client, run_id) if args.rerun else None
     said: list[str] = []
     await start_run(
@@ -404,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"starter.py: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    finally:
+        flush_spans()  # exit_now skips the SDK's own shutdown: export the starter's span now
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, get_type_hints, overload
@@ -31,7 +31,13 @@ from keel.activities.retry import jittered_delay
 from keel.activities.secrets import known_values, redact
 from keel.activities.store import BlobStore, inline_limit
 from keel.shared.authz import authorize, within_ceilings
-from keel.shared.tracing import annotate, span
+from keel.shared.tracing import (
+    annotate,
+    flush_spans,
+    span,
+    spans_to_flush,
+    tool_call_attributes,
+)
 from keel.workflows.contracts import (
     TOOL_NAME,
     ActivityEvent,
@@ -167,7 +173,7 @@ def _declare(
     )
 
     async def run_tool(call: ToolCall) -> ToolOutput:
-        return await _run(spec, fn, args_model, call, validator)
+        return await _exported_first(_run(spec, fn, args_model, call, validator))
 
     run_tool.__name__ = f"tool_{tool_name}"
     return Tool(
@@ -243,6 +249,7 @@ async def _run(
         raise ApplicationError(f"denied: {denied}", type="Denied", non_retryable=True)
     name = "acceptance_check" if spec.kind == "check" else "tool_call"
     with span(name, tool=spec.name, step=call.step, attempt=attempt, run_id=call.run_id) as current:
+        tool_call_attributes(current, tool=spec.name, args=call.args)
         try:
             out = await _attempt(spec, fn, args_model, call, validator, attempt)
         except ApplicationError as err:
@@ -262,6 +269,16 @@ async def _run(
             raise
         annotate(current, outcome="ok", stored=out.ref is not None)
         return out
+
+
+async def _exported_first(coro: Awaitable[ToolOutput]) -> ToolOutput:
+    """The call's spans are exported before it reports its outcome: a worker killed right after
+    loses no span of a finished call (force_flush blocks, so it runs in a thread)."""
+    try:
+        return await coro
+    finally:
+        if spans_to_flush():
+            await asyncio.to_thread(flush_spans)
 
 
 async def _attempt(

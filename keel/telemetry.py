@@ -69,7 +69,11 @@ def tracing_plugins(service: str) -> list[Plugin]:
                 "OTEL_* asks for OTLP traces but the exporter is missing: pip install 'keel[otel]'"
             ) from err
         exporter = OTLPSpanExporter()  # endpoint, headers: OTEL_EXPORTER_OTLP_* variables
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+    name = os.environ.get("OTEL_SERVICE_NAME", service)
+    # Phoenix (and other OpenInference tools) file spans by project: KEEL_PROJECT names it, so
+    # runs do not all land in one default project.
+    project = os.environ.get("KEEL_PROJECT", "keel")
+    resource = Resource.create({"service.name": name, "openinference.project.name": project})
     provider = create_tracer_provider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)

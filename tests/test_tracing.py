@@ -5,11 +5,14 @@ copy of the workflow's spans when its history is replayed."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import StatusCode
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -22,17 +25,24 @@ from keel.activities import Catalog
 from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
+    PLAN_RUNNER,
     AgentRunInput,
     AgentSpec,
     ApprovalPolicy,
     ArgRule,
     Decision,
     Grant,
+    ModelRef,
     PlanSpec,
+    Route,
+    Routes,
     StepSpec,
 )
 from tests import sample_tools
 from tests.conftest import SPANS as EXPORTER
+from tests.conftest import dev_address
+from tests.model_server import OPENAI, ModelServer, openai_call
+from tests.processes import WorkerProcess
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 
@@ -126,9 +136,136 @@ async def test_span_tree_of_a_run_with_a_retry_a_wait_and_a_compensation(
     assert undo.attributes["keel.outcome"] == "done" and parent_of(undo, spans) is run
     assert names.count("keel.plan") == 1
 
+    # What LLM observability tools read: OpenInference kinds, tool parameters, ERROR statuses.
+    kinds = {s.name: s.attributes["openinference.span.kind"] for s in spans}
+    assert kinds["keel.run"] == "AGENT" and kinds["keel.tool_call"] == "TOOL"
+    assert kinds["keel.step"] == kinds["keel.plan"] == kinds["keel.approval_wait"] == "CHAIN"
+    (agent_span,) = [s for s in spans if s.name == "keel.run"]
+    assert agent_span.status.status_code == StatusCode.ERROR  # NOT_DONE
+    assert agent_span.status.description == "step 3 'big' rejected: too much"
+    assert [e.name for e in agent_span.events] == ["exception"]
+    first_flaky = min(flaky_calls, key=lambda s: s.start_time)
+    assert first_flaky.status.status_code == StatusCode.ERROR  # the failed attempt
+    assert first_flaky.attributes["tool.name"] == "flaky"
+    assert json.loads(first_flaky.attributes["tool.parameters"]) == {
+        "fail_times": 1,
+        "label": label,
+    }
+    assert steps[0].status.status_code == StatusCode.UNSET  # done: nothing to flag
+    assert steps[2].status.status_code == StatusCode.ERROR
+
     # Replaying the history emits none of the workflow's spans again.
     before = len(keel_spans())
     history = await handle.fetch_history()
     replayer = Replayer(workflows=[], plugins=[KeelPlugin(), OpenTelemetryPlugin()])
     await replayer.replay_workflow(history)
     assert len(keel_spans()) == before
+
+
+async def test_llm_spans_carry_model_and_tokens_equal_to_the_report(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    traced = await Client.connect(
+        ts_client.service_client.config.target_host,
+        data_converter=pydantic_data_converter,
+        plugins=[OpenTelemetryPlugin()],
+    )
+    with ModelServer() as server:
+        server.script(
+            OPENAI,
+            [
+                openai_call("post_entry", account="uma", amount=2),
+                openai_call("finish", summary="ok"),
+            ],
+        )
+        model = ModelRef(provider="openai", model="gpt-test", base_url=server.url + "/openai/v1")
+        actor = AgentSpec(
+            name="traced-actor",
+            tools=("post_entry",),
+            grants=(Grant(scope="ledger:*"),),
+            routes=Routes(act=Route(models=(model,))),
+            unverified_ok=True,
+        )
+        clerk = ledger.ledger_clerk
+        queue = f"trace-{uuid.uuid4().hex[:6]}"
+        EXPORTER.clear()
+        async with Worker(traced, task_queue=queue, plugins=[KeelPlugin(CATALOG.including(actor))]):
+            acted = await outcome(
+                await traced.start_workflow(
+                    AgentWorkflow.run,
+                    AgentRunInput(agent=AgentSpec(name=actor.name), goal="pay uma 2"),
+                    id=f"trace-act-{queue}",
+                    task_queue=queue,
+                )
+            )
+            planned = await outcome(
+                await traced.start_workflow(
+                    AgentWorkflow.run,
+                    AgentRunInput(agent=AgentSpec(name=clerk.name), goal="Pay ivy 3"),
+                    id=f"trace-plan-{queue}",
+                    task_queue=queue,
+                )
+            )
+    assert acted.status == planned.status == "DONE", (acted.reason, planned.reason)
+    llm = [s for s in keel_spans() if s.attributes["openinference.span.kind"] == "LLM"]
+    acting = [s for s in llm if s.attributes["keel.kind"] == "act"]
+    assert len(acting) == acted.used.model_calls == 2
+    assert sum(s.attributes["gen_ai.usage.input_tokens"] for s in acting) == acted.used.input_tokens
+    assert sum(s.attributes["llm.token_count.completion"] for s in acting) == (
+        acted.used.output_tokens
+    )
+    assert {s.attributes["llm.model_name"] for s in acting} == {"gpt-test"}
+    assert {s.attributes["llm.provider"] for s in acting} == {"openai"}
+    # The planner's answer is a model call too: a span, and one model call in the report.
+    (planning,) = [s for s in llm if s.attributes["keel.kind"] == "plan"]
+    assert planning.attributes["gen_ai.request.model"] == clerk.model
+    assert planned.used.model_calls == 1
+
+
+async def test_a_finished_calls_span_survives_a_sigkill_right_after(
+    dev_client: Client, tmp_path: Path
+) -> None:
+    """The span of a completed tool call is exported before the call reports completion: the
+    worker is killed while the next step runs, and step 1's span is in the exporter's output."""
+    db = tmp_path / "ledger.sqlite"
+    env = {
+        "TEMPORAL_ADDRESS": dev_address(dev_client),
+        "KEEL_LEDGER_DB": str(db),
+        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
+        "OTEL_TRACES_EXPORTER": "console",  # batched: 5 s before an export of its own
+    }
+    queue = f"spans-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(env, log, "--task-queue", queue, "--tools", "examples.ledger")
+    steps = [
+        StepSpec(title="first", tool="post_entry", args={"account": "q", "amount": 1}),
+        StepSpec(title="slow", tool="post_entry", args={"account": "r", "amount": 1, "pause_s": 5}),
+    ]
+    await worker.start()
+    try:
+        await dev_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(
+                agent=PLAN_RUNNER, goal="spans", plan=PlanSpec(goal="spans", steps=steps)
+            ),
+            id=f"spans-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+        for _ in range(600):  # until step 2 has written: step 1 reported long before
+            if db.exists() and "r" in store_balances(db):
+                break
+            await asyncio.sleep(0.02)
+        await worker.kill()
+    finally:
+        await worker.stop()
+    text = log.read_text()
+    assert '"name": "keel.tool_call"' in text, text[-2000:]
+    assert '"keel.step": 1' in text and '"tool.name": "post_entry"' in text
+
+
+def store_balances(db: Path) -> dict[str, int]:
+    try:
+        with sqlite3.connect(db) as conn:
+            return dict(conn.execute("SELECT account, SUM(amount) FROM entries GROUP BY account"))
+    except sqlite3.OperationalError:
+        return {}

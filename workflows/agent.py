@@ -34,7 +34,7 @@ from temporalio.exceptions import (
 # through, so the sandbox imports (and compiles) only this module again for each new run.
 with workflow.unsafe.imports_passed_through():
     from keel.shared.errors import DecisionRefused
-    from keel.shared.tracing import annotate, span
+    from keel.shared.tracing import annotate, failed, span
     from keel.workflows.acting import StepByStep
     from keel.workflows.audit import audit
     from keel.workflows.budgets import BudgetKeeper
@@ -118,12 +118,15 @@ class AgentWorkflow:
     @workflow.update
     async def decide(self, decision: Decision) -> str:
         """Answer the pending request; refused at once (and nothing changes) if it does not fit."""
-        await check_edit(self._state.report, decision)
-        try:
-            self._gate.accept(decision)  # validates again: the state may have moved meanwhile
-        except DecisionRefused as err:
-            raise ApplicationError(str(err), type="DecisionRefused", non_retryable=True) from None
-        return f"accepted: {decision.choice} for {decision.request_id}"
+        with span("decision", request_id=decision.request_id, choice=decision.choice):
+            await check_edit(self._state.report, decision)
+            try:
+                self._gate.accept(decision)  # validates again: the state may have moved
+            except DecisionRefused as err:  # span() marks the refusal an error
+                raise ApplicationError(
+                    str(err), type="DecisionRefused", non_retryable=True
+                ) from None
+            return f"accepted: {decision.choice} for {decision.request_id}"
 
     @decide.validator
     def _validate_decision(self, decision: Decision) -> None:
@@ -173,6 +176,8 @@ class AgentWorkflow:
             if run.parent is not None:
                 await self._tell_parent(run, report)
             annotate(current, status=report.status, steps=report.step_total, reason=report.reason)
+            if report.status == "NOT_DONE":
+                failed(current, report.reason)
         # NOT_DONE fails the workflow, carrying the report: the web UI, `temporal workflow list`
         # and the server's metrics tell it from DONE. Runs from before replay as they closed.
         if report.status == "NOT_DONE" and workflow.patched("keel-not-done-fails"):

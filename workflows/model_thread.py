@@ -15,7 +15,7 @@ import json
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from keel.shared.tracing import annotate, span
+    from keel.shared.tracing import annotate, model_call_attributes, span
     from keel.workflows.budgets import BudgetKeeper
     from keel.workflows.contracts import (
         EVENT_TEXT_CHARS,
@@ -93,7 +93,7 @@ class ModelThread:
             try:
                 reply, ref, fallbacks = await ask_route(route, request_for)
             except ModelsExhausted as err:
-                annotate(current, outcome="exhausted")
+                annotate(current, outcome="exhausted")  # span() marks the Unwind an error
                 raise Unwind(str(err)) from None
             annotate(
                 current,
@@ -103,6 +103,13 @@ class ModelThread:
                 cost=ref.cost(reply.usage.input_tokens, reply.usage.output_tokens),
                 fallbacks=len(fallbacks),
                 outcome="ok",
+            )
+            model_call_attributes(
+                current,
+                provider=ref.provider,
+                model=reply.model or ref.model,
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
             )
         usage = reply.usage
         self.state.emit(

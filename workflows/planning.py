@@ -14,6 +14,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from keel.shared.tracing import annotate, model_call_attributes, span
     from keel.workflows.contracts import (
         AcceptanceState,
         AgentRequest,
@@ -25,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         StepState,
     )
     from keel.workflows.failures import Unwind
+    from keel.workflows.metrics import count
     from keel.workflows.model_thread import ModelThread
     from keel.workflows.run_state import RunState
 
@@ -70,13 +72,24 @@ class Planner:
                 raise Unwind("agent refused: " + "; ".join(prepared.problems))
             return await self.thread.plan(prepared.tools)
         self.state.log(f"asking model {run.agent.model!r} for a plan")
-        return await workflow.execute_activity(
-            "keel.propose_plan",
-            PlanRequest(agent=run.agent, goal=run.goal),
-            result_type=PlanSpec,
-            start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
-            retry_policy=KEEL_RETRY,
-        )
+        # The planner's answer is a model call like any other: budgets, metrics and spans
+        # count it (a scripted planner reports no tokens).
+        await self.thread.budget.admit("model")
+        with span("model_call", kind="plan", run_id=self.state.report.run_id) as current:
+            plan = await workflow.execute_activity(
+                "keel.propose_plan",
+                PlanRequest(agent=run.agent, goal=run.goal),
+                result_type=PlanSpec,
+                start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+                retry_policy=KEEL_RETRY,
+            )
+            model_call_attributes(
+                current, provider="scripted", model=run.agent.model, input_tokens=0, output_tokens=0
+            )
+            annotate(current, model=f"scripted:{run.agent.model}", outcome="ok")
+        self.state.report.used.model_calls += 1
+        count("model_calls", run.agent.name, model=f"scripted:{run.agent.model}")
+        return plan
 
     def load(self, plan: PlanSpec) -> None:
         """The plan becomes the run's state: unchecked steps and acceptance criteria."""

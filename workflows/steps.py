@@ -11,6 +11,7 @@ again); a completed write goes on the saga stack with what its compensation need
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from temporalio import workflow
@@ -19,7 +20,7 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 with workflow.unsafe.imports_passed_through():
     from keel.shared.authz import authorize, within_ceilings
     from keel.shared.bounds import MAX_ARGS_BYTES, json_size
-    from keel.shared.tracing import annotate, span
+    from keel.shared.tracing import annotate, failed, span
     from keel.workflows.audit import audit
     from keel.workflows.budgets import BudgetKeeper
     from keel.workflows.contracts import ApprovalPolicy, SagaEntry, StepState, ToolOutput, ToolSpec
@@ -48,6 +49,8 @@ class StepRunner:
             finally:
                 outcome = "done" if step.done else "skipped" if step.skipped else "failed"
                 annotate(s, outcome=outcome, attempts=step.attempts, error=step.error)
+                if not step.done and step.error and sys.exc_info()[0] is None:
+                    failed(s, step.error, "StepFailed")  # an exception is marked by span()
 
     async def _run(self, step: StepState, key: str | None) -> None:
         spec = self.state.tools[step.tool]
