@@ -42,7 +42,7 @@ from tests import sample_tools
 from tests.conftest import SPANS as EXPORTER
 from tests.conftest import dev_address
 from tests.model_server import OPENAI, ModelServer, openai_call
-from tests.processes import WorkerProcess
+from tests.processes import WorkerProcess, starter
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
 
@@ -269,3 +269,30 @@ def store_balances(db: Path) -> dict[str, int]:
             return dict(conn.execute("SELECT account, SUM(amount) FROM entries GROUP BY account"))
     except sqlite3.OperationalError:
         return {}
+
+
+async def test_the_starters_span_is_the_parent_of_the_run(
+    dev_client: Client, ledger_db: Path, tmp_path: Path
+) -> None:
+    traced = await Client.connect(
+        dev_address(dev_client),
+        data_converter=pydantic_data_converter,
+        plugins=[OpenTelemetryPlugin()],
+    )
+    queue = f"trace-{uuid.uuid4().hex[:6]}"
+    plan = tmp_path / "plan.json"
+    step = StepSpec(title="pay", tool="post_entry", args={"account": "sid", "amount": 1})
+    plan.write_text(PlanSpec(goal="traced", steps=[step], unverified_ok=True).model_dump_json())
+    EXPORTER.clear()
+    async with Worker(traced, task_queue=queue, plugins=[KeelPlugin(CATALOG)]):
+        env = {
+            "TEMPORAL_ADDRESS": dev_address(dev_client),
+            "KEEL_TASK_QUEUE": queue,
+            "OTEL_TRACES_EXPORTER": "console",
+        }
+        done = await starter("run", "--plan", str(plan), "--wait", "--json", env=env)
+    assert done.code == 0, done.err
+    start = done.out.index('{\n    "name": "keel.starter"')
+    exported = json.loads(done.out[start : done.out.index("\n}", start) + 2])
+    (run,) = [s for s in keel_spans() if s.name == "keel.run"]
+    assert f"0x{run.context.trace_id:032x}" == exported["context"]["trace_id"]
