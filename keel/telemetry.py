@@ -27,8 +27,10 @@ from temporalio.runtime import (
 )
 
 from keel.shared.errors import TracingUnavailable
+from keel.workflows.metrics import COUNTERS, HISTOGRAMS, counter_name
 
 TRACER = "keel"
+SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400)
 
 
 def exporter_name() -> str | None:
@@ -93,6 +95,17 @@ def install_runtime(metrics_address: str | None = None) -> None:
         filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
         forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
     )
-    metrics = PrometheusConfig(bind_address=metrics_address) if metrics_address else None
+    # Keel's histograms are in seconds, from a tool call's milliseconds to an approval's days.
+    buckets = {f"keel_{name}": SECONDS_BUCKETS for name in HISTOGRAMS}
+    metrics = (
+        PrometheusConfig(bind_address=metrics_address, histogram_bucket_overrides=buckets)
+        if metrics_address
+        else None
+    )
     runtime = Runtime(telemetry=TelemetryConfig(logging=core, metrics=metrics))
     Runtime.set_default(runtime, error_if_already_set=False)
+    if metrics is not None:
+        # Every keel_* counter family from the start, at zero: a dashboard or alert on one
+        # finds it before the first run (a rate over an absent series is no rate at all).
+        for name, description in COUNTERS.items():
+            runtime.metric_meter.create_counter(counter_name(name), description).add(0)

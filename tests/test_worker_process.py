@@ -17,6 +17,7 @@ from temporalio.client import Client
 
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
+from keel.workflows.metrics import COUNTERS
 from tests.conftest import dev_address
 from tests.processes import WorkerProcess, run, starter
 
@@ -249,6 +250,7 @@ async def test_prometheus_metrics_count_tool_calls_and_runs(
     worker = WorkerProcess(env, tmp_path / "worker.log", "--metrics-address", f"127.0.0.1:{port}")
     await worker.start()
     try:
+        at_start = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
         goal = "Pay kim 3 and lou 4"
         done = await starter("run", "ledger-clerk", "--goal", goal, "--wait", env=env)
         assert done.code == 0, done
@@ -260,12 +262,22 @@ async def test_prometheus_metrics_count_tool_calls_and_runs(
         for line in text.splitlines()
         if line.startswith("keel_")
     }
-    calls = {k: v for k, v in samples.items() if k.startswith("keel_tool_calls{")}
+    # Every counter family is there, at zero, before the first run; named the Prometheus way.
+    families = {
+        line.split()[2] for line in at_start.splitlines() if line.startswith("# TYPE keel_")
+    }
+    assert families == {f"keel_{n}_total" for n in COUNTERS}, families
+    calls = {k: v for k, v in samples.items() if k.startswith("keel_tool_calls_total{agent")}
     assert sum(calls.values()) == 2, samples
     assert all('agent="ledger-clerk"' in k and 'outcome="ok"' in k for k in calls)
-    finished = [v for k, v in samples.items() if k.startswith("keel_runs_finished{")]
+    finished = [v for k, v in samples.items() if k.startswith("keel_runs_finished_total{agent")]
     assert finished == [1.0], samples
     assert any('status="DONE"' in k for k in samples if k.startswith("keel_runs_finished"))
+    # Durations as histograms in seconds: two tool calls, one planner model call.
+    timed = [v for k, v in samples.items() if k.startswith("keel_tool_call_duration_seconds_count")]
+    assert sum(timed) == 2, samples
+    assert any(k.startswith("keel_model_call_duration_seconds_count") for k in samples)
+    assert any('le="0.25"' in k for k in samples if "duration_seconds_bucket" in k)
 
 
 def free_port() -> int:

@@ -36,7 +36,7 @@ with workflow.unsafe.imports_passed_through():
         RunReport,
         ToolCall,
     )
-    from keel.workflows.metrics import count
+    from keel.workflows.metrics import count, observe
 
 SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "authorization", "credential")
 SUMMARY_CHARS = 80
@@ -215,6 +215,14 @@ class HumanGate:
 
     def _settle(self, pending: PendingRequest, decision: Decision) -> None:
         """Record the decision (report, audit, progress log) and stop waiting."""
+        waited = (workflow.now() - pending.asked_at).total_seconds()
+        observe(
+            "approval_wait_seconds",
+            self._report.agent,
+            waited,
+            kind=pending.kind,
+            choice=decision.choice,
+        )
         self._report.decisions.append(
             DecisionRecord(
                 request_id=pending.request_id,

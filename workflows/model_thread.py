@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
         review_prompt,
         single_call,
     )
-    from keel.workflows.metrics import count
+    from keel.workflows.metrics import count, observe
     from keel.workflows.routing import ModelsExhausted, ask_route
     from keel.workflows.run_state import RunState
 
@@ -90,6 +90,7 @@ class ModelThread:
             )
 
         with span("model_call", kind=kind, run_id=self.state.report.run_id) as current:
+            asked_at = workflow.now()
             try:
                 reply, ref, fallbacks = await ask_route(route, request_for)
             except ModelsExhausted as err:
@@ -132,6 +133,8 @@ class ModelThread:
         self.threads[kind] = (reply.context_ref, len(turns))
         self.preambles.add(preamble)
         self._count(kind, reply, ref, fallbacks)
+        took = (workflow.now() - asked_at).total_seconds()
+        observe("model_call_duration_seconds", agent.name, took, model=ref.label)
         return reply
 
     def _count(

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
         StepState,
     )
     from keel.workflows.failures import Unwind
-    from keel.workflows.metrics import count
+    from keel.workflows.metrics import count, observe
     from keel.workflows.model_thread import ModelThread
     from keel.workflows.run_state import RunState
 
@@ -76,6 +76,7 @@ class Planner:
         # count it (a scripted planner reports no tokens).
         await self.thread.budget.admit("model")
         with span("model_call", kind="plan", run_id=self.state.report.run_id) as current:
+            asked_at = workflow.now()
             plan = await workflow.execute_activity(
                 "keel.propose_plan",
                 PlanRequest(agent=run.agent, goal=run.goal),
@@ -88,7 +89,10 @@ class Planner:
             )
             annotate(current, model=f"scripted:{run.agent.model}", outcome="ok")
         self.state.report.used.model_calls += 1
-        count("model_calls", run.agent.name, model=f"scripted:{run.agent.model}")
+        label = f"scripted:{run.agent.model}"
+        count("model_calls", run.agent.name, model=label)
+        took = (workflow.now() - asked_at).total_seconds()
+        observe("model_call_duration_seconds", run.agent.name, took, model=label)
         return plan
 
     def load(self, plan: PlanSpec) -> None:

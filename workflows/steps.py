@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.contracts import ApprovalPolicy, SagaEntry, StepState, ToolOutput, ToolSpec
     from keel.workflows.failures import Unwind, attempts_made, describe_failure
     from keel.workflows.gate import HumanGate, needs_approval
-    from keel.workflows.metrics import count
+    from keel.workflows.metrics import count, observe
     from keel.workflows.run_state import RunState
     from keel.workflows.saga import Saga
     from keel.workflows.tool_calls import call_tool
@@ -108,6 +108,7 @@ class StepRunner:
         count("tool_calls", agent, tool=step.tool, outcome="failed")
         self._audit_call(step, "failed", describe_failure(err))
         count("tool_retries", agent, tried - 1, tool=step.tool)
+        self._timed(step, "failed")
         step.attempts += tried
         step.error = describe_failure(err)
         step.finished_at = workflow.now()
@@ -124,6 +125,7 @@ class StepRunner:
         count("tool_calls", agent, tool=step.tool, outcome="ok")
         self._audit_call(step, "ok", f"attempt {out.attempt}")
         count("tool_retries", agent, out.attempt - 1, tool=step.tool)
+        self._timed(step, "ok")
         step.attempts += out.attempt
         step.result, step.result_ref = out.value, out.ref
         step.finished_at = workflow.now()
@@ -147,6 +149,12 @@ class StepRunner:
             attempt=step.attempts,
             event="step_done",
         )
+
+    def _timed(self, step: StepState, outcome: str) -> None:
+        if step.started_at is not None:
+            seconds = (workflow.now() - step.started_at).total_seconds()
+            agent = self.state.agent.name
+            observe("tool_call_duration_seconds", agent, seconds, tool=step.tool, outcome=outcome)
 
     def _refused(self, step: StepState, spec: ToolSpec, key: str | None) -> bool:
         return self._denied(step, spec, key) or self._oversized(step, key)
