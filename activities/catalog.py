@@ -14,6 +14,8 @@ import asyncio
 import hashlib
 import importlib
 import importlib.util
+import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +32,11 @@ from keel.activities.live import Publisher
 from keel.activities.models.context_store import answered, expand
 from keel.activities.models.providers import PROVIDERS
 from keel.activities.models.scripted import ScriptedModel, ScriptedPlanner
+from keel.activities.secrets import known_values, redact, resolved_values
 from keel.activities.tool import Tool
 from keel.shared.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
 from keel.shared.errors import CatalogError
+from keel.shared.tracing import content_attributes, span
 from keel.workflows.contracts import (
     PLAN_RUNNER,
     ActingPolicy,
@@ -429,12 +433,30 @@ class KeelActivities:
         """One model call. Its recorded reply is what a replay sees: the model is never asked
         twice for the same turn."""
         if request.policy is None:
-            return await self._answer(request)
+            return await self._recorded(request)
         # The store may be a bucket across the network: its reads and writes run in a thread.
         view, conversation = await asyncio.to_thread(expand, request)
-        reply = await self._answer(view)
+        reply = await self._recorded(view)
         ref = await asyncio.to_thread(answered, request, conversation, reply)
         return reply.model_copy(update={"context_ref": ref})
+
+    async def _recorded(self, request: ModelRequest) -> ModelReply:
+        """The answer; with KEEL_TRACE_CONTENT=1, also a `keel.model_exchange` span holding
+        what the model was shown and what it said, every secret resolved in this worker (and
+        every value of KEEL_SECRETS_FILE) redacted. Off by default: prompts hold user data."""
+        if os.environ.get("KEEL_TRACE_CONTENT") != "1":
+            return await self._answer(request)
+        with span("model_exchange", model=request.model.label, kind=request.kind) as current:
+            reply = await self._answer(request)
+            secrets = sorted({*resolved_values(), *known_values([])}, key=len, reverse=True)
+            shown = [m.model_dump(mode="json", exclude_defaults=True) for m in request.messages]
+            said = {"text": reply.text, "tool_calls": [c.model_dump() for c in reply.tool_calls]}
+            content_attributes(
+                current,
+                prompt=redact(json.dumps({"system": request.system, "messages": shown}), secrets),
+                response=redact(json.dumps(said), secrets),
+            )
+            return reply
 
     async def _answer(self, request: ModelRequest) -> ModelReply:
         ref = request.model

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 from temporalio.client import Client
@@ -296,3 +297,50 @@ async def test_the_starters_span_is_the_parent_of_the_run(
     exported = json.loads(done.out[start : done.out.index("\n}", start) + 2])
     (run,) = [s for s in keel_spans() if s.name == "keel.run"]
     assert f"0x{run.context.trace_id:032x}" == exported["context"]["trace_id"]
+
+
+async def test_prompt_and_response_content_only_when_asked_and_redacted(
+    ts_client: Client, ledger_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pin = f"pin-{uuid.uuid4().hex[:8]}"
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"LEDGER_PIN": pin}))
+    monkeypatch.setenv("KEEL_SECRETS_FILE", str(secrets))
+    traced = await Client.connect(
+        ts_client.service_client.config.target_host,
+        data_converter=pydantic_data_converter,
+        plugins=[OpenTelemetryPlugin()],
+    )
+    exchanges: dict[str, list[Any]] = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("KEEL_TRACE_CONTENT", setting)
+        with ModelServer() as server:
+            server.script(OPENAI, [openai_call("finish", summary=f"done, and {pin} stays secret")])
+            model = ModelRef(
+                provider="openai", model="gpt-test", base_url=server.url + "/openai/v1"
+            )
+            actor = AgentSpec(
+                name="talker",
+                tools=("post_entry",),
+                routes=Routes(act=Route(models=(model,))),
+                unverified_ok=True,
+            )
+            queue = f"trace-{uuid.uuid4().hex[:6]}"
+            EXPORTER.clear()
+            async with Worker(
+                traced, task_queue=queue, plugins=[KeelPlugin(CATALOG.including(actor))]
+            ):
+                await outcome(
+                    await traced.start_workflow(
+                        AgentWorkflow.run,
+                        AgentRunInput(agent=AgentSpec(name="talker"), goal=f"say hi ({pin})"),
+                        id=f"trace-talk-{queue}",
+                        task_queue=queue,
+                    )
+                )
+        exchanges[setting] = [s for s in keel_spans() if s.name == "keel.model_exchange"]
+    assert exchanges["0"] == []  # off by default: no prompt, no response
+    (exchange,) = exchanges["1"]
+    prompt, response = exchange.attributes["input.value"], exchange.attributes["output.value"]
+    assert "say hi ([redacted])" in prompt and pin not in prompt
+    assert "[redacted] stays secret" in response and pin not in response
