@@ -359,7 +359,8 @@ async def command(args: argparse.Namespace) -> int:
     assert run is not None
     run_id = args.id or f"{run.agent.name}-{uuid.uuid4().hex[:8]}"
     # With tracing on, the run's spans hang under this one (the client propagates it).
-    with tracer().start_as_current_span("keel.starter", attributes={"keel.run_id": run_id}):
+    traced = {"keel.run_id": run_id, "openinference.span.kind": "CHAIN"}
+    with tracer().start_as_current_span("keel.starter", attributes=traced):
         return await start_and_report(client, args, run, run_id)
 
 

@@ -31,6 +31,7 @@ from keel.connection import pollers
 from keel.logs import add_logging_args, configure_logging, redact_output
 from keel.process import DEFAULT_TOOLS, exit_now, tool_modules
 from keel.shared.errors import CatalogError, KeelError
+from keel.shared.tracing import flush_spans
 from keel.telemetry import install_runtime, tracing_plugins
 
 LOG = logging.getLogger("keel.worker")
@@ -178,6 +179,7 @@ async def stop_within(worker: Worker, running: asyncio.Task[None], seconds: floa
             f"threads (abandoned: the server retries each after its timeout, with the same "
             f"idempotency key): {'; '.join(hung) or 'none found'}"
         )
+        flush_spans()
         exit_now(0)  # the abandoned threads and tasks would block interpreter teardown
 
 
@@ -192,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeelError as err:  # settings, declarations, the server, the store: one line
         print(f"worker.py: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        flush_spans()  # exit_now skips the SDK's shutdown: the last workflow spans go now
     return 0
 
 
