@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
@@ -99,6 +99,11 @@ async def test_span_tree_of_a_run_with_a_retry_a_wait_and_a_compensation(
                 break
             await asyncio.sleep(0.025)
         assert pending is not None
+        with pytest.raises(WorkflowUpdateFailedError):  # edited arguments that do not fit
+            await handle.execute_update(
+                AgentWorkflow.decide,
+                Decision(request_id=pending.request_id, choice="edit", args={"account": 5}),
+            )
         await handle.execute_update(
             AgentWorkflow.decide,
             Decision(request_id=pending.request_id, choice="reject", reason="too much"),
@@ -153,6 +158,11 @@ async def test_span_tree_of_a_run_with_a_retry_a_wait_and_a_compensation(
         "label": label,
     }
     assert steps[0].status.status_code == StatusCode.UNSET  # done: nothing to flag
+    refused, accepted = sorted(
+        (s for s in spans if s.name == "keel.decision"), key=lambda s: s.start_time
+    )
+    assert refused.status.status_code == StatusCode.ERROR and refused.events[0].name == "exception"
+    assert accepted.status.status_code == StatusCode.UNSET
     assert steps[2].status.status_code == StatusCode.ERROR
 
     # Replaying the history emits none of the workflow's spans again.
@@ -217,6 +227,16 @@ async def test_llm_spans_carry_model_and_tokens_equal_to_the_report(
     )
     assert {s.attributes["llm.model_name"] for s in acting} == {"gpt-test"}
     assert {s.attributes["llm.provider"] for s in acting} == {"openai"}
+    # Each model call sits under the step it chose (a "turn" when it chose to finish).
+    spans = keel_spans()
+    first, last = sorted(acting, key=lambda s: s.start_time)
+    chose = parent_of(first, spans)
+    assert chose is not None and chose.name == "keel.step"
+    said = dict(chose.attributes or {})
+    assert (said["keel.step"], said["keel.tool"], said["keel.outcome"]) == (1, "post_entry", "done")
+    assert [c.name for c in spans if parent_of(c, spans) is chose and c.name == "keel.tool_call"]
+    finished = parent_of(last, spans)
+    assert finished is not None and finished.name == "keel.turn"
     # The planner's answer is a model call too: a span, and one model call in the report.
     (planning,) = [s for s in llm if s.attributes["keel.kind"] == "plan"]
     assert planning.attributes["gen_ai.request.model"] == clerk.model

@@ -9,11 +9,15 @@ model says when it has finished. Between turns the run may continue as new.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
 
+if TYPE_CHECKING:  # only the type: workflow modules import nothing else from OpenTelemetry
+    from opentelemetry.trace import Span
+
 with workflow.unsafe.imports_passed_through():
+    from keel.shared.tracing import span
     from keel.workflows.continuation import Continuation
     from keel.workflows.contracts import (
         ASK_HUMAN,
@@ -64,23 +68,30 @@ class StepByStep:
             state.stop_if_cancelled()
             await self.continuation.if_long()
             thread.turn += 1
-            reply = await thread.ask("act", schemas, system, thread.turns)
-            actions, problems = parse_actions(reply, schemas)
-            if not problems:
-                actions, problems = await self._check_output(actions)
-            if problems:
-                malformed += 1
-                thread.feed_back(problems)
-                state.log(f"model answer refused ({malformed} in a row): {problems[0][1]}")
-                if malformed > agent.budget.max_malformed:
-                    raise Unwind(
-                        f"the model answered malformed {malformed} times in a row "
-                        f"(max_malformed {agent.budget.max_malformed}): {problems[0][1]}"
-                    )
-                continue
-            malformed = 0
-            if await self._take(actions):
-                return
+            # The model call sits under the step it chooses: the span opens as that step's and
+            # becomes a "turn" when the answer chooses no tool (finish, ask, malformed).
+            step = state.report.step_total + 1
+            with span("step", run_id=state.report.run_id, step=step) as turn:
+                reply = await thread.ask("act", schemas, system, thread.turns)
+                actions, problems = parse_actions(reply, schemas)
+                if not problems:
+                    actions, problems = await self._check_output(actions)
+                if problems:
+                    turn.update_name("keel.turn")
+                    malformed += 1
+                    thread.feed_back(problems)
+                    state.log(f"model answer refused ({malformed} in a row): {problems[0][1]}")
+                    if malformed > agent.budget.max_malformed:
+                        raise Unwind(
+                            f"the model answered malformed {malformed} times in a row "
+                            f"(max_malformed {agent.budget.max_malformed}): {problems[0][1]}"
+                        )
+                    continue
+                malformed = 0
+                if actions[0].kind != "tool":
+                    turn.update_name("keel.turn")
+                if await self._take(actions, turn):
+                    return
         raise Unwind(f"the model did not finish within max_turns {agent.loop.max_turns}")
 
     async def _check_output(
@@ -110,9 +121,10 @@ class StepByStep:
         typed = finish.model_copy(update={"output": checked.output})
         return [typed if a is finish else a for a in actions], []
 
-    async def _take(self, actions: list[Action]) -> bool:
-        """Carry out one answer's actions in order; True once the model has finished."""
-        for action in actions:
+    async def _take(self, actions: list[Action], turn: Span) -> bool:
+        """Carry out one answer's actions in order; True once the model has finished. The
+        first tool call is the step `turn` was opened for; the others get spans of their own."""
+        for at, action in enumerate(actions):
             if action.kind == "finish":
                 self.state.report.summary = action.text
                 self.state.report.output = action.output
@@ -121,14 +133,17 @@ class StepByStep:
             if action.kind == "delegate":
                 text = await self.delegator.delegate(action)
             else:
-                text = await (self._ask_human(action) if action.kind == "ask" else self._do(action))
+                within = turn if at == 0 else None
+                text = await (
+                    self._ask_human(action) if action.kind == "ask" else self._do(action, within)
+                )
             self.state.stop_if_cancelled()
             self.thread.turns.append(
                 Message(role="tool", content=text, tool_call_id=action.call_id, name=action.tool)
             )
         return False
 
-    async def _do(self, action: Action) -> str:
+    async def _do(self, action: Action, within: Span | None = None) -> str:
         """Run one tool call as a new step of the plan; its result (or failure) as text."""
         report = self.state.report
         step = StepState(
@@ -138,7 +153,7 @@ class StepByStep:
             args=action.args,
         )
         report.steps.append(step)
-        await self.steps.run(step, key=call_key(action.tool, action.args))
+        await self.steps.run(step, key=call_key(action.tool, action.args), within=within)
         if step.done:
             value = step.result if step.result_ref is None else step.result_ref.preview
             return json.dumps(value, default=str)

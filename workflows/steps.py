@@ -12,10 +12,14 @@ again); a completed write goes on the saga stack with what its compensation need
 from __future__ import annotations
 
 import sys
-from typing import Any
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
+
+if TYPE_CHECKING:  # only the type: workflow modules import nothing else from OpenTelemetry
+    from opentelemetry.trace import Span
 
 with workflow.unsafe.imports_passed_through():
     from keel.shared.authz import authorize, within_ceilings
@@ -39,11 +43,20 @@ class StepRunner:
         self.budget = budget
         self.saga = saga
 
-    async def run(self, step: StepState, key: str | None = None) -> None:
+    async def run(
+        self, step: StepState, key: str | None = None, within: Span | None = None
+    ) -> None:
         """Run one step. `key` (the loop's call key) turns on loop detection and feeds a failed
-        call back to the model instead of failing the run."""
+        call back to the model instead of failing the run; `within`, a step span already open
+        (the model call that chose the step is in it)."""
         self.state.segment_steps += 1
-        with span("step", run_id=self.state.report.run_id, step=step.index, tool=step.tool) as s:
+        opened = (
+            nullcontext(within)
+            if within is not None
+            else span("step", run_id=self.state.report.run_id, step=step.index, tool=step.tool)
+        )
+        with opened as s:
+            annotate(s, tool=step.tool)
             try:
                 await self._run(step, key)
             finally:
