@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from raw_workflow import RawToolLoop  # bench/ is on sys.path when run as a script
+from raw_workflow import RawToolLoop, plain_worker  # bench/ is on sys.path as a script
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
@@ -84,9 +84,7 @@ async def raw_side(client: Client, queue: str, runs: int) -> tuple[float, int]:
     started = time.perf_counter()
     handles = await gather_bounded(
         [
-            client.start_workflow(
-                RawToolLoop.run, args=["noop", STEPS], id=f"{prefix}-{i}", task_queue=queue
-            )
+            client.start_workflow(RawToolLoop.run, STEPS, id=f"{prefix}-{i}", task_queue=queue)
             for i in range(runs)
         ]
     )
@@ -96,15 +94,15 @@ async def raw_side(client: Client, queue: str, runs: int) -> tuple[float, int]:
 
 
 async def measure_side(address: str, side: str, runs: int) -> dict[str, float]:
-    """One side in this process: its own worker, so its peak RSS is its own."""
-    client = await Client.connect(address, data_converter=pydantic_data_converter)
+    """One side in this process: its own worker, so its peak RSS is its own. The raw side is
+    plain temporalio (bench/raw_workflow.py), nothing of Keel's."""
     queue = f"load-{side}-{uuid.uuid4().hex[:6]}"
-    async with Worker(
-        client,
-        task_queue=queue,
-        workflows=[RawToolLoop],
-        plugins=[KeelPlugin(Catalog.of([noop]))],
-    ):
+    if side == "raw":
+        client, worker = await plain_worker(address, queue)
+    else:
+        client = await Client.connect(address, data_converter=pydantic_data_converter)
+        worker = Worker(client, task_queue=queue, plugins=[KeelPlugin(Catalog.of([noop]))])
+    async with worker:
         idle, _ = memory_mb()
         wall, lost = await (raw_side if side == "raw" else keel_side)(client, queue, runs)
         rss, peak = memory_mb()

@@ -4,7 +4,8 @@
     python bench/peers.py [--n 20 100 1000] [--runs 5] [--long 10000] [--quick]
 
 Systems, alternating run by run so machine noise hits all alike:
-  raw         a plain temporalio workflow: N activities in a row (bench/raw_workflow.py)
+  raw         plain temporalio: its own workflow, activity, converter and worker, N activities
+              in a row (bench/raw_workflow.py)
   keel-plan   Keel with the plan given up front (no model)
   keel-react  Keel with a model call before each tool call (offline scripted model)
   keel-local  Keel with the plan given up front and the tool declared local=True
@@ -32,7 +33,7 @@ from datetime import timedelta
 
 from counting_agent import counting_agent  # bench/ is on sys.path when run as a script
 from overhead import noop, noop_local
-from raw_workflow import RawToolLoop
+from raw_workflow import RawToolLoop, plain_worker
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
@@ -92,7 +93,7 @@ async def chain_history(client: Client, workflow_id: str) -> tuple[int, int]:
     return events, size
 
 
-def keel_systems(client: Client, queue: str) -> list[System]:
+def keel_systems(client: Client, queue: str, raw_client: Client, raw_queue: str) -> list[System]:
     def timeout(n: int) -> timedelta:
         return timedelta(seconds=max(120, n))
 
@@ -114,12 +115,8 @@ def keel_systems(client: Client, queue: str) -> list[System]:
             raise RuntimeError(f"{report.status}: {report.reason}")
 
     async def raw(n: int, run_id: str) -> None:
-        await client.execute_workflow(
-            RawToolLoop.run,
-            args=["noop", n],
-            id=run_id,
-            task_queue=queue,
-            execution_timeout=timeout(n),
+        await raw_client.execute_workflow(
+            RawToolLoop.run, n, id=run_id, task_queue=raw_queue, execution_timeout=timeout(n)
         )
 
     def react(n: int, local_model: bool = False) -> AgentRunInput:
@@ -131,7 +128,7 @@ def keel_systems(client: Client, queue: str) -> list[System]:
         return AgentRunInput(agent=narrowed, goal=f"call noop {n}")
 
     return [
-        System("raw", raw, client),
+        System("raw", raw, raw_client),
         System("keel-plan", lambda n, rid: keel(plan_of(n, "noop"), n, rid), client),
         System("keel-react", lambda n, rid: keel(react(n), n, rid), client),
         System("keel-local", lambda n, rid: keel(plan_of(n, "noop_local"), n, rid), client),
@@ -286,10 +283,10 @@ async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int, tuned
     address = env.client.service_client.config.target_host
     queue = f"peers-keel-{uuid.uuid4().hex[:6]}"
     catalog = Catalog.of([noop, noop_local, next_noop, REACT, REACT_LM])
-    workers = [
-        Worker(env.client, task_queue=queue, workflows=[RawToolLoop], plugins=[KeelPlugin(catalog)])
-    ]
-    systems = keel_systems(env.client, queue)
+    raw_queue = f"peers-raw-{uuid.uuid4().hex[:6]}"
+    raw_client, raw_worker = await plain_worker(address, raw_queue)  # nothing of Keel's
+    workers = [Worker(env.client, task_queue=queue, plugins=[KeelPlugin(catalog)]), raw_worker]
+    systems = keel_systems(env.client, queue, raw_client, raw_queue)
     note = "peers not measured (--no-peers)"
     if peers_wanted:
         extra, note = await peer_systems(address, workers)
