@@ -77,7 +77,11 @@ def child_work(label: str) -> str:
     if RUN_FAILURES.get(label, 0) > 0:
         RUN_FAILURES[label] -= 1
         if "KEEL_TEST_FAILURES_DIR" in os.environ:
-            kept.write_text(str(RUN_FAILURES[label]))
+            # Replaced whole, never truncated then written: a worker SIGKILLed in between
+            # would leave an empty file for the next one.
+            fresh = kept.with_suffix(f".{os.getpid()}")
+            fresh.write_text(str(RUN_FAILURES[label]))
+            os.replace(fresh, kept)
         raise ApplicationError(f"{label} told to fail", non_retryable=True)
     return label
 
