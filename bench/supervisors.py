@@ -3,10 +3,12 @@ history, and that no child is left running (orphaned) at the end.
 
     python bench/supervisors.py [--children 100] [--failing 0.1] [--quick] [--server-default]
 
-A dev server in memory and one in-process worker; each child is a one-step plan run (a no-op
-tool) under one_for_one, transient. A tenth of them fail their first run (a non-retryable
-error) and are restarted once. Figures: wall time from start to DONE, restarts in the report,
-the supervisor's history (events and bytes, all its segments), and children still running.
+A dev server in memory; each child is a one-step plan run (a no-op tool) under one_for_one,
+transient. A tenth of them fail their first run (a non-retryable error) and are restarted once.
+Figures: wall time from start to DONE, restarts in the report, the supervisor's history (events
+and bytes, all its segments), children still running; and the same against plain temporalio
+on the same server (bench/raw_workflow.py: a parent workflow starting a child workflow per key
+and starting a failed one again, its own worker and the default converter).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from temporalio.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import raw_workflow  # noqa: E402  (bench/ is on sys.path as a script)
+from raw_workflow import RawSupervisor, plain_worker  # noqa: E402
 
 import keel  # noqa: E402
 from keel.devserver import add_server_default_flag, start_dev_server  # noqa: E402
@@ -65,8 +70,28 @@ def supervisor(children: int, failing: float) -> keel.SupervisorSpec:
     )
 
 
+async def raw_side(
+    address: str, keys: list[str], failing: list[str]
+) -> tuple[float, int, int, int]:
+    """Plain temporalio's wall, restarts, history events and bytes for the same children."""
+    raw_workflow.FAILS_LEFT.update(dict.fromkeys(failing, 1))
+    queue = f"bench-raw-sup-{uuid.uuid4().hex[:6]}"
+    client, worker = await plain_worker(address, queue)
+    async with worker:
+        run_id = f"raw-sup-{uuid.uuid4().hex[:6]}"
+        started = time.perf_counter()
+        restarts = await client.execute_workflow(
+            RawSupervisor.run, keys, id=run_id, task_queue=queue
+        )
+        wall = time.perf_counter() - started
+    history = await client.get_workflow_handle(run_id).fetch_history()
+    return wall, restarts, len(history.events), sum(e.ByteSize() for e in history.events)
+
+
 async def main(children: int, failing: float, tuned: bool) -> int:
     spec = supervisor(children, failing)
+    keys = [c.key for c in spec.children]
+    failing_keys = dict(FAILS_LEFT)
     env = await start_dev_server(tuned=tuned)
     try:
         target = env.client.service_client.config.target_host
@@ -94,19 +119,24 @@ async def main(children: int, failing: float, tuned: bool) -> int:
                 status = (await one.describe()).status
                 if status is None or status.name == "RUNNING":
                     running.append(one.id)
+        raw_wall, raw_restarts, raw_events, raw_size = await raw_side(
+            target, keys, list(failing_keys)
+        )
     finally:
         await env.shutdown()
     restarts = sum(c.restarts for c in report.children)
-    expected = sum(1 for v in FAILS_LEFT.values() if v == 0)  # each chosen child failed once
-    print(f"server: {'tuned' if tuned else 'default'} dev server; one in-process worker")
+    expected = len(failing_keys)  # each chosen child fails once
+    print(f"server: {'tuned' if tuned else 'default'} dev server; one in-process worker a side")
     print(
         " children  failing  restarts  status    wall_s  per_child_ms  sup_events  sup_kb  running"
+        "  raw_wall_s  raw_events  raw_kb  keel/raw"
     )
     print(
         f"{children:9d}  {failing:7.2f}  {restarts:8d}  {report.status:8s}  {wall:6.2f}  "
         f"{wall / children * 1000:12.1f}  {events:10d}  {size / 1024:6.1f}  {len(running):7d}"
+        f"  {raw_wall:10.2f}  {raw_events:10d}  {raw_size / 1024:6.1f}  {wall / raw_wall:8.2f}"
     )
-    ok = report.status == "DONE" and restarts == expected and not running
+    ok = report.status == "DONE" and restarts == expected == raw_restarts and not running
     if not ok:
         print(f"unexpected: {report.status} {report.reason}; restarts {restarts}/{expected}")
     return 0 if ok else 1

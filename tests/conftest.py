@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -44,10 +44,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
+import keel
 from keel import KeelPlugin
 from keel.activities.catalog import Catalog
 from keel.devserver import start_dev_server
-from keel.workflows.contracts import STATUS_ATTRIBUTE, AgentSpec
+from keel.workflows.contracts import STATUS_ATTRIBUTE, AgentSpec, RunReport
 
 # Every span of the test session, in memory: the tracing test asserts span trees with it and
 # the secret tests scan it. The SDK takes one tracer provider per process, so it is set here.
@@ -162,6 +163,17 @@ async def skip_time(client: Client, duration: timedelta) -> None:
     request = SleepRequest()
     request.duration.FromTimedelta(duration)
     await client.test_service.unlock_time_skipping_with_sleep(request)
+
+
+async def report_when(
+    run: keel.Run, holds: Callable[[RunReport], bool], timeout: float = 60
+) -> RunReport:
+    """The run's live report once `holds` is true of it (polled: a condition, not a sleep)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not holds(report := await run.report()):
+        assert asyncio.get_running_loop().time() < deadline, report
+        await asyncio.sleep(0.05)
+    return report
 
 
 def dev_address(client: Client) -> str:

@@ -26,17 +26,35 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-async def run(*argv: str, env: Mapping[str, str], timeout: float = 120, cwd: Path = ROOT) -> Result:
-    """Run a command (from the project root unless told) without blocking the event loop
-    (workers live on it)."""
-    proc = await asyncio.create_subprocess_exec(
+def worker_env(address: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """What a worker process of a crash test runs with: its own ledger and blob store, and a
+    short sticky timeout so the next worker takes a killed one's runs soon."""
+    return {
+        "TEMPORAL_ADDRESS": address,
+        "KEEL_LEDGER_DB": str(tmp_path / "ledger.sqlite"),
+        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
+        "KEEL_STICKY_TIMEOUT": "1",
+        **extra,
+    }
+
+
+async def spawn(*argv: str, env: Mapping[str, str], stdout: int = asyncio.subprocess.PIPE,
+                cwd: Path = ROOT) -> asyncio.subprocess.Process:  # fmt: skip
+    """Start a command (from the project root unless told), its output piped, no stdin."""
+    return await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
         env=child_env(env),
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def run(*argv: str, env: Mapping[str, str], timeout: float = 120, cwd: Path = ROOT) -> Result:
+    """Run a command (from the project root unless told) without blocking the event loop
+    (workers live on it)."""
+    proc = await spawn(*argv, env=env, cwd=cwd)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return Result(proc.returncode or 0, out.decode(), err.decode())
 

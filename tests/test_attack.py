@@ -51,6 +51,7 @@ from keel.workflows.contracts import (
 from tests import sample_tools
 from tests.conftest import dev_address, keel_worker
 from tests.processes import WorkerProcess, starter
+from tests.test_agent_workflow import run_plan as run_given_plan
 from tests.test_approvals import asked, pay, start, waiting
 
 CATALOG = Catalog.from_modules([ledger, sample_tools])
@@ -62,14 +63,7 @@ async def run_plan(
 ) -> RunReport:
     plan = PlanSpec(goal="attack", steps=steps, unverified_ok=True)
     async with keel_worker(client, catalog) as queue:
-        return await outcome(
-            await client.start_workflow(
-                AgentWorkflow.run,
-                AgentRunInput(agent=agent, goal=plan.goal, plan=plan),
-                id=f"attack-{uuid.uuid4().hex[:8]}",
-                task_queue=queue,
-            )
-        )
+        return await run_given_plan(client, queue, plan, agent, prefix="attack-")
 
 
 # --- item 2: path traversal through grant globs ---------------------------------------------

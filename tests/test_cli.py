@@ -24,7 +24,7 @@ from keel.devserver import temporal_binary
 from keel.runs import get_report, outcome
 from keel.shared.errors import RunNotFound
 from tests.conftest import dev_address, keel_worker
-from tests.processes import ROOT, Result, child_env, run, starter
+from tests.processes import Result, run, spawn, starter
 
 
 @pytest_asyncio.fixture
@@ -170,19 +170,7 @@ async def test_run_wait_with_no_worker_says_so_and_keeps_waiting(
     queue = f"nobody-{uuid.uuid4().hex[:8]}"
     env = {"TEMPORAL_ADDRESS": dev_address(dev_client), "KEEL_TASK_QUEUE": queue}
     plan = write_plan(tmp_path, pay_plan("emil", 3, 3))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "starter.py",
-        "run",
-        "--plan",
-        str(plan),
-        "--wait",
-        cwd=ROOT,
-        env=child_env(env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn(sys.executable, "starter.py", "run", "--plan", str(plan), "--wait", env=env)
     assert proc.stderr is not None
     # A condition, not a sleep: the line arrives when the starter has looked for a worker.
     said = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
@@ -324,16 +312,7 @@ async def test_a_reader_that_goes_away_ends_the_starter_quietly(cli_env: dict) -
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "starter.py",
-            "pending",
-            cwd=ROOT,
-            env=child_env(cli_env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=write_end,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await spawn(sys.executable, "starter.py", "pending", env=cli_env, stdout=write_end)
     finally:
         os.close(write_end)
     _, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -15,7 +15,7 @@ from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AcceptanceSpec, AgentRunInput, PlanSpec, StepSpec
 from tests.conftest import dev_address
-from tests.processes import WorkerProcess
+from tests.processes import WorkerProcess, worker_env
 
 N, K = 6, 3  # kill while step K+1 has written its effect but not yet reported completion
 
@@ -41,12 +41,7 @@ async def test_sigkill_mid_plan_resumes_at_the_first_unchecked_step(
     dev_client: Client, tmp_path: Path
 ) -> None:
     db = tmp_path / "ledger.sqlite"
-    env = {
-        "TEMPORAL_ADDRESS": dev_address(dev_client),
-        "KEEL_LEDGER_DB": str(db),
-        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
-        "KEEL_STICKY_TIMEOUT": "1",
-    }
+    env = worker_env(dev_address(dev_client), tmp_path)
     queue = f"crash-{uuid.uuid4().hex[:8]}"
     args = ("--task-queue", queue, "--tools", "examples.ledger")
     first = WorkerProcess(env, tmp_path / "worker1.log", *args)
@@ -122,12 +117,7 @@ async def test_a_write_in_flight_when_a_cancel_meets_a_dead_worker_is_still_undo
     call again to the next worker (same key: a no-op that reports what it did), so the write
     is known and undone, never left behind by the compensation."""
     db = tmp_path / "ledger.sqlite"
-    env = {
-        "TEMPORAL_ADDRESS": dev_address(dev_client),
-        "KEEL_LEDGER_DB": str(db),
-        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
-        "KEEL_STICKY_TIMEOUT": "1",
-    }
+    env = worker_env(dev_address(dev_client), tmp_path)
     queue = f"inflight-{uuid.uuid4().hex[:8]}"
     args = ("--task-queue", queue, "--tools", "examples.ledger")
     first = WorkerProcess(env, tmp_path / "worker1.log", *args)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from temporalio.client import Client
@@ -23,11 +22,10 @@ from keel.workflows.contracts import (
     Grant,
     ModelReply,
     ModelRequest,
-    RunReport,
     ToolCallRequest,
     Usage,
 )
-from tests.conftest import dev_address, keel_worker
+from tests.conftest import dev_address, keel_worker, report_when
 
 PAY = re.compile(r"pay (\w+) (\d+)")
 
@@ -91,18 +89,6 @@ def catalog(*agents: keel.AgentSpec) -> keel.Catalog:
                             helper_model, *agents])  # fmt: skip
 
 
-async def wait_for(
-    run: keel.Run, predicate: Callable[[RunReport], bool], timeout: float = 60
-) -> RunReport:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        report = await run.report()
-        if predicate(report):
-            return report
-        assert asyncio.get_running_loop().time() < deadline, report
-        await asyncio.sleep(0.05)
-
-
 async def test_a_child_never_exceeds_its_delegators_powers(
     dev_client: Client, ledger_db: Path
 ) -> None:
@@ -148,9 +134,9 @@ async def test_an_approval_inside_a_child_is_answered_through_its_delegator(
     gated = helper(approvals={"post_entry": ApprovalPolicy()})
     async with keel_worker(client, catalog(boss(), gated)) as queue:
         run = await keel.start(client, agent="boss", goal="delegate: pay alice 7", task_queue=queue)
-        report = await wait_for(run, lambda r: bool(r.steps) and r.steps[0].child is not None)
+        report = await report_when(run, lambda r: bool(r.steps) and r.steps[0].child is not None)
         child_id = report.steps[0].child or ""
-        await wait_for(keel.get(client, child_id), lambda r: r.status == "WAITING_ON_YOU")
+        await report_when(keel.get(client, child_id), lambda r: r.status == "WAITING_ON_YOU")
         for _ in range(100):  # pending lists from visibility, which lags a little
             listed = dict(await keel.pending(client))
             if child_id in listed:
@@ -172,7 +158,7 @@ async def test_cancelling_the_delegator_undoes_the_childs_writes(
         run = await keel.start(
             client, agent="boss", goal="delegate: pay carl 4; then ask", task_queue=queue
         )
-        await wait_for(run, lambda r: r.status == "WAITING_ON_YOU")  # the child is DONE
+        await report_when(run, lambda r: r.status == "WAITING_ON_YOU")  # the child is DONE
         assert store.balances() == {"carl": 4}
         await run.cancel()
         final = await run.result()

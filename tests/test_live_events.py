@@ -18,7 +18,7 @@ import keel
 from keel.workflows.contracts import RunEvent
 from tests import sample_tools
 from tests.conftest import dev_address, keel_worker
-from tests.processes import ROOT, WorkerProcess, child_env
+from tests.processes import WorkerProcess, spawn, worker_env
 
 AGENTS = """
 from keel import AgentSpec, Grant
@@ -54,13 +54,7 @@ async def test_watch_and_events_survive_a_sigkill_and_continue_as_new(
     agents = tmp_path / "long_agents.py"
     agents.write_text(AGENTS)
     queue = f"live-{uuid.uuid4().hex[:8]}"
-    env = {
-        "TEMPORAL_ADDRESS": dev_address(dev_client),
-        "KEEL_LEDGER_DB": str(tmp_path / "ledger.sqlite"),
-        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
-        "KEEL_STICKY_TIMEOUT": "1",
-        "KEEL_TASK_QUEUE": queue,
-    }
+    env = worker_env(dev_address(dev_client), tmp_path, KEEL_TASK_QUEUE=queue)
     args = ("--task-queue", queue, "--tools", "examples.ledger", str(agents))
     first = WorkerProcess(env, tmp_path / "worker1.log", *args)
     second = WorkerProcess(env, tmp_path / "worker2.log", *args)
@@ -70,18 +64,7 @@ async def test_watch_and_events_survive_a_sigkill_and_continue_as_new(
     try:
         plan = keel.PlanSpec(goal="pay twelve", steps=pay_steps(12, 0.4))
         run = await keel.start(client, agent="long-planner", plan=plan, task_queue=queue)
-        watcher = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "starter.py",
-            "watch",
-            run.id,
-            "--json",
-            cwd=ROOT,
-            env=child_env(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        watcher = await spawn(sys.executable, "starter.py", "watch", run.id, "--json", env=env)
         followed: list[RunEvent] = []
 
         async def follow() -> None:
@@ -132,17 +115,7 @@ async def test_the_sse_bridge_serves_events_and_a_retried_attempt(
     client = await keel.connect(address=dev_address(dev_client))
     port = 18000 + uuid.uuid4().int % 2000
     env = {"TEMPORAL_ADDRESS": dev_address(dev_client), "KEEL_EVENTS_TOKEN": "t0k"}
-    bridge = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "keel.live",
-        "--port",
-        str(port),
-        cwd=ROOT,
-        env=child_env(env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    bridge = await spawn(sys.executable, "-m", "keel.live", "--port", str(port), env=env)
     try:
         assert bridge.stdout is not None
         said = (await asyncio.wait_for(bridge.stdout.readline(), 30)).decode()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,8 +24,8 @@ from keel.workflows.contracts import (
     SupervisorSpec,
 )
 from tests import sample_tools
-from tests.conftest import dev_address, keel_worker
-from tests.processes import WorkerProcess, starter
+from tests.conftest import dev_address, keel_worker, report_when
+from tests.processes import WorkerProcess, starter, worker_env
 
 CATALOG = keel.Catalog.from_modules([ledger, sample_tools])
 
@@ -39,41 +39,30 @@ def commands() -> Iterator[None]:
         gate.set()  # nothing left holding
 
 
-def works(key: str, restart: RestartType = "transient", pay: int = 0) -> ChildSpec:
-    """A child that pays `pay` to account <key> (if any), then runs child_work(key), which
-    fails its run while the test says so."""
-    steps = [keel.StepSpec(title="work", tool="child_work", args={"label": key})]
+def child(key: str, last: keel.StepSpec, restart: RestartType, pay: int) -> ChildSpec:
+    """A plan child: it pays `pay` to account <key> (if any), then takes its `last` step."""
+    steps = [last]
     if pay:
         paying = keel.StepSpec(title="pay", tool="post_entry", args={"account": key, "amount": pay})
         steps.insert(0, paying)
-    plan = keel.PlanSpec(goal=f"work {key}", steps=steps, unverified_ok=True)
+    plan = keel.PlanSpec(goal=f"{last.title} {key}", steps=steps, unverified_ok=True)
     return ChildSpec(key=key, plan=plan, restart=restart)
+
+
+def works(key: str, restart: RestartType = "transient", pay: int = 0) -> ChildSpec:
+    """Its last step runs child_work(key), which fails the run while the test says so."""
+    return child(
+        key, keel.StepSpec(title="work", tool="child_work", args={"label": key}), restart, pay
+    )
 
 
 def holds(key: str, restart: RestartType = "transient", pay: int = 0) -> ChildSpec:
-    """A child that pays, then holds until the test opens gate <key>."""
-    steps = [keel.StepSpec(title="hold", tool="hold", args={"name": key})]
-    if pay:
-        paying = keel.StepSpec(title="pay", tool="post_entry", args={"account": key, "amount": pay})
-        steps.insert(0, paying)
-    plan = keel.PlanSpec(goal=f"hold {key}", steps=steps, unverified_ok=True)
-    return ChildSpec(key=key, plan=plan, restart=restart)
+    """Its last step holds until the test opens gate <key>."""
+    return child(key, keel.StepSpec(title="hold", tool="hold", args={"name": key}), restart, pay)
 
 
 def by_key(report: RunReport) -> dict[str, ChildState]:
     return {c.key: c for c in report.children}
-
-
-async def wait_for(
-    run: keel.Run, predicate: Callable[[RunReport], bool], timeout: float = 60
-) -> RunReport:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        report = await run.report()
-        if predicate(report):
-            return report
-        assert asyncio.get_running_loop().time() < deadline, report
-        await asyncio.sleep(0.05)
 
 
 async def test_one_for_one_restarts_only_the_failed_child(
@@ -86,7 +75,7 @@ async def test_one_for_one_restarts_only_the_failed_child(
     client = await keel.connect(address=dev_address(dev_client))
     async with keel_worker(client, CATALOG.including(spec)) as queue:
         run = await keel.start(client, agent=spec.name, goal="keep a, b, c", task_queue=queue)
-        await wait_for(
+        await report_when(
             run, lambda r: by_key(r)["a"].restarts == 1 and by_key(r)["a"].status == "DONE"
         )
         sample_tools.GATES.setdefault("b", asyncio.Event()).set()
@@ -111,7 +100,9 @@ async def test_one_for_all_cancels_compensates_and_restarts_the_others_in_order(
     client = await keel.connect(address=dev_address(dev_client))
     async with keel_worker(client, CATALOG.including(spec)) as queue:
         run = await keel.start(client, agent=spec.name, goal="all or none", task_queue=queue)
-        restarted = await wait_for(run, lambda r: all(by_key(r)[k].generation == 2 for k in "abc"))
+        restarted = await report_when(
+            run, lambda r: all(by_key(r)[k].generation == 2 for k in "abc")
+        )
         sample_tools.RUN_FAILURES["c"] = 0
         for gate in "abd":
             sample_tools.GATES.setdefault(gate, asyncio.Event()).set()
@@ -146,7 +137,7 @@ async def test_rest_for_one_restarts_the_failed_child_and_those_after_it(
     client = await keel.connect(address=dev_address(dev_client))
     async with keel_worker(client, CATALOG.including(spec)) as queue:
         run = await keel.start(client, agent=spec.name, goal="a chain", task_queue=queue)
-        await wait_for(run, lambda r: by_key(r)["c"].generation == 2)
+        await report_when(run, lambda r: by_key(r)["c"].generation == 2)
         for gate in "ac":
             sample_tools.GATES.setdefault(gate, asyncio.Event()).set()
         final = await run.result()
@@ -202,7 +193,7 @@ async def test_escalation_asks_a_human_who_may_retry(dev_client: Client, ledger_
     client = await keel.connect(address=dev_address(dev_client))
     async with keel_worker(client, CATALOG.including(spec)) as queue:
         run = await keel.start(client, agent=spec.name, goal="ask me", task_queue=queue)
-        waiting = await wait_for(run, lambda r: r.status == "WAITING_ON_YOU")
+        waiting = await report_when(run, lambda r: r.status == "WAITING_ON_YOU")
         assert waiting.pending is not None and waiting.pending.choices == ["retry", "abort"]
         for _ in range(100):  # the list comes from visibility, which lags a little
             if run.id in [run_id for run_id, _ in await keel.pending(client)]:
@@ -226,10 +217,10 @@ async def test_a_nested_supervisor_is_a_child_and_cancel_stops_the_tree(
     client = await keel.connect(address=dev_address(dev_client))
     async with keel_worker(client, CATALOG.including(inner, outer)) as queue:
         run = await keel.start(client, agent="outer", goal="a tree", task_queue=queue)
-        await wait_for(run, lambda r: all(c.status == "RUNNING" for c in r.children))
+        await report_when(run, lambda r: all(c.status == "RUNNING" for c in r.children))
         team = keel.get(client, f"{run.id}.team.1")
-        await wait_for(team, lambda r: bool(r.children) and r.children[0].status == "RUNNING")
-        await wait_for(team, lambda r: "x" in store.balances() and "y" in store.balances())
+        await report_when(team, lambda r: bool(r.children) and r.children[0].status == "RUNNING")
+        await report_when(team, lambda r: "x" in store.balances() and "y" in store.balances())
         await run.cancel()
         final = await run.result()
         nested = await team.result()
@@ -269,7 +260,7 @@ async def test_a_long_lived_supervisor_continues_as_new_and_its_children_run_on(
     client = await keel.connect(address=dev_address(dev_client))
     async with keel_worker(client, CATALOG.including(spec)) as queue:
         run = await keel.start(client, agent=spec.name, goal="months", task_queue=queue)
-        await wait_for(run, lambda r: r.continued >= 1 and by_key(r)["a"].status == "DONE")
+        await report_when(run, lambda r: r.continued >= 1 and by_key(r)["a"].status == "DONE")
         sample_tools.GATES.setdefault("b", asyncio.Event()).set()  # b ends after the carry-over
         final = await run.result()
     kids = by_key(final)
@@ -325,13 +316,7 @@ async def test_a_worker_sigkill_during_a_restart_changes_nothing(
     (failures / "fail-b").write_text("2")
     queue = f"crew-{uuid.uuid4().hex[:8]}"
     db = tmp_path / "ledger.sqlite"
-    env = {
-        "TEMPORAL_ADDRESS": dev_address(dev_client),
-        "KEEL_LEDGER_DB": str(db),
-        "KEEL_STORE_DIR": str(tmp_path / "blobs"),
-        "KEEL_STICKY_TIMEOUT": "1",
-        "KEEL_TEST_FAILURES_DIR": str(failures),
-    }
+    env = worker_env(dev_address(dev_client), tmp_path, KEEL_TEST_FAILURES_DIR=str(failures))
     tools = ("examples.ledger", "tests/sample_tools.py", str(crew))
     first = WorkerProcess(env, tmp_path / "w1.log", "--task-queue", queue, "--tools", *tools)
     second = WorkerProcess(env, tmp_path / "w2.log", "--task-queue", queue, "--tools", *tools)
@@ -339,7 +324,7 @@ async def test_a_worker_sigkill_during_a_restart_changes_nothing(
     await first.start()
     try:
         run = await keel.start(client, agent="crew", goal="a crew", task_queue=queue)
-        await wait_for(run, lambda r: by_key(r)["b"].generation >= 2)
+        await report_when(run, lambda r: by_key(r)["b"].generation >= 2)
         await first.kill()  # mid-restart: b's second run and c's restart in flight
         await second.start()
         final = await asyncio.wait_for(run.result(), 120)

@@ -57,6 +57,16 @@ def parent_of(span: ReadableSpan, spans: list[ReadableSpan]) -> ReadableSpan | N
     return by_id.get(span.parent.span_id) if span.parent else None
 
 
+async def traced_client(client: Client) -> Client:
+    """A client on `client`'s server with temporalio's OpenTelemetryPlugin (the tests' SDK
+    provider records what it and the workers built on it emit)."""
+    return await Client.connect(
+        client.service_client.config.target_host,
+        data_converter=pydantic_data_converter,
+        plugins=[OpenTelemetryPlugin()],
+    )
+
+
 def ancestors(span: ReadableSpan, spans: list[ReadableSpan]) -> list[str]:
     names, current = [], parent_of(span, spans)
     while current is not None:
@@ -68,11 +78,7 @@ def ancestors(span: ReadableSpan, spans: list[ReadableSpan]) -> list[str]:
 async def test_span_tree_of_a_run_with_a_retry_a_wait_and_a_compensation(
     ts_client: Client, ledger_db: Path
 ) -> None:
-    traced = await Client.connect(
-        ts_client.service_client.config.target_host,
-        data_converter=pydantic_data_converter,
-        plugins=[OpenTelemetryPlugin()],
-    )
+    traced = await traced_client(ts_client)
     queue = f"trace-{uuid.uuid4().hex[:6]}"
     gate = ApprovalPolicy(rules=(ArgRule(arg="amount", op=">", value=100),))
     agent = AgentSpec(name="traced", approvals={"post_entry": gate}, grants=(Grant(scope="*"),))
@@ -176,11 +182,7 @@ async def test_span_tree_of_a_run_with_a_retry_a_wait_and_a_compensation(
 async def test_llm_spans_carry_model_and_tokens_equal_to_the_report(
     ts_client: Client, ledger_db: Path
 ) -> None:
-    traced = await Client.connect(
-        ts_client.service_client.config.target_host,
-        data_converter=pydantic_data_converter,
-        plugins=[OpenTelemetryPlugin()],
-    )
+    traced = await traced_client(ts_client)
     with ModelServer() as server:
         server.script(
             OPENAI,
@@ -295,11 +297,7 @@ def store_balances(db: Path) -> dict[str, int]:
 async def test_the_starters_span_is_the_parent_of_the_run(
     dev_client: Client, ledger_db: Path, tmp_path: Path
 ) -> None:
-    traced = await Client.connect(
-        dev_address(dev_client),
-        data_converter=pydantic_data_converter,
-        plugins=[OpenTelemetryPlugin()],
-    )
+    traced = await traced_client(dev_client)
     queue = f"trace-{uuid.uuid4().hex[:6]}"
     plan = tmp_path / "plan.json"
     step = StepSpec(title="pay", tool="post_entry", args={"account": "sid", "amount": 1})
@@ -326,11 +324,7 @@ async def test_prompt_and_response_content_only_when_asked_and_redacted(
     secrets = tmp_path / "secrets.json"
     secrets.write_text(json.dumps({"LEDGER_PIN": pin}))
     monkeypatch.setenv("KEEL_SECRETS_FILE", str(secrets))
-    traced = await Client.connect(
-        ts_client.service_client.config.target_host,
-        data_converter=pydantic_data_converter,
-        plugins=[OpenTelemetryPlugin()],
-    )
+    traced = await traced_client(ts_client)
     exchanges: dict[str, list[Any]] = {}
     for setting in ("0", "1"):
         monkeypatch.setenv("KEEL_TRACE_CONTENT", setting)

@@ -24,7 +24,7 @@ import examples.ledger as ledger
 import keel
 from keel.codec import AesGcmCodec
 from keel.devserver import start_dev_server
-from tests.processes import ROOT, child_env
+from tests.processes import spawn
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -55,19 +55,9 @@ async def codec_server() -> AsyncIterator[tuple[int, int]]:
     """`python -m keel.codec_server` as a user runs it; yields (its port, the UI's port)."""
     port, ui_port = free_port(), free_port()
     env = {"KEEL_CODEC_KEYS": f"k1:{KEY}", "KEEL_CODEC_TOKEN": TOKEN}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "keel.codec_server",
-        "--port",
-        str(port),
-        "--origin",
-        f"http://localhost:{ui_port}",
-        cwd=ROOT,
-        env=child_env(env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    origin = f"http://localhost:{ui_port}"
+    module = ("-m", "keel.codec_server", "--port", str(port), "--origin", origin)
+    proc = await spawn(sys.executable, *module, env=env)
     assert proc.stdout is not None
     said = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
     assert f"its codec endpoint: http://localhost:{port}/<KEEL_CODEC_TOKEN>" in said, said

@@ -106,7 +106,7 @@ class AgentWorkflow:
             self._sources.clear()
         self._sources[batch.source] = batch.seq
         for event in batch.events:
-            self._state.emit(
+            self._state.events.add(
                 event.kind, event.message, step=event.step, tool=event.tool, data=event.data
             )
 
@@ -207,7 +207,7 @@ class AgentWorkflow:
         state = self._state
         state.set_status("RUNNING")
         if state.run.carry is None:
-            state.emit("status", f"RUNNING: {state.agent.name} started: {state.run.goal}")
+            state.events.add("status", f"RUNNING: {state.agent.name} started: {state.run.goal}")
         try:
             if state.run.carry is not None and workflow.info().continued_run_id is None:
                 # A carry is what a run hands its own continuation; from a client it could

@@ -74,7 +74,7 @@ class BudgetKeeper:
         for name, text in budget_warnings(report.budget, report.used, elapsed).items():
             if name not in self.warned:
                 self.warned.add(name)
-                self.state.emit("budget_warning", f"budget: {text}", outcome=name)
+                self.state.events.add("budget_warning", f"budget: {text}", outcome=name)
 
 
 def extended(budget: Budget, changes: dict[str, Any]) -> Budget:

@@ -1,20 +1,21 @@
 """EventLog: a run's live event stream, kept in the workflow and read by the `events` query.
 
-    state.events.add("model_call", "model gpt answered", at=workflow.now(), data={...})
+    state.events.add("model_call", "model gpt answered", data={...})
     page = state.events.since(offset)           # what a client asks for, at no history cost
 
 Events are written by workflow code (and by the handlers of signals and updates, which are in
 the history), so a replay after a worker crash rebuilds the same events at the same offsets:
 a client that resumes from its offset sees nothing twice and misses nothing. Reading costs no
 history event (a query), and only the newest EVENTS_KEPT_BYTES are kept, carried across
-continue-as-new, so the stream is bounded by construction. Pure: no clocks, the caller passes
-workflow time.
+continue-as-new, so the stream is bounded by construction. Pure: its clock is given (the
+workflow's, workflow.now).
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +33,13 @@ PAGE_EVENTS = 200  # one query answer at most (each event is bounded: far below 
 
 
 class EventLog:
-    def __init__(self, carried: list[RunEvent] | None = None, next_offset: int = 0) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime],
+        carried: list[RunEvent] | None = None,
+        next_offset: int = 0,
+    ) -> None:
+        self.clock = clock
         self.kept: deque[RunEvent] = deque(carried or ())
         self.sizes: deque[int] = deque(json_size(e) for e in self.kept)
         self.bytes = sum(self.sizes)
@@ -43,7 +50,6 @@ class EventLog:
         kind: EventKind,
         message: str,
         *,
-        at: datetime,
         step: int | None = None,
         tool: str | None = None,
         outcome: str | None = None,
@@ -51,7 +57,7 @@ class EventLog:
     ) -> RunEvent:
         event = RunEvent(
             offset=self.next_offset,
-            at=at,
+            at=self.clock(),
             kind=kind,
             message=message[:EVENT_TEXT_CHARS],
             step=step,

@@ -113,7 +113,7 @@ class ModelThread:
                 output_tokens=reply.usage.output_tokens,
             )
         usage = reply.usage
-        self.state.emit(
+        self.state.events.add(
             "model_call",
             f"{ref.label} answered ({kind}): {len(reply.tool_calls)} tool call(s), "
             f"{usage.input_tokens} tokens in, {usage.output_tokens} out",

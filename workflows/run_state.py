@@ -8,7 +8,7 @@ Workflow code: times are workflow time, logs are silent on replay.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast, get_args
+from typing import cast, get_args
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey
@@ -44,11 +44,11 @@ class RunState:
             budget=run.agent.budget,
         )
         self.tools: dict[str, ToolSpec] = {}
-        self.events = EventLog()
+        self.events = EventLog(workflow.now)
         if run.carry is not None:  # a continuation: the state carries on, the history does not
             self.report = run.carry.report
             self.tools = run.carry.tools
-            self.events = EventLog(run.carry.events, run.carry.next_event)
+            self.events = EventLog(workflow.now, run.carry.events, run.carry.next_event)
         # Set from the keel-agent-from-worker patch: runs older than it keep their old ways.
         self.agent_from_worker = False
         self.segment_steps = 0  # steps run since this run (or continuation) began
@@ -66,7 +66,7 @@ class RunState:
         """One progress entry, one live event (of kind `event`, else "progress") and one log
         line carrying `fields` (step, tool, event, outcome)."""
         step, tool, event, outcome = (fields.get(k) for k in ("step", "tool", "event", "outcome"))
-        self.emit(
+        self.events.add(
             cast(EventKind, event) if event in get_args(EventKind) else "progress",
             message,
             step=step if isinstance(step, int) else None,
@@ -81,21 +81,6 @@ class RunState:
             self.report.progress_dropped += 1
         # workflow.logger stays silent during replay: a decision is logged once.
         workflow.logger.info(message, extra={k: v for k, v in fields.items() if v is not None})
-
-    def emit(
-        self,
-        kind: EventKind,
-        message: str,
-        *,
-        step: int | None = None,
-        tool: str | None = None,
-        outcome: str | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        """A live event only (no progress entry): model calls, streamed text, attempts."""
-        self.events.add(
-            kind, message, at=workflow.now(), step=step, tool=tool, outcome=outcome, data=data
-        )
 
     def set_status(self, status: RunStatus) -> None:
         self.report.status = status

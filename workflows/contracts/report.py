@@ -143,7 +143,16 @@ EventKind = Literal[
 ]
 
 
-class RunEvent(_Strict, OmitDefaults):
+class _EventBody(_Strict, OmitDefaults):
+    """What an event says, whoever writes it (the run, or an activity of it)."""
+
+    message: str = ""
+    step: int | None = None
+    tool: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunEvent(_EventBody):
     """One event of a run's live stream. Offsets are global and gapless over the run's life
     (continue-as-new included) and the same on every replay, so a client that resumes from
     an offset after a disconnect or a worker crash sees nothing twice and misses nothing."""
@@ -151,22 +160,14 @@ class RunEvent(_Strict, OmitDefaults):
     offset: int
     at: datetime
     kind: EventKind
-    message: str = ""
-    step: int | None = None
-    tool: str | None = None
     outcome: str | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
 
 
-class ActivityEvent(_Strict):
+class ActivityEvent(_EventBody):
     """An event an activity publishes to its run (a retried attempt, the model's streamed
     text), by the `activity_events` signal: `source` and `seq` let the run drop a batch it has."""
 
     kind: Literal["tool_attempt", "model_text"]
-    message: str = ""
-    step: int | None = None
-    tool: str | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
 
 
 class ActivityEvents(_Strict):
