@@ -160,14 +160,16 @@ async def admitted_start(
     wait = start_timeout()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    unchecked = f"no worker answered within {wait:g} s; the run is started"
+    why = f"no worker answered within {wait:g} s"
+    unchecked = f"{why}; the run is started"
     try:
         # A worker that just started may not be listed yet: look for one after a moment.
         done, _ = await asyncio.wait({admission}, timeout=min(wait, NO_WORKER_AFTER))
         if not done and not await pollers(client, task_queue):
+            why = f"no worker polls task queue {task_queue!r}"
             unchecked = (
-                f"no worker polls task queue {task_queue!r}; the run waits until one starts "
-                f"(python worker.py --task-queue {task_queue}), which checks its agent and plan"
+                f"{why}; the run waits until one starts (python worker.py --task-queue "
+                f"{task_queue}), which checks its agent and plan"
             )
         else:
             await asyncio.wait_for(asyncio.shield(admission), max(0.0, deadline - loop.time()))
@@ -176,8 +178,9 @@ async def admitted_start(
             return await start.workflow_handle()
     except WorkflowUpdateFailedError as err:
         cause = err.cause
-        why = cause.message if isinstance(cause, ApplicationError) else str(err)
-        raise RunRefused(why) from err
+        raise RunRefused(
+            cause.message if isinstance(cause, ApplicationError) else str(err)
+        ) from err
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         pass
     admission.cancel()
@@ -193,7 +196,7 @@ async def admitted_start(
         with run_must_exist(run_id):
             await handle.describe()
     except RunNotFound as err:
-        raise RunNotFound(f"run {run_id!r} did not start: {unchecked.split(';')[0]}") from err
+        raise RunNotFound(f"run {run_id!r} did not start: {why}") from err
     if on_no_worker is not None:
         on_no_worker(unchecked)
     return handle

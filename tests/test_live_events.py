@@ -44,10 +44,6 @@ def pay_steps(n: int, pause_s: float) -> list[keel.StepSpec]:
     ]
 
 
-async def collect(events: object) -> list[RunEvent]:
-    return [event async for event in events]  # type: ignore[attr-defined]
-
-
 async def test_watch_and_events_survive_a_sigkill_and_continue_as_new(
     dev_client: Client, tmp_path: Path
 ) -> None:

@@ -244,7 +244,6 @@ def test_declarations_are_checked() -> None:
     assert "supervisors nest in a loop: la > lb > la" in str(err.value)
     with pytest.raises(ValueError, match="child keys must be unique"):
         SupervisorSpec(name="dup", children=(works("a"), works("a")))
-    _ = uuid
 
 
 async def test_a_long_lived_supervisor_continues_as_new_and_its_children_run_on(
