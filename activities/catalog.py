@@ -28,6 +28,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from keel.activities.checks import BUILTIN_CHECKS
+from keel.activities.jobs import JOB_ACTIVITIES
 from keel.activities.live import Publisher
 from keel.activities.models.context_store import answered, expand
 from keel.activities.models.providers import PROVIDERS
@@ -380,6 +381,7 @@ class Catalog:
             keel.model_call,
             keel.check_args,
             keel.check_output,
+            *JOB_ACTIVITIES,
             *(t.activity for t in self.tools.values()),
         ]
 

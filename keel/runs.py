@@ -33,12 +33,12 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from keel.activities.outcomes import outcome
 from keel.activities.settings import env_number
 from keel.connection import pollers
 from keel.shared.errors import RunClosed, RunExists, RunNotFound, RunRefused
 from keel.workflows.agent import AgentWorkflow
 from keel.workflows.contracts import (
-    NOT_DONE_FAILURE,
     STATUS_ATTRIBUTE,
     AgentRunInput,
     AuditEntry,
@@ -255,27 +255,6 @@ async def audit_trail(
     for entry in report.audit:
         entries.setdefault(entry.model_dump_json(), entry)
     return sorted(entries.values(), key=lambda e: e.at)
-
-
-def reported(err: WorkflowFailureError) -> RunReport | None:
-    """The report a NOT_DONE run failed its workflow with (None for any other failure)."""
-    cause = err.cause
-    if isinstance(cause, ApplicationError) and cause.type == NOT_DONE_FAILURE and cause.details:
-        return RunReport.model_validate(cause.details[0])
-    return None
-
-
-async def outcome(handle: WorkflowHandle[Any, RunReport]) -> RunReport:
-    """Wait for the run's end and return its report: a DONE run completes its workflow with it,
-    a NOT_DONE one fails its workflow carrying it. Any other failure (a run failed on a
-    determinism violation, terminated, timed out) raises as temporalio raises it."""
-    try:
-        return await handle.result()
-    except WorkflowFailureError as err:
-        report = reported(err)
-        if report is None:
-            raise
-        return report
 
 
 async def get_report(client: Client, run_id: str, execution: str | None = None) -> RunReport:

@@ -61,6 +61,9 @@ class StepByStep:
         agent = state.agent
         schemas = tool_schemas(state.tools, agent.tools, agent.output_schema, agent.delegates)
         if state.run.carry is None:
+            if state.previous_run is not None:  # the job asked for it; nothing else crosses
+                earlier = f"What this job's previous run reported: {state.previous_run}"
+                thread.turns.append(Message(role="user", content=earlier))
             thread.turns.append(Message(role="user", content=state.run.goal))
         malformed = 0
         system = system_prompt(state.run.goal, agent.prompt)
@@ -154,6 +157,8 @@ class StepByStep:
         )
         report.steps.append(step)
         await self.steps.run(step, key=call_key(action.tool, action.args), within=within)
+        if step.drafted:
+            return json.dumps(step.result)
         if step.done:
             value = step.result if step.result_ref is None else step.result_ref.preview
             return json.dumps(value, default=str)

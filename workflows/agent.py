@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.edits import check_edit
     from keel.workflows.failures import Unwind, describe_failure
     from keel.workflows.gate import HumanGate
+    from keel.workflows.jobs import JobHooks
     from keel.workflows.model_thread import ModelThread
     from keel.workflows.planning import Planner
     from keel.workflows.run_state import RunState
@@ -84,6 +85,7 @@ class AgentWorkflow:
         self._compensator = Compensator(state, saga, gate)
         self._sources: dict[str, int] = {}  # activity_events: the last batch of each source
         self._supervision = Supervision(state, gate)
+        self._jobs = JobHooks(state)
 
     @workflow.query
     def report(self) -> RunReport:
@@ -170,7 +172,7 @@ class AgentWorkflow:
     @workflow.run
     async def run(self, run: AgentRunInput) -> RunReport:
         with span("run", agent=run.agent.name, run_id=self._state.report.run_id) as current:
-            report = await self._execute()
+            report = await self._jobs.finish(await self._execute())
             # A client's admission (or decision) hears its answer before the run closes.
             await workflow.wait_condition(workflow.all_handlers_finished)
             if run.parent is not None:
@@ -213,6 +215,8 @@ class AgentWorkflow:
                 # A carry is what a run hands its own continuation; from a client it could
                 # claim steps, tools or compensations the run never had.
                 return state.refuse("refused: a carry is written by Keel only")
+            if state.run.carry is None and (skipped := await self._jobs.gate()) is not None:
+                return skipped
             # Runs started before the worker became the authority on agents replay as they ran.
             state.agent_from_worker = workflow.patched("keel-agent-from-worker")
             if state.agent_from_worker:

@@ -54,6 +54,7 @@ class Continuation:
         state = self.state
         length = workflow.info().get_current_history_length()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        await state.settled()  # a notification in flight is sent by this segment
         state.report.continued += 1
         state.log(f"continuing as new after {length} history events", event="continue_as_new")
         act_sent = self.thread.threads.get("act", (None, 0))[1]

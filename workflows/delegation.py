@@ -65,6 +65,7 @@ class Delegator:
             agent=AgentSpec(name=action.tool, budget=self.carved()),
             goal=action.text,
             status_attribute=state.run.status_attribute,
+            draft=state.run.draft,  # a draft's delegate writes nothing either
             ceilings=(
                 *state.run.ceilings,
                 Ceiling(agent=own.name, tools=own.tools, grants=own.grants),

@@ -8,6 +8,7 @@ Workflow code: times are workflow time, logs are silent on replay.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import cast, get_args
 
 from temporalio import workflow
@@ -42,6 +43,8 @@ class RunState:
             agent=run.agent.name,
             goal=run.goal,
             budget=run.agent.budget,
+            draft=run.draft,
+            job=run.job.name if run.job else None,
         )
         self.tools: dict[str, ToolSpec] = {}
         self.events = EventLog(workflow.now)
@@ -57,6 +60,13 @@ class RunState:
         # until it decides. A client starting the run waits on it (AgentWorkflow.admission).
         self.admitted: bool | None = None
         self.supervisor: SupervisorSpec | None = None  # the run supervises (Supervision)
+        # Told (before, after) of every status change (JobHooks notifies a human it waits on).
+        self.on_status: list[Callable[[RunStatus, RunStatus], None]] = []
+        # Work started in the background (notifications): settled before the run closes or
+        # continues as new.
+        self.side_tasks: list[asyncio.Task[None]] = []
+        # A job's previous run, when the job asks for it: for the model's opening context.
+        self.previous_run: str | None = None
 
     @property
     def agent(self) -> AgentSpec:
@@ -83,7 +93,7 @@ class RunState:
         workflow.logger.info(message, extra={k: v for k, v in fields.items() if v is not None})
 
     def set_status(self, status: RunStatus) -> None:
-        self.report.status = status
+        before, self.report.status = self.report.status, status
         pending = self.report.pending
         # The memo says what the run waits for, readable with no worker running (describe).
         workflow.upsert_memo({"pending": pending.model_dump(mode="json") if pending else None})
@@ -95,6 +105,13 @@ class RunState:
         )
         if self.run.status_attribute:
             workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
+        for listener in self.on_status:
+            listener(before, status)
+
+    async def settled(self) -> None:
+        """Wait for the work started in the background."""
+        while self.side_tasks:
+            await self.side_tasks.pop(0)
 
     def admit(self) -> None:
         if self.admitted is None:

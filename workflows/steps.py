@@ -70,6 +70,8 @@ class StepRunner:
         await self.budget.admit("tool", key)  # a spent budget (denials included) stops first
         if self._refused(step, spec, key):
             return
+        if self.state.run.draft and spec.effect == "write":
+            return self._drafted(step)
         if not await self._approved(step, spec):
             return self.state.skip(step, "skipped at its approval deadline")
         self.state.report.used.steps += 1
@@ -161,6 +163,23 @@ class StepRunner:
             tool=step.tool,
             attempt=step.attempts,
             event="step_done",
+        )
+
+    def _drafted(self, step: StepState) -> None:
+        """Draft mode: the write is recorded with its arguments, not made (and so needs no
+        approval and no compensation)."""
+        state = self.state
+        step.skipped = step.drafted = True
+        step.result = {"draft": "not written: this run is a draft; the write is recorded"}
+        step.finished_at = workflow.now()
+        state.report.would_write += 1
+        self._audit_call(step, "drafted", "draft mode: would write, not made")
+        state.log(
+            f"step {step.index} would write (draft): {step.tool} {step.args}"[:500],
+            step=step.index,
+            tool=step.tool,
+            event="step_done",
+            outcome="drafted",
         )
 
     def _timed(self, step: StepState, outcome: str) -> None:

@@ -125,6 +125,7 @@ class Supervision:
             goal=goal,
             plan=spec.plan,
             status_attribute=self.state.run.status_attribute,
+            draft=self.state.run.draft,
             parent=info.workflow_id,
             child_key=child.key,
         )

@@ -48,6 +48,13 @@ class Verifier:
     async def verify(self) -> RunReport:
         state = self.state
         report = state.report
+        if report.would_write:
+            # Nothing was written: checking the result would judge a world the run left alone.
+            return state.finish(
+                "NOT_DONE",
+                f"draft: {report.would_write} write(s) recorded as would-write and not made; "
+                "acceptance not checked",
+            )
         await self.check_acceptance()
         if state.agent.routes.verify is not None:
             review = await self.thread.review()

@@ -3,9 +3,9 @@
     from keel.workflows.contracts import PlanSpec, AgentSpec, RunReport, Budget
 
 base (limits, shared bases), policy (retries, gates, grants, tool specs), plan (plans, agents),
-models (routes, model calls, budgets), wire (activity boundaries), report (durable plan state
-and the report), run (the run input and its carry). Pure (no I/O, no clocks): workflow code
-imports it through ``imports_passed_through``.
+models (routes, model calls, budgets), jobs (a scheduled run's job, its notifications), wire
+(activity boundaries), report (durable plan state and the report), run (the run input and its
+carry). Pure (no I/O, no clocks): workflow code imports it through ``imports_passed_through``.
 """
 
 from keel.workflows.contracts.base import (
@@ -28,6 +28,25 @@ from keel.workflows.contracts.base import (
     TimeoutAction,
     ToolKind,
     audit_kept,
+)
+from keel.workflows.contracts.jobs import (
+    NOTIFICATIONS_KEPT,
+    PREVIOUS_CHARS,
+    RUN_PREFIX,
+    SCHEDULE_PREFIX,
+    SECRET_PLACEHOLDER,
+    Channel,
+    JobContext,
+    JobGateAnswer,
+    JobGateRequest,
+    JobOutput,
+    Notification,
+    NotificationState,
+    NotifyOn,
+    OutboxChannel,
+    WebhookChannel,
+    job_name,
+    schedule_id,
 )
 from keel.workflows.contracts.models import (
     ASK_HUMAN,
@@ -126,9 +145,14 @@ __all__ = [
     "MAX_GOAL_CHARS",
     "MAX_STEPS",
     "NARROWABLE_LIMITS",
+    "NOTIFICATIONS_KEPT",
     "NOT_DONE_FAILURE",
     "PLAN_RUNNER",
+    "PREVIOUS_CHARS",
     "PROGRESS_KEPT",
+    "RUN_PREFIX",
+    "SCHEDULE_PREFIX",
+    "SECRET_PLACEHOLDER",
     "STATUS_ATTRIBUTE",
     "STEPS_KEPT",
     "TOOL_NAME",
@@ -147,6 +171,7 @@ __all__ = [
     "Budget",
     "BudgetUsed",
     "Ceiling",
+    "Channel",
     "CheckResult",
     "CheckedOutput",
     "ChildEnded",
@@ -160,12 +185,20 @@ __all__ = [
     "EventKind",
     "EventPage",
     "Grant",
+    "JobContext",
+    "JobGateAnswer",
+    "JobGateRequest",
+    "JobOutput",
     "Message",
     "ModelCallRecord",
     "ModelRef",
     "ModelReply",
     "ModelRequest",
+    "Notification",
+    "NotificationState",
+    "NotifyOn",
     "OmitDefaults",
+    "OutboxChannel",
     "OutputCheck",
     "PendingRequest",
     "PlanRequest",
@@ -199,7 +232,10 @@ __all__ = [
     "ToolSchema",
     "ToolSpec",
     "Usage",
+    "WebhookChannel",
     "audit_kept",
+    "job_name",
     "preamble_blob",
     "preamble_ref",
+    "schedule_id",
 ]

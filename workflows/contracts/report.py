@@ -16,6 +16,7 @@ from keel.workflows.contracts.base import (
     TimeoutAction,
     _Strict,
 )
+from keel.workflows.contracts.jobs import NotificationState
 from keel.workflows.contracts.models import Budget, BudgetUsed, ModelCallRecord
 from keel.workflows.contracts.supervision import ChildState
 from keel.workflows.contracts.wire import ResultRef
@@ -105,6 +106,8 @@ class StepState(_Strict):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     child: str | None = None  # a delegation: the run id of the agent it handed the goal to
+    # A draft run's write: not made, recorded with its arguments as "would write".
+    drafted: bool = False
 
 
 class AcceptanceState(_Strict):
@@ -218,6 +221,13 @@ class RunReport(_Strict):
     # The worker refused the run (its agent or given plan) before anything ran: its id may be
     # started again without --rerun, since no write of it could repeat.
     refused: bool = False
+    # A run in draft mode: reads ran, writes were recorded as "would write" and not made.
+    draft: bool = False
+    would_write: int = 0  # a draft run's writes recorded and not made
+    job: str | None = None  # the job whose schedule started the run
+    # A job's run skipped because a job it is blocked by did not end DONE: why.
+    blocked: str = ""
+    notifications: list[NotificationState] = Field(default_factory=list)  # the newest kept
 
     @property
     def next_step(self) -> StepState | None:

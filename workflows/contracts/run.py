@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import Field
 
 from keel.workflows.contracts.base import MAX_GOAL_CHARS, _Strict
+from keel.workflows.contracts.jobs import JobContext
 from keel.workflows.contracts.models import Message
 from keel.workflows.contracts.plan import AgentSpec, PlanSpec
 from keel.workflows.contracts.policy import Ceiling, ToolSpec
@@ -38,6 +39,10 @@ class AgentRunInput(_Strict):
     # and their run ids, oldest first. Only ever narrows: the worker's grants still apply.
     ceilings: tuple[Ceiling, ...] = ()
     chain: tuple[str, ...] = ()
+    # Draft mode: read tools run, write tools do not (each is recorded as "would write").
+    draft: bool = False
+    # A run started by a job's schedule: the job it belongs to (see keel/jobs.py).
+    job: JobContext | None = None
     # Set by the run itself when it continues as new: the state it carries on with.
     carry: RunCarry | None = None
 
