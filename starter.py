@@ -15,9 +15,12 @@
     python starter.py audit RUN_ID [--execution E]  (who did what and when, as JSON lines)
     python starter.py show RUN_ID [--execution E] [--json]  (the timeline, from its history)
         (--execution: an earlier run of a rerun id, by the execution id `run --rerun` prints)
-    python starter.py prune --older-than 7d [--dry-run]
+    python starter.py prune --older-than 7d [--dry-run] [--jobs jobs.toml]
         (removes blobs older than that from the blob store, $KEEL_STORE_DIR or
-        $KEEL_STORE_URL, except those a running run pins)
+        $KEEL_STORE_URL, except those a running run pins; with --jobs, also the closed job
+        runs' outbox files and outputs as old)
+    python starter.py jobs [--file jobs.toml] [--json]    (see keel/jobs_cli.py)
+    python starter.py jobs sync [FILE] [--dry-run] | run NAME | pause NAME | resume NAME
 
 run waits until a worker admits the run: the worker resolves the agent and checks the plan, and
 its refusal is an error here (exit 1); with no worker answering, the run starts unchecked and a
@@ -39,6 +42,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any, get_args
@@ -48,9 +52,11 @@ from temporalio.client import Client
 
 from keel import connect, task_queue
 from keel.activities.catalog import explain
-from keel.activities.settings import OneLineParser, env_choice
+from keel.activities.settings import OneLineParser, env_choice, seconds_in
 from keel.activities.store import BlobStore
 from keel.humans import decide, pending_runs
+from keel.jobs import load_registry, prune_job_files
+from keel.jobs_cli import add_jobs_command, jobs_command
 from keel.live import follow
 from keel.logs import add_logging_args, configure_logging
 from keel.process import exit_now
@@ -122,6 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--older-than", required=True, type=duration, help="age, e.g. 7d, 12h, 30m, 90s"
     )
     prune.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+    prune.add_argument(
+        "--jobs", type=Path, help="a jobs file: also its runs' outbox files and outputs"
+    )
+    add_jobs_command(sub)
     for command_parser in sub.choices.values():
         add_logging_args(command_parser)
     return parser.parse_args(argv)
@@ -172,14 +182,16 @@ def add_decision_commands(sub: Any) -> None:
 
 def duration(text: str) -> float:
     """Seconds in '7d', '12h', '30m' or '90s'."""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    number, unit = text[:-1], text[-1:]
-    if unit not in units or not number.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 7d, 12h, 30m or 90s")
-    return int(number) * units[unit]
+    try:
+        return seconds_in(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
-async def prune_blobs(client: Client, older_than: float, dry_run: bool) -> int:
+async def prune_blobs(
+    client: Client, older_than: float, dry_run: bool, jobs_file: Path | None
+) -> int:
+    registry = load_registry(jobs_file) if jobs_file is not None else None
     # Open runs come from the server, never guessed: an unreachable server fails before this.
     running = {w.id async for w in client.list_workflows("ExecutionStatus = 'Running'")}
     try:
@@ -194,6 +206,13 @@ async def prune_blobs(client: Client, older_than: float, dry_run: bool) -> int:
         f"{result.blobs_kept_for_open_runs} referenced by {len(running)} running runs and "
         f"{result.blobs_kept_young} younger than the limit"
     )
+    if registry is not None:
+        files = prune_job_files(registry, running, older_than, dry_run, time.time())
+        print(
+            f"{verb} {files.removed} job files ({files.bytes_removed} bytes: outbox and "
+            f"output); kept {files.kept_for_open_runs} of open runs and {files.kept_young} "
+            "younger than the limit"
+        )
     return 0
 
 
@@ -330,7 +349,9 @@ async def command(args: argparse.Namespace) -> int:
     if args.command == "watch":
         return await watch_run(client, args.run_id, args.since, args.json)
     if args.command == "prune":
-        return await prune_blobs(client, args.older_than, args.dry_run)
+        return await prune_blobs(client, args.older_than, args.dry_run, args.jobs)
+    if args.command == "jobs":
+        return await jobs_command(client, args, task_queue(args.task_queue))
     if args.command == "audit":
         for entry in await audit_trail(client, args.run_id, args.execution):
             print(entry.model_dump_json())

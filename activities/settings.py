@@ -51,6 +51,17 @@ def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
     return text
 
 
+DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def seconds_in(text: str) -> int:
+    """Seconds in '7d', '12h', '30m' or '90s'; ValueError for anything else."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in DURATION_UNITS or not number.isdigit():
+        raise ValueError(f"{text!r} is not a duration like 7d, 12h, 30m or 90s")
+    return int(number) * DURATION_UNITS[unit]
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`prog: error: ...`, exit 2), like every
     other error of Keel's commands; --help still shows the usage."""

@@ -79,3 +79,11 @@ class RunClosed(KeelError):
 
 class StatusAttributeMissing(KeelError):
     """The namespace lacks the KeelStatus search attribute, so waiting runs cannot be listed."""
+
+
+class RegistryError(KeelError):
+    """A jobs registry file Keel refuses: the message names the file, the job and the field."""
+
+
+class JobNotFound(KeelError):
+    """No job of that name has a schedule on the server (sync the registry first)."""
