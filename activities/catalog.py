@@ -49,6 +49,7 @@ from keel.workflows.contracts import (
     CheckedOutput,
     ModelReply,
     ModelRequest,
+    NamedRoutes,
     OutputCheck,
     PlanRequest,
     PlanSpec,
@@ -104,7 +105,7 @@ def _import(target: str) -> ModuleType:
 
 
 # What a tools module may declare for the worker's catalog.
-Declared = Tool | AgentSpec | ScriptedPlanner | ScriptedModel | SupervisorSpec
+Declared = Tool | AgentSpec | ScriptedPlanner | ScriptedModel | SupervisorSpec | NamedRoutes
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Catalog:
     planners: dict[str, ScriptedPlanner] = field(default_factory=dict)
     models: dict[str, ScriptedModel] = field(default_factory=dict)
     supervisors: dict[str, SupervisorSpec] = field(default_factory=dict)
+    routes: dict[str, NamedRoutes] = field(default_factory=dict)
 
     @classmethod
     def of(cls, items: Iterable[Declared] = ()) -> Catalog:
@@ -138,6 +140,7 @@ class Catalog:
             dict(self.planners),
             dict(self.models),
             dict(self.supervisors),
+            dict(self.routes),
         )
         for item in items:
             copy.add(item)
@@ -162,6 +165,10 @@ class Catalog:
             if self.supervisors.get(item.name, item) != item:
                 raise CatalogError(f"two supervisors are named {item.name!r}")
             self.supervisors[item.name] = item
+        elif isinstance(item, NamedRoutes):
+            if self.routes.get(item.name, item) != item:
+                raise CatalogError(f"two sets of routes are named {item.name!r}")
+            self.routes[item.name] = item
         elif isinstance(item, ScriptedModel):
             self.models[item.name] = item
         else:
@@ -174,11 +181,18 @@ class Catalog:
             known = ", ".join(sorted(self.agents)) or "none"
             raise CatalogError(f"unknown agent {name!r} (known: {known})") from None
 
-    def resolve(self, requested: AgentSpec) -> AgentSpec:
+    def resolve(self, requested: AgentSpec, routes: str | None = None) -> AgentSpec:
         """The agent a run may be: this catalog's definition of that name (PLAN_RUNNER for a
-        plan given up front), with the budget narrowed where the run asks for less. Nothing
-        else a client sends (grants, approvals, tools, routes) is trusted."""
+        plan given up front), with the budget narrowed where the run asks for less and, when
+        it names them, routes this catalog offers (NamedRoutes). Nothing else a client sends
+        (grants, approvals, tools, models) is trusted."""
         own = PLAN_RUNNER if requested.name == PLAN_RUNNER.name else self.agent(requested.name)
+        if routes is not None:
+            named = self.routes.get(routes)
+            if named is None:
+                known = ", ".join(sorted(self.routes)) or "none"
+                raise CatalogError(f"unknown routes {routes!r} (known: {known})")
+            own = own.model_copy(update={"routes": named.over(own.routes)})
         turns = requested.loop.max_turns
         loop = own.loop
         # A value at its default is no opinion: a client naming only the agent narrows nothing.
@@ -418,7 +432,7 @@ class KeelActivities:
             agent = AgentSpec(name=supervisor.name, description=supervisor.description)
             return ResolvedAgent(agent=agent, supervisor=supervisor)
         try:
-            agent = self.catalog.resolve(request.agent)
+            agent = self.catalog.resolve(request.agent, request.routes)
         except CatalogError as err:
             return ResolvedAgent(problem=f"{err}: this worker does not serve it")
         tools = {n: self.catalog.tools[n].spec for n in request.tools if n in self.catalog.tools}

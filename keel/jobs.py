@@ -112,9 +112,13 @@ class JobSpec(_Table):
     cron: str | None = None
     every: str | None = None
     timezone: str = "UTC"
+    # Each firing happens up to this much later, at random: jobs sharing a time (every hour on
+    # the hour) do not all fire in the same second (bench/jobs.py measures the difference).
+    jitter: str | None = None
     mode: Literal["live", "draft"] = "live"
     enabled: bool = True
     budget: Budget = Budget()
+    routes: str | None = None  # model routes the worker offers by name (keel.NamedRoutes)
     output_dir: str | None = None
     blocked_by: tuple[str, ...] = ()
     overlap: Literal[
@@ -125,7 +129,7 @@ class JobSpec(_Table):
     notify: tuple[ChannelEntry, ...] | None = None  # None: the outbox beside the file
     notify_on: tuple[NotifyOn, ...] = ("ended", "waiting")
 
-    @field_validator("every", "catchup_window")
+    @field_validator("every", "catchup_window", "jitter")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
         if value is not None and seconds_in(value) < 1:
@@ -290,6 +294,7 @@ def run_of(path: Path, name: str, spec: JobSpec) -> AgentRunInput:
             agent=AgentSpec(name=spec.agent or PLAN_RUNNER.name, budget=spec.budget),
             goal=spec.goal or (plan.goal if plan else ""),
             plan=plan,
+            routes=spec.routes,
             draft=spec.mode == "draft",
             job=JobContext(
                 name=name,
@@ -321,6 +326,7 @@ def schedule_of(job: Job, registry: Registry, task_queue: str, status_attribute:
             cron_expressions=[spec.cron] if spec.cron else [],
             intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every))] if every else [],
             time_zone_name=spec.timezone,
+            jitter=timedelta(seconds=seconds_in(spec.jitter)) if spec.jitter else None,
         ),
         policy=SchedulePolicy(
             overlap=OVERLAP[spec.overlap],
@@ -430,6 +436,7 @@ def replace_with(schedule: Schedule) -> Any:
 def when(spec: JobSpec) -> str:
     every = f"every {spec.every}" if spec.every else f"cron {spec.cron!r}"
     zone = f" ({spec.timezone})" if spec.timezone != "UTC" else ""
+    zone += f", jitter {spec.jitter}" if spec.jitter else ""
     paused = ", paused (enabled = false)" if not spec.enabled else ""
     return f"{every}{zone}, {spec.mode}{paused}"
 

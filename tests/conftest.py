@@ -46,9 +46,9 @@ from temporalio.worker import Replayer, Worker
 
 import keel
 from keel import KeelPlugin
-from keel.activities.catalog import Catalog
+from keel.activities.catalog import Catalog, Declared
 from keel.devserver import start_dev_server
-from keel.workflows.contracts import STATUS_ATTRIBUTE, AgentSpec, RunReport
+from keel.workflows.contracts import STATUS_ATTRIBUTE, RunReport
 
 # Every span of the test session, in memory: the tracing test asserts span trees with it and
 # the secret tests scan it. The SDK takes one tracer provider per process, so it is set here.
@@ -189,9 +189,10 @@ def ledger_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @asynccontextmanager
-async def keel_worker(client: Client, catalog: Catalog, *agents: AgentSpec) -> AsyncIterator[str]:
+async def keel_worker(client: Client, catalog: Catalog, *agents: Declared) -> AsyncIterator[str]:
     """An in-process worker with Keel, `catalog` and `agents` (the worker resolves a run's
-    agent by name from its own catalog) on a fresh task queue; yields the queue."""
+    agent by name from its own catalog; any other declaration goes in too) on a fresh task
+    queue; yields the queue."""
     queue = f"test-{uuid.uuid4().hex[:8]}"
     plugin = KeelPlugin(catalog.including(*agents))
     async with Worker(client, task_queue=queue, plugins=[plugin]):

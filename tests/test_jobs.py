@@ -29,12 +29,12 @@ from temporalio.client import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from examples import ledger
-from keel.activities.catalog import Catalog
+from keel.activities.catalog import Catalog, Declared
 from keel.activities.jobs import recent_runs
 from keel.jobs import job_rows, load_registry, managed, sync
 from keel.runs import get_report
 from keel.shared.errors import RegistryError
-from keel.workflows.contracts import AgentSpec, RunReport, schedule_id
+from keel.workflows.contracts import NamedRoutes, Route, Routes, RunReport, schedule_id
 from tests.conftest import dev_address, keel_worker, replay_all
 from tests.model_server import ModelServer, Reply, openai_call
 from tests.processes import WorkerProcess, run, starter, worker_env
@@ -59,7 +59,7 @@ def registry_file(tmp_path: Path, text: str) -> Path:
 
 
 @asynccontextmanager
-async def jobs_served(client: Client, path: Path, *agents: AgentSpec) -> AsyncIterator[None]:
+async def jobs_served(client: Client, path: Path, *agents: Declared) -> AsyncIterator[None]:
     """The file's jobs on the server, and a worker serving their runs, for the test's length;
     the schedules are deleted after."""
     registry = load_registry(path)
@@ -141,6 +141,46 @@ previous_run = true
     for body, found in told_runs:
         assert len(found) <= 1 and set(found) <= told_summaries | {"-"}, body
         assert bool(found) == ("previous run reported" in body)
+
+
+async def test_a_job_takes_model_routes_the_worker_offers_by_name(
+    dev_client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    routed, misrouted = unique("routed"), unique("misrouted")
+    with ModelServer() as server:
+        server.script("/openai/v1/chat/completions", lambda _: openai_call("finish", summary="own"))
+        server.script(
+            "/other/v1/chat/completions", lambda _: openai_call("finish", summary="named")
+        )
+        agent = clerk(openai_ref(server), name="routed-clerk")
+        other = openai_ref(server, base_url=server.url + "/other/v1")
+        named = NamedRoutes(name="other", routes=Routes(act=Route(models=(other,))))
+        path = registry_file(
+            tmp_path,
+            f"""
+[jobs.{routed}]
+agent = "routed-clerk"
+goal = "check"
+every = "1h"
+routes = "other"
+
+[jobs.{misrouted}]
+agent = "routed-clerk"
+goal = "check"
+every = "1h"
+routes = "nope"
+""",
+        )
+        async with jobs_served(dev_client, path, agent, named):
+            for name in (routed, misrouted):
+                await dev_client.get_schedule_handle(schedule_id(name)).trigger()
+            (done,) = await closed_runs(dev_client, routed, 1)
+            (refused,) = await closed_runs(dev_client, misrouted, 1)
+        assert server.requests("/openai/v1/chat/completions") == []
+        assert len(server.requests("/other/v1/chat/completions")) == 1
+    assert done.status == "DONE" and done.summary == "named", done.reason
+    assert refused.refused and "unknown routes 'nope' (known: other)" in refused.reason
 
 
 async def test_sync_is_idempotent_and_leaves_other_schedules_alone(

@@ -47,7 +47,7 @@ class Planner:
         state = self.state
         resolved = await workflow.execute_local_activity(
             "keel.resolve_agent",
-            AgentRequest(agent=state.agent, tools=sorted(state.tools)),
+            AgentRequest(agent=state.agent, tools=sorted(state.tools), routes=state.run.routes),
             result_type=ResolvedAgent,
             start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
             retry_policy=KEEL_RETRY,

@@ -89,6 +89,21 @@ class Routes(_Frozen):
     verify: Route | None = None
 
 
+class NamedRoutes(_Frozen):
+    """Model routes a worker offers by name: a run (a job's `routes = "NAME"`) may take them
+    instead of its agent's own. Declared in the worker's catalog, like agents, so a client
+    picks among routes the operator chose and never sends a model of its own."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str = ""
+    routes: Routes
+
+    def over(self, own: Routes) -> Routes:
+        """`own` with each kind these routes set replaced."""
+        r = self.routes
+        return Routes(plan=r.plan or own.plan, act=r.act or own.act, verify=r.verify or own.verify)
+
+
 class Budget(_Frozen):
     """Per-run limits, checked in the workflow before every call. None: no limit."""
 

@@ -39,6 +39,8 @@ class AgentRunInput(_Strict):
     # and their run ids, oldest first. Only ever narrows: the worker's grants still apply.
     ceilings: tuple[Ceiling, ...] = ()
     chain: tuple[str, ...] = ()
+    # Model routes the worker offers by name (NamedRoutes), instead of the agent's own.
+    routes: str | None = Field(None, max_length=64)
     # Draft mode: read tools run, write tools do not (each is recorded as "would write").
     draft: bool = False
     # A run started by a job's schedule: the job it belongs to (see keel/jobs.py).

@@ -93,6 +93,7 @@ class AgentRequest(_Strict):
 
     agent: AgentSpec
     tools: list[str] = Field(default_factory=list)
+    routes: str | None = None  # NamedRoutes the run asks for instead of the agent's own
 
 
 class ResolvedAgent(_Strict):
