@@ -87,3 +87,8 @@ class RegistryError(KeelError):
 
 class JobNotFound(KeelError):
     """No job of that name has a schedule on the server (sync the registry first)."""
+
+
+class MemoryUnavailable(KeelError):
+    """The memory store cannot be reached or read (bad KEEL_MEMORY_URL, no server, no such
+    fact)."""
