@@ -21,6 +21,7 @@
         runs' outbox files and outputs as old)
     python starter.py jobs [--file jobs.toml] [--json]    (see keel/jobs_cli.py)
     python starter.py jobs sync [FILE] [--dry-run] | run NAME | pause NAME | resume NAME
+    python starter.py memory recall|history|contested|resolve|forget ...  (keel/memory_cli.py)
 
 run waits until a worker admits the run: the worker resolves the agent and checks the plan, and
 its refusal is an error here (exit 1); with no worker answering, the run starts unchecked and a
@@ -59,6 +60,7 @@ from keel.jobs import load_registry, prune_job_files
 from keel.jobs_cli import add_jobs_command, jobs_command
 from keel.live import follow
 from keel.logs import add_logging_args, configure_logging
+from keel.memory_cli import add_memory_command, memory_command
 from keel.process import exit_now
 from keel.runs import (
     audit_trail,
@@ -132,6 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--jobs", type=Path, help="a jobs file: also its runs' outbox files and outputs"
     )
     add_jobs_command(sub)
+    add_memory_command(sub)
     for command_parser in sub.choices.values():
         add_logging_args(command_parser)
     return parser.parse_args(argv)
@@ -339,6 +342,8 @@ async def watch_run(client: Client, run_id: str, since: int, as_json: bool) -> i
 
 
 async def command(args: argparse.Namespace) -> int:
+    if args.command == "memory":  # the store itself: no server needed
+        return memory_command(args)
     run = build_run(args) if args.command == "run" else None
     # connect() brings Keel's converter and the codec of KEEL_CODEC_KEYS.
     client = await connect(plugins=tracing_plugins("keel-starter"))

@@ -30,6 +30,12 @@ from temporalio.exceptions import ApplicationError
 from keel.activities.checks import BUILTIN_CHECKS
 from keel.activities.jobs import JOB_ACTIVITIES
 from keel.activities.live import Publisher
+from keel.activities.memory.tools import (
+    MEMORY_ACTIVITIES,
+    MEMORY_TOOLS,
+    memory_consolidator,
+    plan_consolidation,
+)
 from keel.activities.models.context_store import answered, expand
 from keel.activities.models.providers import PROVIDERS
 from keel.activities.models.scripted import ScriptedModel, ScriptedPlanner
@@ -104,6 +110,9 @@ def _import(target: str) -> ModuleType:
     return importlib.import_module(target)
 
 
+# Every worker offers memory: its tools (granted like any tool's) and the consolidator agent.
+BUILTIN_MEMORY = (*MEMORY_TOOLS, memory_consolidator, plan_consolidation)
+
 # What a tools module may declare for the worker's catalog.
 Declared = Tool | AgentSpec | ScriptedPlanner | ScriptedModel | SupervisorSpec | NamedRoutes
 
@@ -120,7 +129,7 @@ class Catalog:
     @classmethod
     def of(cls, items: Iterable[Declared] = ()) -> Catalog:
         catalog = cls()
-        for item in (*BUILTIN_CHECKS, *items):
+        for item in (*BUILTIN_CHECKS, *BUILTIN_MEMORY, *items):
             catalog.add(item)
         return catalog
 
@@ -396,6 +405,7 @@ class Catalog:
             keel.check_args,
             keel.check_output,
             *JOB_ACTIVITIES,
+            *MEMORY_ACTIVITIES,
             *(t.activity for t in self.tools.values()),
         ]
 

@@ -219,3 +219,16 @@ def hangs_in_a_thread(seconds: float) -> str:
     print("hanging now", flush=True)
     time.sleep(seconds)
     return "woke up"
+
+
+@tool(effect="write", timeout=600, heartbeat=2)
+async def remember_then_hold(scope: str, subject: str, predicate: str, value: str) -> dict:
+    """Remembers as the `remember` tool does, then holds until $KEEL_TEST_GATE_FILE exists: a
+    worker SIGKILLed here has written the fact and not reported the call."""
+    from keel.activities.memory.tools import remember_fact
+
+    said = remember_fact(scope, subject, predicate, value)
+    gate = Path(os.environ["KEEL_TEST_GATE_FILE"])
+    while not gate.exists():
+        await asyncio.sleep(0.05)
+    return said

@@ -187,7 +187,7 @@ async def test_run_wait_with_no_worker_says_so_and_keeps_waiting(
     [
         (
             ["run", "nobody", "--goal", "x"],
-            "unknown agent 'nobody' (known: ledger-agent, ledger-clerk)",
+            "unknown agent 'nobody' (known: ledger-agent, ledger-clerk, memory-consolidator)",
         ),
         (["run", "ledger-clerk"], "agent 'ledger-clerk' needs a --goal"),
         (["run"], "name an agent or give --plan FILE.json"),

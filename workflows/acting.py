@@ -64,6 +64,8 @@ class StepByStep:
             if state.previous_run is not None:  # the job asked for it; nothing else crosses
                 earlier = f"What this job's previous run reported: {state.previous_run}"
                 thread.turns.append(Message(role="user", content=earlier))
+            if state.memory_context is not None:
+                thread.turns.append(Message(role="user", content=state.memory_context))
             thread.turns.append(Message(role="user", content=state.run.goal))
         malformed = 0
         system = system_prompt(state.run.goal, agent.prompt)

@@ -55,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.failures import Unwind, describe_failure
     from keel.workflows.gate import HumanGate
     from keel.workflows.jobs import JobHooks
+    from keel.workflows.memory import MemoryHooks
     from keel.workflows.model_thread import ModelThread
     from keel.workflows.planning import Planner
     from keel.workflows.run_state import RunState
@@ -86,6 +87,7 @@ class AgentWorkflow:
         self._sources: dict[str, int] = {}  # activity_events: the last batch of each source
         self._supervision = Supervision(state, gate)
         self._jobs = JobHooks(state)
+        self._memory = MemoryHooks(state)
 
     @workflow.query
     def report(self) -> RunReport:
@@ -172,7 +174,8 @@ class AgentWorkflow:
     @workflow.run
     async def run(self, run: AgentRunInput) -> RunReport:
         with span("run", agent=run.agent.name, run_id=self._state.report.run_id) as current:
-            report = await self._jobs.finish(await self._execute())
+            report = await self._memory.finish(await self._execute())
+            report = await self._jobs.finish(report)
             # A client's admission (or decision) hears its answer before the run closes.
             await workflow.wait_condition(workflow.all_handlers_finished)
             if run.parent is not None:
@@ -286,6 +289,7 @@ class AgentWorkflow:
                 return state.refuse("agent refused: " + "; ".join(prepared.problems))
             state.tools = prepared.tools
         state.admit()
+        await self._memory.opening()
         await self._acting.act()
         state.stop_if_cancelled()
         return await self._verifier.verify()

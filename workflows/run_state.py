@@ -67,6 +67,8 @@ class RunState:
         self.side_tasks: list[asyncio.Task[None]] = []
         # A job's previous run, when the job asks for it: for the model's opening context.
         self.previous_run: str | None = None
+        # What an agent with memory remembers, for the model's opening context (MemoryHooks).
+        self.memory_context: str | None = None
 
     @property
     def agent(self) -> AgentSpec:

@@ -55,6 +55,12 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS facts_by_key ON facts (scope, subject, predicate, superseded_at)",
     "CREATE INDEX IF NOT EXISTS facts_by_scope ON facts (scope, superseded_at)",
+    """CREATE TABLE IF NOT EXISTS predicates (
+        scope TEXT NOT NULL,
+        predicate TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        PRIMARY KEY (scope, predicate)
+    )""",
     """CREATE TABLE IF NOT EXISTS memory_log (
         at DOUBLE PRECISION NOT NULL,
         action TEXT NOT NULL,
@@ -199,8 +205,39 @@ class MemoryStore:
                     return Remembered(fact=fact_of(found), repeated=True)
             return self._remember(cur, a, key, at)
 
+    def declare(self, scope: str, predicate: str, rule: PredicateSpec) -> None:
+        """How `predicate` behaves in `scope` from now on (an agent's MemoryPolicy declares
+        its predicates when its runs start)."""
+        with self._transaction(lock_of(scope, "", predicate)) as cur:
+            self._run(
+                cur,
+                "INSERT INTO predicates (scope, predicate, rule) VALUES (?, ?, ?) "
+                "ON CONFLICT (scope, predicate) DO UPDATE SET rule = excluded.rule",
+                (scope, predicate, rule.model_dump_json()),
+            )
+
+    def _rule(self, cur: Any, scope: str, predicate: str) -> PredicateSpec:
+        row = self._run(
+            cur, "SELECT rule FROM predicates WHERE scope = ? AND predicate = ?", (scope, predicate)
+        ).fetchone()
+        return PredicateSpec.model_validate_json(row[0]) if row else PredicateSpec()
+
+    def supersede(self, fact_id: str, note: str) -> bool:
+        """Stop believing one fact (kept in history with `note`); False if it was not current."""
+        at = time.time()
+        with self._transaction(None) as cur:
+            done = self._run(
+                cur,
+                "UPDATE facts SET superseded_at = ?, note = ? WHERE id = ? "
+                "AND superseded_at IS NULL",
+                (at, note, fact_id),
+            ).rowcount
+            if done:
+                self._log(cur, at, "supersede", fact_id, "keel", note)
+        return bool(done)
+
     def _remember(self, cur: Any, a: Assertion, key: str | None, at: float) -> Remembered:
-        rule = a.rule
+        rule = a.rule or self._rule(cur, a.scope, a.predicate)
         valid_from = a.valid_from.timestamp() if a.valid_from else at
         valid_to = epoch(a.valid_to)
         expires = epoch(a.expires_at)

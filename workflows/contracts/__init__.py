@@ -48,6 +48,12 @@ from keel.workflows.contracts.jobs import (
     job_name,
     schedule_id,
 )
+from keel.workflows.contracts.memory import (
+    Assertion,
+    Fact,
+    MemoryPolicy,
+    PredicateSpec,
+)
 from keel.workflows.contracts.models import (
     ASK_HUMAN,
     DELEGATE,
@@ -168,6 +174,7 @@ __all__ = [
     "ApprovalPolicy",
     "ArgRule",
     "ArgsCheck",
+    "Assertion",
     "AuditEntry",
     "Budget",
     "BudgetUsed",
@@ -185,11 +192,13 @@ __all__ = [
     "Effect",
     "EventKind",
     "EventPage",
+    "Fact",
     "Grant",
     "JobContext",
     "JobGateAnswer",
     "JobGateRequest",
     "JobOutput",
+    "MemoryPolicy",
     "Message",
     "ModelCallRecord",
     "ModelRef",
@@ -205,6 +214,7 @@ __all__ = [
     "PendingRequest",
     "PlanRequest",
     "PlanSpec",
+    "PredicateSpec",
     "PrepareRequest",
     "PreparedPlan",
     "ProgressEntry",

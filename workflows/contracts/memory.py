@@ -55,7 +55,9 @@ class Assertion(_Strict):
     expires_at: datetime | None = None
     source: str = ""  # a run id and step, or a person
     confidence: float = Field(1.0, ge=0.0, le=1.0)
-    rule: PredicateSpec = PredicateSpec()
+    # How the predicate behaves; None: as declared for the scope (MemoryPolicy.predicates),
+    # else single-valued.
+    rule: PredicateSpec | None = None
 
 
 class Fact(_Strict):

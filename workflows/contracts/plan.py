@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from keel.workflows.contracts.base import MAX_STEPS, TOOL_NAME, _Frozen, _Strict
+from keel.workflows.contracts.memory import MemoryPolicy
 from keel.workflows.contracts.models import ActingPolicy, Budget, Routes
 from keel.workflows.contracts.policy import ApprovalPolicy, Grant
 
@@ -87,6 +88,9 @@ class AgentSpec(_Frozen):
     # carries it as data. Only the worker holds the type: the wire carries its JSON schema.
     output_type: Any = Field(None, exclude=True)
     output_schema: dict[str, Any] | None = None
+    # Memory across runs: its runs start with what it remembers of its scope and leave an
+    # episode (workflows/memory.py); its tools `remember`/`recall`/`forget` are granted apart.
+    memory: MemoryPolicy | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,1 @@
+"""Memory across runs: the fact store (store.py) and what agents do with it (tools.py)."""
