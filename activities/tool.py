@@ -144,6 +144,7 @@ def _declare(
     validator: Validator | None = None,
     scopes: tuple[str, ...] | list[str] = (),
     local: bool = False,
+    parallel: bool = False,
 ) -> Tool:
     tool_name = name or fn.__name__
     if not TOOL_NAME.match(tool_name):
@@ -167,6 +168,7 @@ def _declare(
         timeout=_as_timedelta(timeout, "timeout") or timedelta(seconds=30),
         heartbeat=_as_timedelta(heartbeat, "heartbeat"),
         local=local,
+        parallel=parallel,
         approval=_as_approval(requires_approval),
         scopes=_as_scopes(scopes, tool_name),
         parameters=args_model.model_json_schema(),
@@ -385,6 +387,7 @@ def tool(
     validator: Validator | None = None,
     scopes: tuple[str, ...] | list[str] = (),
     local: bool = False,
+    parallel: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -401,10 +404,13 @@ def tool(
     validator: Validator | None = None,
     scopes: tuple[str, ...] | list[str] = (),
     local: bool = False,
+    parallel: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. Defaults: read effect, 3 attempts with exponential backoff, 30 s timeout.
 
     A compensation is a write tool taking `args` (the undone call's arguments) and `result`.
+    Reads the model asks for together run concurrently; a write runs in its turn unless
+    declared `parallel=True` (safe to run beside other calls).
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -422,6 +428,7 @@ def tool(
             validator=validator,
             scopes=scopes,
             local=local,
+            parallel=parallel,
         )
 
     return wrap(fn) if fn is not None else wrap

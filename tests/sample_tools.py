@@ -232,3 +232,32 @@ async def remember_then_hold(scope: str, subject: str, predicate: str, value: st
     while not gate.exists():
         await asyncio.sleep(0.05)
     return said
+
+
+NAPS: list[tuple[str, str, float]] = []  # (label, "start" or "end", monotonic time)
+
+
+@tool(timeout=30)
+async def nap(label: str, seconds: float) -> str:
+    """A read that takes `seconds`; records when it started and ended."""
+    NAPS.append((label, "start", time.monotonic()))
+    await asyncio.sleep(seconds)
+    NAPS.append((label, "end", time.monotonic()))
+    return f"{label} rested {seconds}s"
+
+
+UNDONE: list[str] = []
+
+
+@tool(effect="write", parallel=True, compensation="undo_booking", timeout=30)
+async def book(label: str, seconds: float) -> str:
+    """A write safe beside other calls, taking `seconds`."""
+    await asyncio.sleep(seconds)
+    NAPS.append((label, "end", time.monotonic()))
+    return label
+
+
+@tool(effect="write", timeout=30)
+def undo_booking(args: dict, result: object = None) -> None:
+    """Undoes a booking: records the order undos ran in."""
+    UNDONE.append(args["label"])

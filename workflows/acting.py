@@ -8,6 +8,7 @@ model says when it has finished. Between turns the run may continue as new.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -128,8 +129,27 @@ class StepByStep:
 
     async def _take(self, actions: list[Action], turn: Span) -> bool:
         """Carry out one answer's actions in order; True once the model has finished. The
-        first tool call is the step `turn` was opened for; the others get spans of their own."""
-        for at, action in enumerate(actions):
+        first tool call is the step `turn` was opened for; the others get spans of their own.
+        Consecutive calls that may run together do (see _together); results go back to the
+        model in the order of the calls."""
+        at = 0
+        while at < len(actions):
+            together = self._together(actions, at)
+            if len(together) > 1:
+                if at == 0:
+                    turn.update_name("keel.turn")  # each call of the batch has its own span
+                texts = await self._do_together(together)
+                self.state.stop_if_cancelled()
+                for action, text in zip(together, texts, strict=True):
+                    self.thread.turns.append(
+                        Message(
+                            role="tool", content=text, tool_call_id=action.call_id, name=action.tool
+                        )
+                    )
+                at += len(together)
+                continue
+            action = actions[at]
+            at += 1
             if action.kind == "finish":
                 self.state.report.summary = action.text
                 self.state.report.output = action.output
@@ -138,7 +158,7 @@ class StepByStep:
             if action.kind == "delegate":
                 text = await self.delegator.delegate(action)
             else:
-                within = turn if at == 0 else None
+                within = turn if at == 1 else None
                 text = await (
                     self._ask_human(action) if action.kind == "ask" else self._do(action, within)
                 )
@@ -148,8 +168,46 @@ class StepByStep:
             )
         return False
 
-    async def _do(self, action: Action, within: Span | None = None) -> str:
-        """Run one tool call as a new step of the plan; its result (or failure) as text."""
+    def _together(self, actions: list[Action], at: int) -> list[Action]:
+        """The calls from `at` on that run at once: consecutive tool calls that may
+        (StepRunner.may_run_together), when the agent allows more than one at a time. Runs from
+        before parallel calls replay one call at a time."""
+        if self.state.agent.loop.max_parallel < 2:
+            return []
+        run: list[Action] = []
+        for action in actions[at:]:
+            if action.kind != "tool" or not self.steps.may_run_together(action.tool, action.args):
+                break
+            run.append(action)
+        if len(run) < 2 or not workflow.patched("keel-parallel-calls"):
+            return []
+        return run
+
+    async def _do_together(self, actions: list[Action]) -> list[str]:
+        """Run calls at once (at most max_parallel in flight), each a step of its own: every
+        call is admitted and counted by the budget before any starts."""
+        steps = [self._new_step(action) for action in actions]
+        keys = [call_key(action.tool, action.args) for action in actions]
+        for key in keys:
+            await self.steps.reserve(key)
+        slots = asyncio.Semaphore(self.state.agent.loop.max_parallel)
+
+        async def one(step: StepState, key: str) -> None:
+            async with slots:
+                await self.steps.run(step, key=key, reserved=True)
+
+        # Every call settles before anything is raised: a write completing after the run began
+        # to unwind would otherwise miss its compensation.
+        outcomes = await asyncio.gather(
+            *(one(step, key) for step, key in zip(steps, keys, strict=True)),
+            return_exceptions=True,
+        )
+        for raised in outcomes:
+            if isinstance(raised, BaseException):
+                raise raised
+        return [self._result_text(step) for step in steps]
+
+    def _new_step(self, action: Action) -> StepState:
         report = self.state.report
         step = StepState(
             index=report.step_total + 1,
@@ -158,7 +216,16 @@ class StepByStep:
             args=action.args,
         )
         report.steps.append(step)
+        return step
+
+    async def _do(self, action: Action, within: Span | None = None) -> str:
+        """Run one tool call as a new step of the plan; its result (or failure) as text."""
+        step = self._new_step(action)
         await self.steps.run(step, key=call_key(action.tool, action.args), within=within)
+        return self._result_text(step)
+
+    @staticmethod
+    def _result_text(step: StepState) -> str:
         if step.drafted:
             return json.dumps(step.result)
         if step.done:

@@ -44,11 +44,16 @@ class StepRunner:
         self.saga = saga
 
     async def run(
-        self, step: StepState, key: str | None = None, within: Span | None = None
+        self,
+        step: StepState,
+        key: str | None = None,
+        within: Span | None = None,
+        reserved: bool = False,
     ) -> None:
         """Run one step. `key` (the loop's call key) turns on loop detection and feeds a failed
         call back to the model instead of failing the run; `within`, a step span already open
-        (the model call that chose the step is in it)."""
+        (the model call that chose the step is in it); `reserved`, the budget has admitted
+        and counted the call already (`reserve`, for calls that run together)."""
         self.state.segment_steps += 1
         opened = (
             nullcontext(within)
@@ -58,16 +63,40 @@ class StepRunner:
         with opened as s:
             annotate(s, tool=step.tool)
             try:
-                await self._run(step, key)
+                await self._run(step, key, reserved)
             finally:
                 outcome = "done" if step.done else "skipped" if step.skipped else "failed"
                 annotate(s, outcome=outcome, attempts=step.attempts, error=step.error)
                 if not step.done and step.error and sys.exc_info()[0] is None:
                     failed(s, step.error, "StepFailed")  # an exception is marked by span()
 
-    async def _run(self, step: StepState, key: str | None) -> None:
+    async def reserve(self, key: str) -> None:
+        """Admit and count one call of several that will run together: every one of them is
+        counted before any starts, so running them at once cannot overrun a budget."""
+        await self.budget.admit("tool", key)
+        self.state.report.used.tool_calls += 1
+        self.budget.repeats[key] += 1
+
+    def may_run_together(self, tool: str, args: dict[str, Any]) -> bool:
+        """Whether a call may run beside others of the same answer: a read (or a write
+        declared parallel) that its grants allow, that fits a payload and that no approval
+        gate holds; any other call runs in its turn, as it always has."""
+        spec = self.state.tools.get(tool)
+        if spec is None or spec.kind != "tool" or self.state.agent.on_failure == "ask":
+            return False  # (a failed call's escalation waits on the one human gate)
+        if spec.effect == "write" and (not spec.parallel or self.state.run.draft):
+            return False
+        return (
+            authorize(spec, args, self.state.agent.grants) is None
+            and within_ceilings(spec, args, self.state.run.ceilings) is None
+            and json_size(args) <= MAX_ARGS_BYTES
+            and self._gate_policy(spec, args) is None
+        )
+
+    async def _run(self, step: StepState, key: str | None, reserved: bool = False) -> None:
         spec = self.state.tools[step.tool]
-        await self.budget.admit("tool", key)  # a spent budget (denials included) stops first
+        if not reserved:
+            await self.budget.admit("tool", key)  # a spent budget (denials included) stops first
         if self._refused(step, spec, key):
             return
         if self.state.run.draft and spec.effect == "write":
@@ -75,12 +104,12 @@ class StepRunner:
         if not await self._approved(step, spec):
             return self.state.skip(step, "skipped at its approval deadline")
         self.state.report.used.steps += 1
-        out = await self._call_until_settled(step, spec, key)
+        out = await self._call_until_settled(step, spec, key, reserved)
         if out is not None:
             self._done(step, spec, out)
 
     async def _call_until_settled(
-        self, step: StepState, spec: ToolSpec, key: str | None
+        self, step: StepState, spec: ToolSpec, key: str | None, reserved: bool = False
     ) -> ToolOutput | None:
         """The call's output, or None when the step was refused or skipped."""
         state = self.state
@@ -88,10 +117,12 @@ class StepRunner:
             # An edit may have changed the arguments: they pass the same checks again.
             if self._refused(step, spec, key):
                 return None
-            await self.budget.admit("tool", key)
-            state.report.used.tool_calls += 1
-            if key is not None:
-                self.budget.repeats[key] += 1
+            if not reserved:
+                await self.budget.admit("tool", key)
+                state.report.used.tool_calls += 1
+                if key is not None:
+                    self.budget.repeats[key] += 1
+            reserved = False  # a retry after an escalation is admitted again
             step.started_at = workflow.now()
             state.log(
                 f"step {step.index} started: {step.title} ({step.tool})",

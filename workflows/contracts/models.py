@@ -246,6 +246,12 @@ class ActingPolicy(_Wire):
     keep_results: int = Field(5, ge=0, le=100)
     summary_chars: int = Field(120, ge=20, le=2000)
     result_chars: int = Field(4000, ge=100, le=100_000)
+    # Calls of one answer that may run at once: consecutive reads (and writes declared
+    # parallel) without an approval gate; 1 runs every call in turn.
+    max_parallel: int = Field(4, ge=1, le=64)
+    # Offer the model `drop_results`: it removes named earlier tool results from its own view
+    # (they stay in the run's record).
+    drop_results: bool = False
 
     @model_validator(mode="after")
     def _sane(self) -> ActingPolicy:

@@ -97,6 +97,8 @@ class ToolSpec(_Frozen):
     heartbeat: timedelta | None = None
     # A cheap read run as a local activity: same bounded retries, no server round trip.
     local: bool = False
+    # A write safe to run beside other calls of one model answer (reads always are).
+    parallel: bool = False
     approval: ApprovalPolicy | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     # What the tool needs, as templates filled from its arguments: "ledger:write:{account}".
