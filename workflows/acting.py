@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.continuation import Continuation
     from keel.workflows.contracts import (
         ASK_HUMAN,
+        DROP_RESULTS,
         FINISH,
         CheckedOutput,
         Decision,
@@ -60,7 +61,9 @@ class StepByStep:
         """Ask the model for the next action until it finishes; raise Unwind if it cannot."""
         state, thread = self.state, self.thread
         agent = state.agent
-        schemas = tool_schemas(state.tools, agent.tools, agent.output_schema, agent.delegates)
+        schemas = tool_schemas(
+            state.tools, agent.tools, agent.output_schema, agent.delegates, agent.loop.drop_results
+        )
         if state.run.carry is None:
             if state.previous_run is not None:  # the job asked for it; nothing else crosses
                 earlier = f"What this job's previous run reported: {state.previous_run}"
@@ -155,6 +158,9 @@ class StepByStep:
                 self.state.report.output = action.output
                 self.state.log(f"model finished: {action.text}")
                 return True
+            if action.kind == "drop":
+                self._drop(action)
+                continue
             if action.kind == "delegate":
                 text = await self.delegator.delegate(action)
             else:
@@ -232,6 +238,22 @@ class StepByStep:
             value = step.result if step.result_ref is None else step.result_ref.preview
             return json.dumps(value, default=str)
         return f"error: {step.error or 'the step did not run'}"
+
+    def _drop(self, action: Action) -> None:
+        """The model drops earlier results from its own view: the answer carries their ids
+        (Message.drops), so every later request, built from the turns, shows them no more."""
+        ids = tuple(dict.fromkeys(action.args["call_ids"]))
+        why = f": {action.text}" if action.text else ""
+        self.state.log(f"model dropped {len(ids)} earlier result(s) from its context{why}")
+        self.thread.turns.append(
+            Message(
+                role="tool",
+                content=f"dropped from your context: {', '.join(ids) or 'nothing'}",
+                tool_call_id=action.call_id,
+                name=DROP_RESULTS,
+                drops=ids,
+            )
+        )
 
     async def _ask_human(self, action: Action) -> str:
         decision: Decision = await self.gate.ask(

@@ -16,6 +16,7 @@ from keel.shared.rules import digest
 from keel.workflows.contracts import (
     ASK_HUMAN,
     DELEGATE,
+    DROP_RESULTS,
     FINISH,
     MAX_STEPS,
     AcceptanceSpec,
@@ -92,12 +93,30 @@ class Action(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["tool", "finish", "ask", "delegate"]
+    kind: Literal["tool", "finish", "ask", "delegate", "drop"]
     call_id: str
     tool: str = ""
     args: dict[str, Any] = {}
-    text: str = ""  # the summary (finish), the question (ask) or the goal (delegate)
+    # The summary (finish), the question (ask), the goal (delegate) or the reason (drop).
+    text: str = ""
     output: Any = None  # what finish carries for a typed result (AgentSpec.output_type)
+
+
+DROP_SCHEMA = ToolSchema(
+    name=DROP_RESULTS,
+    description=(
+        "Remove earlier tool results you no longer need from your context, by the id of the "
+        "call that made each; they stay in the run's record. Keeps your context small."
+    ),
+    parameters={
+        "type": "object",
+        "properties": {
+            "call_ids": {"type": "array", "items": {"type": "string"}},
+            "reason": {"type": "string"},
+        },
+        "required": ["call_ids"],
+    },
+)
 
 
 def tool_schemas(
@@ -105,6 +124,7 @@ def tool_schemas(
     allowed: tuple[str, ...],
     output_schema: dict[str, Any] | None = None,
     delegates: tuple[str, ...] = (),
+    drop: bool = False,
 ) -> tuple[ToolSchema, ...]:
     own = tuple(
         ToolSchema(
@@ -114,6 +134,8 @@ def tool_schemas(
     )
     if delegates:
         own = (*own, delegate_schema(delegates))
+    if drop:
+        own = (*own, DROP_SCHEMA)
     if output_schema is None:
         return own + ACTION_SCHEMAS
     return (*own, typed_finish(output_schema), *ACTION_SCHEMAS[1:])
@@ -246,6 +268,19 @@ def parse_actions(
             )
         elif call.name == ASK_HUMAN:
             actions.append(Action(kind="ask", call_id=call.id, text=str(args["question"])))
+        elif call.name == DROP_RESULTS:
+            ids = args["call_ids"]
+            if not all(isinstance(i, str) for i in ids):
+                problems.append((call.id, "call_ids must be a list of call ids (strings)"))
+                continue
+            actions.append(
+                Action(
+                    kind="drop",
+                    call_id=call.id,
+                    args={"call_ids": ids},
+                    text=str(args.get("reason", "")),
+                )
+            )
         elif call.name == DELEGATE:
             may = schema.parameters["properties"]["agent"]["enum"]
             if args["agent"] not in may:

@@ -42,6 +42,16 @@ def model_view(
             "of them tool results; the newest messages follow.]"
         )
     visible = head + window
+    # Results the model dropped itself (drop_results): only their call's id stays. A drop
+    # answers a later call than the result it drops, so both are in view when it matters.
+    dropped = {call for m in visible for call in m.drops}
+    if dropped:
+        visible = [
+            m.model_copy(update={"content": DROPPED})
+            if m.role == "tool" and m.tool_call_id in dropped
+            else m
+            for m in visible
+        ]
     results_at = [i for i, m in enumerate(visible) if m.role == "tool"]
     old = set(results_at[: max(0, len(results_at) - policy.keep_results)])
     shown_messages: list[Message] = [Message(role="system", content=system)]
@@ -59,6 +69,7 @@ def model_view(
     return tuple(shown_messages)
 
 
+DROPPED = "[result dropped from context by the agent]"
 SKIPPED_RESULTS = re.compile(r"\[Earlier in this run: \d+ messages not shown, (\d+) of them")
 
 

@@ -57,6 +57,7 @@ from keel.workflows.contracts.memory import (
 from keel.workflows.contracts.models import (
     ASK_HUMAN,
     DELEGATE,
+    DROP_RESULTS,
     ENV_NAME,
     FINISH,
     NARROWABLE_LIMITS,
@@ -145,6 +146,7 @@ __all__ = [
     "CARRY_KEPT",
     "DEFAULT_TASK_QUEUE",
     "DELEGATE",
+    "DROP_RESULTS",
     "ENV_NAME",
     "EVENTS_KEPT_BYTES",
     "EVENT_TEXT_CHARS",

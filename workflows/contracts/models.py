@@ -27,6 +27,7 @@ StepKind = Literal["plan", "act", "verify"]
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 FINISH, ASK_HUMAN = "finish", "ask_human"  # the two actions a model takes besides tool calls
 DELEGATE = "delegate"  # a third, for an agent with delegates
+DROP_RESULTS = "drop_results"  # and one for an agent that prunes its own context
 
 
 class ModelRef(_Wire):
@@ -168,6 +169,9 @@ class Message(_Wire):
     tool_calls: tuple[ToolCallRequest, ...] = ()
     tool_call_id: str | None = None  # role "tool": which call this answers
     name: str | None = None  # role "tool": the tool's name
+    # The answer to drop_results: the calls whose results leave the model's view from here on
+    # (they stay in the run's record and history).
+    drops: tuple[str, ...] = ()
 
 
 class ToolSchema(_Frozen):
