@@ -1,6 +1,6 @@
 """Run a Keel worker: AgentWorkflow, Keel's activities and the tools found in your modules.
 
-    python worker.py [--task-queue Q] [--tools MODULE_OR_FILE ...]
+    python worker.py [--task-queue Q] [--tools MODULE_OR_FILE ...] [--skills DIR ...]
 
 Connection settings come from the environment (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
 TEMPORAL_API_KEY, TLS settings: temporalio's envconfig), so the same command serves the local
@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -48,6 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MODULE",
         help="modules (dotted path or .py file) whose @tool, @check and agents to serve "
         f"(default: $KEEL_TOOLS, comma-separated, or {DEFAULT_TOOLS})",
+    )
+    parser.add_argument(
+        "--skills",
+        nargs="+",
+        default=[p for p in os.environ.get("KEEL_SKILLS", "").split(",") if p],
+        metavar="DIR",
+        help="skill directories (each with a SKILL.md, or a directory of them) the worker's "
+        "agents may load (default: $KEEL_SKILLS, comma-separated)",
     )
     parser.add_argument(
         "--sticky-timeout",
@@ -89,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     catalog = Catalog.from_modules(tool_modules(args.tools))
+    for where in args.skills:
+        catalog.add_skills(Path(where))
     catalog.check()  # a declaration that could only fail mid-run stops the worker here
     store = BlobStore.from_env()  # a bad KEEL_STORE_URL or a missing boto3 fails here, not mid-run
     codec = AesGcmCodec.from_env()

@@ -40,6 +40,13 @@ from keel.activities.models.context_store import answered, expand
 from keel.activities.models.providers import PROVIDERS
 from keel.activities.models.scripted import ScriptedModel, ScriptedPlanner
 from keel.activities.secrets import known_values, redact, resolved_values
+from keel.activities.skills import (
+    TOOLS_FILE,
+    Skill,
+    find_skills,
+    read_skill_resource,
+    snapshot,
+)
 from keel.activities.tool import Tool
 from keel.shared.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
 from keel.shared.errors import CatalogError
@@ -53,6 +60,7 @@ from keel.workflows.contracts import (
     ApprovalPolicy,
     ArgsCheck,
     CheckedOutput,
+    LoadedSkill,
     ModelReply,
     ModelRequest,
     NamedRoutes,
@@ -62,6 +70,8 @@ from keel.workflows.contracts import (
     PreparedPlan,
     PrepareRequest,
     ResolvedAgent,
+    SkillInfo,
+    SkillRequest,
     SupervisorSpec,
     ToolSpec,
 )
@@ -72,11 +82,12 @@ def explain(err: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in err.errors())
 
 
-def load_module(target: str) -> ModuleType:
-    """Import a dotted module path or a .py file path; a declaration that fails as the module
-    loads (a bad retry policy, say) is one CatalogError naming the module."""
+def load_module(target: str, name: str | None = None) -> ModuleType:
+    """Import a dotted module path or a .py file path (as module `name`, default
+    keel_user_STEM); a declaration that fails as the module loads (a bad retry policy, say) is
+    one CatalogError naming the module."""
     try:
-        return _import(target)
+        return _import(target, name)
     except CatalogError:
         raise
     except ValidationError as err:
@@ -88,12 +99,12 @@ def load_module(target: str) -> ModuleType:
         raise CatalogError(f"{target} failed to load: {type(err).__name__}: {first}") from err
 
 
-def _import(target: str) -> ModuleType:
+def _import(target: str, name: str | None = None) -> ModuleType:
     if target.endswith(".py") or "/" in target:
         path = Path(target)
         if not path.is_file():
             raise CatalogError(f"no such tools file: {target}")
-        name = f"keel_user_{path.stem}"
+        name = name or f"keel_user_{path.stem}"
         if name in sys.modules:
             return sys.modules[name]
         spec = importlib.util.spec_from_file_location(name, path)
@@ -125,6 +136,7 @@ class Catalog:
     models: dict[str, ScriptedModel] = field(default_factory=dict)
     supervisors: dict[str, SupervisorSpec] = field(default_factory=dict)
     routes: dict[str, NamedRoutes] = field(default_factory=dict)
+    skills: dict[str, Skill] = field(default_factory=dict)
 
     @classmethod
     def of(cls, items: Iterable[Declared] = ()) -> Catalog:
@@ -150,10 +162,32 @@ class Catalog:
             dict(self.models),
             dict(self.supervisors),
             dict(self.routes),
+            dict(self.skills),
         )
         for item in items:
             copy.add(item)
         return copy
+
+    def add_skills(self, where: Path) -> list[str]:
+        """The skills in `where` (a skill directory, or a directory of them), each with the
+        @tools of its tools.py, which the catalog registers (offered once the skill loads)."""
+        added = []
+        for skill in find_skills(where):
+            if skill.name in self.skills and self.skills[skill.name].root != skill.root:
+                raise CatalogError(f"two skills are named {skill.name!r}")
+            tools: tuple[str, ...] = ()
+            if (skill.root / TOOLS_FILE).exists():
+                # Every skill's file is tools.py: each is its own module, by skill name.
+                module = load_module(
+                    str(skill.root / TOOLS_FILE), f"keel_skill_{skill.name.replace('-', '_')}"
+                )
+                found = [v for v in vars(module).values() if isinstance(v, Tool)]
+                for found_tool in found:
+                    self.add(found_tool)
+                tools = tuple(t.name for t in found)
+            self.skills[skill.name] = Skill(skill.name, skill.description, skill.root, tools)
+            added.append(skill.name)
+        return added
 
     def add(self, item: Declared) -> None:
         if isinstance(item, Tool):
@@ -243,9 +277,12 @@ class Catalog:
     def prepare_agent(self, agent: AgentSpec) -> PreparedPlan:
         """For an agent that acts step by step: the specs of every tool it may call and of its
         acceptance checks, or why it cannot run."""
-        if not agent.tools:
+        if not agent.tools and not agent.skills and not agent.delegates:
             return PreparedPlan(
-                problems=[f"agent {agent.name!r} acts step by step and must list its tools"]
+                problems=[
+                    f"agent {agent.name!r} acts step by step and must list its tools (or "
+                    "skills, or delegates)"
+                ]
             )
         problems: list[str] = []
         used: dict[str, ToolSpec] = {}
@@ -299,6 +336,15 @@ class Catalog:
                 for name in agent.delegates
                 if name not in self.agents
             ]
+            problems += [
+                f"agent {agent.name!r}: skill {name!r} is not offered here (worker.py --skills DIR)"
+                for name in agent.skills
+                if name not in self.skills
+            ]
+            if agent.skills and agent.routes.act is None:
+                problems.append(
+                    f"agent {agent.name!r}: skills need an act route (its model loads them)"
+                )
             if agent.delegates and agent.routes.act is None:
                 problems.append(
                     f"agent {agent.name!r}: delegates need an act route (its model delegates)"
@@ -406,6 +452,8 @@ class Catalog:
             keel.check_output,
             *JOB_ACTIVITIES,
             *MEMORY_ACTIVITIES,
+            keel.load_skill,
+            read_skill_resource,
             *(t.activity for t in self.tools.values()),
         ]
 
@@ -446,7 +494,30 @@ class KeelActivities:
         except CatalogError as err:
             return ResolvedAgent(problem=f"{err}: this worker does not serve it")
         tools = {n: self.catalog.tools[n].spec for n in request.tools if n in self.catalog.tools}
-        return ResolvedAgent(agent=agent, tools=tools)
+        skills = [
+            SkillInfo(name=s.name, description=s.description)
+            for name in agent.skills
+            if (s := self.catalog.skills.get(name)) is not None
+        ]
+        return ResolvedAgent(agent=agent, tools=tools, skills=skills)
+
+    @activity.defn(name="keel.load_skill")
+    async def load_skill(self, request: SkillRequest) -> LoadedSkill:
+        """The skill's body, resources and tools, snapshotted for the run asking."""
+        agent = self.catalog.agents.get(request.agent)
+        skill = self.catalog.skills.get(request.skill)
+        if agent is None or skill is None or request.skill not in agent.skills:
+            raise ApplicationError(
+                f"agent {request.agent!r} may not load skill {request.skill!r} on this worker",
+                type="UnknownSkill",
+                non_retryable=True,
+            )
+        run_id = activity.info().workflow_id or request.agent
+        manifest, resources, body = await asyncio.to_thread(snapshot, skill, run_id)
+        tools = {name: self.catalog.tools[name].spec for name in skill.tools}
+        return LoadedSkill(
+            name=skill.name, manifest=manifest, body=body, resources=resources, tools=tools
+        )
 
     @activity.defn(name="keel.prepare_plan")
     async def prepare_plan(self, request: PrepareRequest) -> PreparedPlan:

@@ -29,6 +29,7 @@ from tests.processes import run
         ("bench/jobs.py", "  fire-time lag "),
         ("bench/memory.py", "    sqlite     1000 "),
         ("bench/parallel.py", "   together "),
+        ("bench/skills.py", "   catalog only "),
         # The peers need the optional `peers` extra: CI measures Keel and raw temporalio only.
         ("bench/peers.py --no-peers", "   20 keel-react-lm "),
     ],

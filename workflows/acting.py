@@ -26,9 +26,14 @@ with workflow.unsafe.imports_passed_through():
         FINISH,
         CheckedOutput,
         Decision,
+        LoadedSkill,
         Message,
         OutputCheck,
+        ResourceRequest,
+        SkillRequest,
+        SkillState,
         StepState,
+        ToolSchema,
     )
     from keel.workflows.delegation import Delegator
     from keel.workflows.failures import Unwind
@@ -61,9 +66,6 @@ class StepByStep:
         """Ask the model for the next action until it finishes; raise Unwind if it cannot."""
         state, thread = self.state, self.thread
         agent = state.agent
-        schemas = tool_schemas(
-            state.tools, agent.tools, agent.output_schema, agent.delegates, agent.loop.drop_results
-        )
         if state.run.carry is None:
             if state.previous_run is not None:  # the job asked for it; nothing else crosses
                 earlier = f"What this job's previous run reported: {state.previous_run}"
@@ -77,6 +79,7 @@ class StepByStep:
             state.stop_if_cancelled()
             await self.continuation.if_long()
             thread.turn += 1
+            schemas = self._schemas()  # a loaded skill's tools join the agent's own
             # The model call sits under the step it chooses: the span opens as that step's and
             # becomes a "turn" when the answer chooses no tool (finish, ask, malformed).
             step = state.report.step_total + 1
@@ -102,6 +105,18 @@ class StepByStep:
                 if await self._take(actions, turn):
                     return
         raise Unwind(f"the model did not finish within max_turns {agent.loop.max_turns}")
+
+    def _schemas(self) -> tuple[ToolSchema, ...]:
+        state, agent = self.state, self.state.agent
+        loaded = tuple(name for skill in state.report.skills for name in skill.tools)
+        return tool_schemas(
+            state.tools,
+            (*agent.tools, *(n for n in loaded if n not in agent.tools)),
+            agent.output_schema,
+            agent.delegates,
+            agent.loop.drop_results,
+            state.skill_catalog,
+        )
 
     async def _check_output(
         self, actions: list[Action]
@@ -161,7 +176,11 @@ class StepByStep:
             if action.kind == "drop":
                 self._drop(action)
                 continue
-            if action.kind == "delegate":
+            if action.kind in ("skill", "resource"):
+                text = await (
+                    self._load_skill(action) if action.kind == "skill" else self._resource(action)
+                )
+            elif action.kind == "delegate":
                 text = await self.delegator.delegate(action)
             else:
                 within = turn if at == 1 else None
@@ -238,6 +257,49 @@ class StepByStep:
             value = step.result if step.result_ref is None else step.result_ref.preview
             return json.dumps(value, default=str)
         return f"error: {step.error or 'the step did not run'}"
+
+    async def _load_skill(self, action: Action) -> str:
+        """Load a skill once: the worker snapshots it (by content hash) and its tools join the
+        run's; loading grants nothing (its tools still need the agent's grants)."""
+        report = self.state.report
+        known = next((s for s in report.skills if s.name == action.tool), None)
+        if known is not None:
+            return f"skill {known.name} is already loaded; its instructions are above"
+        loaded = await workflow.execute_activity(
+            "keel.load_skill",
+            SkillRequest(agent=self.state.agent.name, skill=action.tool),
+            result_type=LoadedSkill,
+            start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+            retry_policy=KEEL_RETRY,
+        )
+        self.state.tools.update(loaded.tools)
+        report.skills.append(
+            SkillState(
+                name=loaded.name,
+                manifest=loaded.manifest,
+                tools=sorted(loaded.tools),
+                loaded_at=workflow.now(),
+            )
+        )
+        self.state.log(f"skill {loaded.name} loaded ({loaded.manifest[:19]})")
+        parts = [f"Skill {loaded.name} loaded. Its instructions:", loaded.body]
+        if loaded.resources:
+            parts.append(f"Its files (read_skill_resource): {', '.join(loaded.resources)}")
+        if loaded.tools:
+            parts.append(f"Tools it brings, now available: {', '.join(sorted(loaded.tools))}")
+        return "\n\n".join(parts)
+
+    async def _resource(self, action: Action) -> str:
+        loaded = next((s for s in self.state.report.skills if s.name == action.tool), None)
+        if loaded is None:
+            return f"load skill {action.tool} first (load_skill), then read its files"
+        return await workflow.execute_activity(
+            "keel.read_skill_resource",
+            ResourceRequest(skill=loaded.name, manifest=loaded.manifest, path=action.args["path"]),
+            result_type=str,
+            start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+            retry_policy=KEEL_RETRY,
+        )
 
     def _drop(self, action: Action) -> None:
         """The model drops earlier results from its own view: the answer carries their ids

@@ -18,11 +18,14 @@ from keel.workflows.contracts import (
     DELEGATE,
     DROP_RESULTS,
     FINISH,
+    LOAD_SKILL,
     MAX_STEPS,
+    READ_SKILL_RESOURCE,
     AcceptanceSpec,
     Budget,
     BudgetUsed,
     ModelReply,
+    SkillInfo,
     StepSpec,
     ToolSchema,
     ToolSpec,
@@ -93,7 +96,7 @@ class Action(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["tool", "finish", "ask", "delegate", "drop"]
+    kind: Literal["tool", "finish", "ask", "delegate", "drop", "skill", "resource"]
     call_id: str
     tool: str = ""
     args: dict[str, Any] = {}
@@ -119,12 +122,42 @@ DROP_SCHEMA = ToolSchema(
 )
 
 
+def skill_schemas(skills: tuple[SkillInfo, ...]) -> tuple[ToolSchema, ToolSchema]:
+    """load_skill, whose description is the catalog (all the model sees of a skill until it
+    loads it), and read_skill_resource."""
+    names = [s.name for s in skills]
+    listing = "\n".join(f"- {s.name}: {s.description}" for s in skills)
+    load = ToolSchema(
+        name=LOAD_SKILL,
+        description=(
+            "Load a skill: its instructions (and any tools it brings) join your context. "
+            f"Load one when the task calls for it. The skills:\n{listing}"
+        ),
+        parameters={
+            "type": "object",
+            "properties": {"name": {"type": "string", "enum": names}},
+            "required": ["name"],
+        },
+    )
+    read = ToolSchema(
+        name=READ_SKILL_RESOURCE,
+        description="Read one file of a loaded skill (its instructions name them).",
+        parameters={
+            "type": "object",
+            "properties": {"name": {"type": "string", "enum": names}, "path": {"type": "string"}},
+            "required": ["name", "path"],
+        },
+    )
+    return load, read
+
+
 def tool_schemas(
     tools: dict[str, ToolSpec],
     allowed: tuple[str, ...],
     output_schema: dict[str, Any] | None = None,
     delegates: tuple[str, ...] = (),
     drop: bool = False,
+    skills: tuple[SkillInfo, ...] = (),
 ) -> tuple[ToolSchema, ...]:
     own = tuple(
         ToolSchema(
@@ -136,6 +169,8 @@ def tool_schemas(
         own = (*own, delegate_schema(delegates))
     if drop:
         own = (*own, DROP_SCHEMA)
+    if skills:
+        own = (*own, *skill_schemas(skills))
     if output_schema is None:
         return own + ACTION_SCHEMAS
     return (*own, typed_finish(output_schema), *ACTION_SCHEMAS[1:])
@@ -281,6 +316,18 @@ def parse_actions(
                     text=str(args.get("reason", "")),
                 )
             )
+        elif call.name in (LOAD_SKILL, READ_SKILL_RESOURCE):
+            may = schema.parameters["properties"]["name"]["enum"]
+            if args["name"] not in may:
+                problems.append((call.id, f"unknown skill {args['name']!r}; the skills: {may}"))
+                continue
+            if call.name == LOAD_SKILL:
+                actions.append(Action(kind="skill", call_id=call.id, tool=args["name"]))
+            else:
+                path = {"path": str(args["path"])}
+                actions.append(
+                    Action(kind="resource", call_id=call.id, tool=args["name"], args=path)
+                )
         elif call.name == DELEGATE:
             may = schema.parameters["properties"]["agent"]["enum"]
             if args["agent"] not in may:

@@ -56,6 +56,7 @@ class Planner:
             return resolved.problem or f"unknown agent {state.agent.name!r}"
         state.run = state.run.model_copy(update={"agent": resolved.agent})
         state.supervisor = resolved.supervisor
+        state.skill_catalog = tuple(resolved.skills)
         if state.run.carry is None:
             state.report.budget = resolved.agent.budget
         else:

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         ProgressEntry,
         RunReport,
         RunStatus,
+        SkillInfo,
         StepState,
         SupervisorSpec,
         ToolSpec,
@@ -69,6 +70,7 @@ class RunState:
         self.previous_run: str | None = None
         # What an agent with memory remembers, for the model's opening context (MemoryHooks).
         self.memory_context: str | None = None
+        self.skill_catalog: tuple[SkillInfo, ...] = ()  # skills the agent may load (resolved)
 
     @property
     def agent(self) -> AgentSpec:

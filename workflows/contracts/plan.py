@@ -91,6 +91,9 @@ class AgentSpec(_Frozen):
     # Memory across runs: its runs start with what it remembers of its scope and leave an
     # episode (workflows/memory.py); its tools `remember`/`recall`/`forget` are granted apart.
     memory: MemoryPolicy | None = None
+    # Skills the worker offers (worker.py --skills DIR) this agent may load, one at a time,
+    # when its model asks (load_skill): their names and descriptions are all it sees first.
+    skills: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from keel.workflows.contracts.base import (
 )
 from keel.workflows.contracts.jobs import NotificationState
 from keel.workflows.contracts.models import Budget, BudgetUsed, ModelCallRecord
+from keel.workflows.contracts.skills import SkillState
 from keel.workflows.contracts.supervision import ChildState
 from keel.workflows.contracts.wire import ResultRef
 
@@ -228,6 +229,7 @@ class RunReport(_Strict):
     # A job's run skipped because a job it is blocked by did not end DONE: why.
     blocked: str = ""
     notifications: list[NotificationState] = Field(default_factory=list)  # the newest kept
+    skills: list[SkillState] = Field(default_factory=list)  # loaded by the run, in order
 
     @property
     def next_step(self) -> StepState | None:

@@ -10,6 +10,7 @@ from pydantic import Field
 from keel.workflows.contracts.base import OmitDefaults, _Strict
 from keel.workflows.contracts.plan import AgentSpec, PlanSpec
 from keel.workflows.contracts.policy import Ceiling, Grant, ToolSpec
+from keel.workflows.contracts.skills import SkillInfo
 from keel.workflows.contracts.supervision import SupervisorSpec
 
 
@@ -103,6 +104,7 @@ class ResolvedAgent(_Strict):
     tools: dict[str, ToolSpec] = Field(default_factory=dict)
     problem: str | None = None
     supervisor: SupervisorSpec | None = None  # the name is a supervisor's
+    skills: list[SkillInfo] = Field(default_factory=list)  # those the agent may load
 
 
 class PreparedPlan(_Strict):
