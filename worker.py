@@ -24,6 +24,7 @@ from temporalio.worker import Worker
 
 from keel import KeelPlugin, connect, task_queue
 from keel.activities.catalog import Catalog
+from keel.activities.mcp import CONNECTIONS as MCP_CONNECTIONS
 from keel.activities.settings import OneLineParser, env_count, env_number
 from keel.activities.store import BlobStore, inline_limit
 from keel.activities.tool import calls_in_threads
@@ -132,6 +133,7 @@ async def serve(args: argparse.Namespace) -> None:
         return
     LOG.info("keel worker stopping")
     await stop_within(worker, running, args.shutdown_grace + CANCEL_GRACE)
+    await asyncio.wait_for(MCP_CONNECTIONS.close(), CANCEL_GRACE)  # stdio servers stop with us
 
 
 CATALOG_MARK = "keel-catalog:"  # in each worker's identity, so peers can compare catalogs

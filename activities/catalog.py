@@ -30,6 +30,8 @@ from temporalio.exceptions import ApplicationError
 from keel.activities.checks import BUILTIN_CHECKS
 from keel.activities.jobs import JOB_ACTIVITIES
 from keel.activities.live import Publisher
+from keel.activities.mcp import CONNECTIONS, AnyArgs, mcp_spec
+from keel.activities.mcp import list_tools as list_mcp_tools
 from keel.activities.memory.tools import (
     MEMORY_ACTIVITIES,
     MEMORY_TOOLS,
@@ -47,11 +49,12 @@ from keel.activities.skills import (
     read_skill_resource,
     snapshot,
 )
-from keel.activities.tool import Tool
+from keel.activities.tool import Tool, run_call
 from keel.shared.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
 from keel.shared.errors import CatalogError
 from keel.shared.tracing import content_attributes, span
 from keel.workflows.contracts import (
+    MCP_CALL,
     PLAN_RUNNER,
     ActingPolicy,
     ActivityEvent,
@@ -61,6 +64,9 @@ from keel.workflows.contracts import (
     ArgsCheck,
     CheckedOutput,
     LoadedSkill,
+    McpListRequest,
+    McpServer,
+    McpTools,
     ModelReply,
     ModelRequest,
     NamedRoutes,
@@ -73,8 +79,11 @@ from keel.workflows.contracts import (
     SkillInfo,
     SkillRequest,
     SupervisorSpec,
+    ToolCall,
+    ToolOutput,
     ToolSpec,
 )
+from keel.workflows.contracts.mcp import MCP_SEPARATOR
 
 
 def explain(err: ValidationError) -> str:
@@ -137,6 +146,7 @@ class Catalog:
     supervisors: dict[str, SupervisorSpec] = field(default_factory=dict)
     routes: dict[str, NamedRoutes] = field(default_factory=dict)
     skills: dict[str, Skill] = field(default_factory=dict)
+    mcp_servers: dict[str, McpServer] = field(default_factory=dict)  # from the agents
 
     @classmethod
     def of(cls, items: Iterable[Declared] = ()) -> Catalog:
@@ -163,6 +173,7 @@ class Catalog:
             dict(self.supervisors),
             dict(self.routes),
             dict(self.skills),
+            dict(self.mcp_servers),
         )
         for item in items:
             copy.add(item)
@@ -203,6 +214,12 @@ class Catalog:
                 )
             if self.agents.get(item.name, item) != item:
                 raise CatalogError(f"two agents are named {item.name!r}")
+            for server in item.mcp:
+                if self.mcp_servers.get(server.name, server) != server:
+                    raise CatalogError(
+                        f"two MCP servers are named {server.name!r} (agent {item.name!r})"
+                    )
+                self.mcp_servers[server.name] = server
             self.agents[item.name] = item
         elif isinstance(item, SupervisorSpec):
             if self.supervisors.get(item.name, item) != item:
@@ -277,11 +294,11 @@ class Catalog:
     def prepare_agent(self, agent: AgentSpec) -> PreparedPlan:
         """For an agent that acts step by step: the specs of every tool it may call and of its
         acceptance checks, or why it cannot run."""
-        if not agent.tools and not agent.skills and not agent.delegates:
+        if not (agent.tools or agent.skills or agent.delegates or agent.mcp):
             return PreparedPlan(
                 problems=[
                     f"agent {agent.name!r} acts step by step and must list its tools (or "
-                    "skills, or delegates)"
+                    "skills, MCP servers or delegates)"
                 ]
             )
         problems: list[str] = []
@@ -432,6 +449,8 @@ class Catalog:
         return []
 
     def check_args(self, tool: str, args: dict[str, Any]) -> list[str]:
+        if self.mcp_tool(tool) is not None:
+            return []  # its server checks the arguments against the schema it published
         found = self.tools.get(tool)
         if found is None:
             return [f"unknown tool {tool!r}"]
@@ -440,6 +459,12 @@ class Catalog:
         except ValidationError as err:
             return [explain(err)]
         return []
+
+    def mcp_tool(self, name: str) -> tuple[McpServer, str] | None:
+        """The MCP server and tool a SERVER__TOOL name stands for."""
+        server, sep, tool = name.partition(MCP_SEPARATOR)
+        found = self.mcp_servers.get(server)
+        return (found, tool) if sep and found is not None and tool else None
 
     def activities(self) -> list[Callable[..., Any]]:
         keel = KeelActivities(self)
@@ -453,6 +478,8 @@ class Catalog:
             *JOB_ACTIVITIES,
             *MEMORY_ACTIVITIES,
             keel.load_skill,
+            keel.mcp_tools,
+            keel.mcp_call,
             read_skill_resource,
             *(t.activity for t in self.tools.values()),
         ]
@@ -500,6 +527,33 @@ class KeelActivities:
             if (s := self.catalog.skills.get(name)) is not None
         ]
         return ResolvedAgent(agent=agent, tools=tools, skills=skills)
+
+    @activity.defn(name="keel.mcp_tools")
+    async def mcp_tools(self, request: McpListRequest) -> McpTools:
+        """The tools the agent's MCP servers offer now (the run records the list)."""
+        agent = self.catalog.agents.get(request.agent)
+        found: dict[str, ToolSpec] = {}
+        for server in agent.mcp if agent is not None else ():
+            found |= await list_mcp_tools(server)
+        return McpTools(tools=found)
+
+    @activity.defn(name=MCP_CALL)
+    async def mcp_call(self, call: ToolCall) -> ToolOutput:
+        """One MCP tool call, on the path of a native tool's (grants checked again, spans,
+        retries reported, secrets redacted, large results by reference)."""
+        found = self.catalog.mcp_tool(call.tool)
+        if found is None:
+            raise ApplicationError(
+                f"no MCP server on this worker serves {call.tool!r}",
+                type="UnknownTool",
+                non_retryable=True,
+            )
+        server, tool = found
+
+        async def invoke(**args: Any) -> Any:
+            return await CONNECTIONS.call(server, tool, args)
+
+        return await run_call(mcp_spec(server, tool), invoke, AnyArgs, call, None)
 
     @activity.defn(name="keel.load_skill")
     async def load_skill(self, request: SkillRequest) -> LoadedSkill:

@@ -175,7 +175,7 @@ def _declare(
     )
 
     async def run_tool(call: ToolCall) -> ToolOutput:
-        return await _exported_first(_run(spec, fn, args_model, call, validator))
+        return await _exported_first(run_call(spec, fn, args_model, call, validator))
 
     run_tool.__name__ = f"tool_{tool_name}"
     return Tool(
@@ -234,7 +234,7 @@ async def _finish_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any], labe
         _IN_THREADS.pop(id(running), None)
 
 
-async def _run(
+async def run_call(
     spec: ToolSpec,
     fn: Callable[..., Any],
     args_model: type[BaseModel],
@@ -299,6 +299,7 @@ async def _attempt(
             f"invalid arguments for {spec.name}: {err}", type=INVALID_ARGS, non_retryable=True
         ) from err
     kwargs = {field: getattr(args, field) for field in type(args).model_fields}
+    kwargs.update(args.model_extra or {})  # a model that takes any arguments (an MCP tool's)
     ctx = ToolContext(call.run_id, call.step, call.idempotency_key, attempt)
     token = _current.set(ctx)
     beating = None

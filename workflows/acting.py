@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         ASK_HUMAN,
         DROP_RESULTS,
         FINISH,
+        MCP_CALL,
         CheckedOutput,
         Decision,
         LoadedSkill,
@@ -109,6 +110,7 @@ class StepByStep:
     def _schemas(self) -> tuple[ToolSchema, ...]:
         state, agent = self.state, self.state.agent
         loaded = tuple(name for skill in state.report.skills for name in skill.tools)
+        loaded += tuple(n for n, s in state.tools.items() if s.activity == MCP_CALL)
         return tool_schemas(
             state.tools,
             (*agent.tools, *(n for n in loaded if n not in agent.tools)),

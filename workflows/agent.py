@@ -288,6 +288,8 @@ class AgentWorkflow:
             if prepared.problems:
                 return state.refuse("agent refused: " + "; ".join(prepared.problems))
             state.tools = prepared.tools
+            if state.agent.mcp and (problem := await self._planner.mcp_tools()) is not None:
+                return state.refuse(f"agent refused: {problem}")
         state.admit()
         await self._memory.opening()
         await self._acting.act()

@@ -12,12 +12,16 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from keel.shared.tracing import annotate, model_call_attributes, span
     from keel.workflows.contracts import (
+        MCP_CALL,
         AcceptanceState,
         AgentRequest,
+        McpListRequest,
+        McpTools,
         PlanRequest,
         PlanSpec,
         PreparedPlan,
@@ -25,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ResolvedAgent,
         StepState,
     )
-    from keel.workflows.failures import Unwind
+    from keel.workflows.failures import Unwind, describe_failure
     from keel.workflows.metrics import count, observe
     from keel.workflows.model_thread import ModelThread
     from keel.workflows.run_state import RunState
@@ -60,7 +64,27 @@ class Planner:
         if state.run.carry is None:
             state.report.budget = resolved.agent.budget
         else:
-            state.tools = resolved.tools
+            # MCP tools are the servers' (listed when the run began), not the catalog's.
+            listed = {n: s for n, s in state.tools.items() if s.activity == MCP_CALL}
+            state.tools = {**listed, **resolved.tools}
+        return None
+
+    async def mcp_tools(self) -> str | None:
+        """List the agent's MCP servers' tools (recorded: a replay sees the same list); why
+        not, when a server cannot be reached."""
+        state = self.state
+        try:
+            listed = await workflow.execute_activity(
+                "keel.mcp_tools",
+                McpListRequest(agent=state.agent.name),
+                result_type=McpTools,
+                start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
+                retry_policy=KEEL_RETRY,
+            )
+        except ActivityError as err:
+            return f"MCP tools could not be listed: {describe_failure(err)}"
+        state.tools.update(listed.tools)
+        state.log(f"MCP tools listed: {', '.join(sorted(listed.tools)) or 'none'}")
         return None
 
     async def propose(self) -> PlanSpec:

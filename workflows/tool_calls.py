@@ -26,7 +26,7 @@ def start_call(spec: ToolSpec, call: ToolCall) -> workflow.ActivityHandle[ToolOu
     as a local activity when the tool is declared local=True."""
     if spec.local:
         return workflow.start_local_activity(
-            spec.name,
+            spec.activity or spec.name,
             call,
             result_type=ToolOutput,
             start_to_close_timeout=spec.timeout,
@@ -34,7 +34,7 @@ def start_call(spec: ToolSpec, call: ToolCall) -> workflow.ActivityHandle[ToolOu
             cancellation_type=WAIT_FOR_IT,
         )
     return workflow.start_activity(
-        spec.name,
+        spec.activity or spec.name,
         call,
         result_type=ToolOutput,
         start_to_close_timeout=spec.timeout,
@@ -54,6 +54,7 @@ async def call_tool(state: RunState, spec: ToolSpec, step: int, args: dict[str, 
         idempotency_key=state.key(str(step)),
         grants=list(state.agent.grants) if spec.kind == "tool" else None,
         ceilings=list(state.run.ceilings) if spec.kind == "tool" else [],
+        tool=spec.name if spec.activity else "",
     )
     handle = start_call(spec, call)
     try:

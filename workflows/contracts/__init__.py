@@ -48,6 +48,13 @@ from keel.workflows.contracts.jobs import (
     job_name,
     schedule_id,
 )
+from keel.workflows.contracts.mcp import (
+    MCP_CALL,
+    McpListRequest,
+    McpServer,
+    McpToolPolicy,
+    McpTools,
+)
 from keel.workflows.contracts.memory import (
     Assertion,
     Fact,
@@ -163,6 +170,7 @@ __all__ = [
     "LOAD_SKILL",
     "MAX_GOAL_CHARS",
     "MAX_STEPS",
+    "MCP_CALL",
     "NARROWABLE_LIMITS",
     "NOTIFICATIONS_KEPT",
     "NOT_DONE_FAILURE",
@@ -212,6 +220,10 @@ __all__ = [
     "JobGateRequest",
     "JobOutput",
     "LoadedSkill",
+    "McpListRequest",
+    "McpServer",
+    "McpToolPolicy",
+    "McpTools",
     "MemoryPolicy",
     "Message",
     "ModelCallRecord",

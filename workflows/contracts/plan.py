@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from keel.workflows.contracts.base import MAX_STEPS, TOOL_NAME, _Frozen, _Strict
+from keel.workflows.contracts.mcp import McpServer
 from keel.workflows.contracts.memory import MemoryPolicy
 from keel.workflows.contracts.models import ActingPolicy, Budget, Routes
 from keel.workflows.contracts.policy import ApprovalPolicy, Grant
@@ -94,6 +95,9 @@ class AgentSpec(_Frozen):
     # Skills the worker offers (worker.py --skills DIR) this agent may load, one at a time,
     # when its model asks (load_skill): their names and descriptions are all it sees first.
     skills: tuple[str, ...] = ()
+    # MCP servers whose tools the agent may call (each SERVER__TOOL, listed when a run starts);
+    # what each tool may do is declared in the server's `tools` (else: a write needing approval).
+    mcp: tuple[McpServer, ...] = ()
 
     @model_validator(mode="before")
     @classmethod

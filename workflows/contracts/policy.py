@@ -99,6 +99,9 @@ class ToolSpec(_Frozen):
     local: bool = False
     # A write safe to run beside other calls of one model answer (reads always are).
     parallel: bool = False
+    # The activity that runs the tool when it is not its own (an MCP server's tool: the one
+    # keel.mcp_call activity serves them all, told the tool by name).
+    activity: str | None = None
     approval: ApprovalPolicy | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     # What the tool needs, as templates filled from its arguments: "ledger:write:{account}".

@@ -46,6 +46,7 @@ class ToolCall(_Strict, OmitDefaults):
     # reminder, which undo or read what an authorized call did).
     grants: list[Grant] | None = None
     ceilings: list[Ceiling] = Field(default_factory=list)  # a delegated run's (checked too)
+    tool: str = ""  # the tool, for an activity that serves several (keel.mcp_call)
 
 
 class ResultRef(_Strict):
