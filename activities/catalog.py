@@ -358,9 +358,10 @@ class Catalog:
                 for name in agent.skills
                 if name not in self.skills
             ]
-            if agent.skills and agent.routes.act is None:
+            if (agent.skills or agent.mcp) and agent.routes.act is None:
                 problems.append(
-                    f"agent {agent.name!r}: skills need an act route (its model loads them)"
+                    f"agent {agent.name!r}: skills and MCP servers need an act route (its "
+                    "model calls them)"
                 )
             if agent.delegates and agent.routes.act is None:
                 problems.append(

@@ -225,9 +225,9 @@ def hangs_in_a_thread(seconds: float) -> str:
 async def remember_then_hold(scope: str, subject: str, predicate: str, value: str) -> dict:
     """Remembers as the `remember` tool does, then holds until $KEEL_TEST_GATE_FILE exists: a
     worker SIGKILLed here has written the fact and not reported the call."""
-    from keel.activities.memory.tools import remember_fact
+    from keel.activities.memory.tools import remember
 
-    said = remember_fact(scope, subject, predicate, value)
+    said = remember.fn(scope, subject, predicate, value)
     gate = Path(os.environ["KEEL_TEST_GATE_FILE"])
     while not gate.exists():
         await asyncio.sleep(0.05)

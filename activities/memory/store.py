@@ -183,14 +183,21 @@ class MemoryStore:
             (at, action, fact_id, actor, detail[:2000]),
         )
 
-    def _current(self, cur: Any, scope: str, subject: str, predicate: str) -> list[Fact]:
+    def _versions(
+        self, cur: Any, scope: str, subject: str, predicate: str, current: bool
+    ) -> list[Fact]:
+        """One fact's versions, in the order Keel learned them (only the current ones)."""
+        now = "AND superseded_at IS NULL " if current else ""
         rows = self._run(
             cur,
             f"SELECT {COLUMNS} FROM facts WHERE scope = ? AND subject = ? AND predicate = ? "
-            "AND superseded_at IS NULL ORDER BY recorded_at",
+            f"{now}ORDER BY recorded_at, valid_from",
             (scope, subject, predicate),
         ).fetchall()
         return [fact_of(r) for r in rows]
+
+    def _current(self, cur: Any, scope: str, subject: str, predicate: str) -> list[Fact]:
+        return self._versions(cur, scope, subject, predicate, current=True)
 
     def remember(
         self, a: Assertion, key: str | None = None, now: float | None = None
@@ -358,13 +365,7 @@ class MemoryStore:
     def history(self, scope: str, subject: str, predicate: str) -> list[Fact]:
         """Every version ever recorded, in the order Keel learned them."""
         with self._transaction(None) as cur:
-            rows = self._run(
-                cur,
-                f"SELECT {COLUMNS} FROM facts WHERE scope = ? AND subject = ? AND predicate = ? "
-                "ORDER BY recorded_at, valid_from",
-                (scope, subject, predicate),
-            ).fetchall()
-        return [fact_of(r) for r in rows]
+            return self._versions(cur, scope, subject, predicate, current=False)
 
     def contested(self, scope: str | None = None) -> list[Fact]:
         """The current facts waiting for a human (or a rule) to pick a side."""

@@ -66,7 +66,8 @@ def brief(fact: Fact) -> dict[str, Any]:
     return out
 
 
-def remember_fact(
+@tool(effect="write", timeout=30, scopes=("memory:write:{scope}",))
+def remember(
     scope: str,
     subject: str,
     predicate: str,
@@ -74,8 +75,10 @@ def remember_fact(
     valid_from: datetime | None = None,
     confidence: float = 1.0,
 ) -> dict[str, Any]:
-    """Record a fact under the current call's idempotency key (what `remember` does)."""
-    ctx = tool_context()
+    """Remember that `subject` `predicate` `value` (e.g. ann lives_in Portland), true from
+    `valid_from` (default now). A new value of a single-valued predicate replaces the old one;
+    the old stays in history."""
+    ctx = tool_context()  # recorded under the call's idempotency key: once, however retried
     done = memory().remember(
         Assertion(
             scope=scope,
@@ -96,21 +99,6 @@ def remember_fact(
     if done.repeated:
         said["already_known"] = True
     return said
-
-
-@tool(effect="write", timeout=30, scopes=("memory:write:{scope}",))
-def remember(
-    scope: str,
-    subject: str,
-    predicate: str,
-    value: Any,
-    valid_from: datetime | None = None,
-    confidence: float = 1.0,
-) -> dict[str, Any]:
-    """Remember that `subject` `predicate` `value` (e.g. ann lives_in Portland), true from
-    `valid_from` (default now). A new value of a single-valued predicate replaces the old one;
-    the old stays in history."""
-    return remember_fact(scope, subject, predicate, value, valid_from, confidence)
 
 
 @tool(effect="read", timeout=30, scopes=("memory:read:{scope}",))
