@@ -6,7 +6,6 @@ sees, so no model is asked twice for the same turn.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -20,7 +19,6 @@ with workflow.unsafe.imports_passed_through():
 
 # The provider's own timeout is enforced by the HTTP client; this is the backstop around it.
 ACTIVITY_SLACK = timedelta(seconds=10)
-NEVER_RETRIED = ["ModelRequestRejected", "ModelKeyMissing", "UnknownModel", "ScriptedModelError"]
 
 
 class ModelsExhausted(Exception):
@@ -28,8 +26,10 @@ class ModelsExhausted(Exception):
 
 
 def model_retry(ref: ModelRef) -> RetryPolicy:
-    never = [*NEVER_RETRIED, *ref.retry.non_retryable_error_types]
-    return dataclasses.replace(retry_policy(ref.retry), non_retryable_error_types=never)
+    """The model's own policy. The failures a retry cannot fix (a rejected request, a missing
+    key, an unknown or failing scripted model) are raised non-retryable by the activity itself,
+    so the policy need not list them: ~90 bytes less history per model call."""
+    return retry_policy(ref.retry)
 
 
 async def ask_route(
