@@ -136,7 +136,9 @@ async def serve(args: argparse.Namespace) -> None:
     await asyncio.wait_for(MCP_CONNECTIONS.close(), CANCEL_GRACE)  # stdio servers stop with us
 
 
-CATALOG_MARK = "keel-catalog:"  # in each worker's identity, so peers can compare catalogs
+# In each worker's identity, so peers can compare catalogs. Short: the identity is recorded in
+# every workflow and activity task's started and completed events (8 a step of an agent).
+CATALOG_MARK = "keel:"
 RECENT_POLL = timedelta(seconds=75)  # a live worker polls at least this often (60 s long polls)
 
 

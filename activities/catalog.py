@@ -324,15 +324,20 @@ class Catalog:
         return PreparedPlan(tools=used, problems=problems)
 
     def fingerprint(self) -> str:
-        """A short hash of what this catalog serves (tool specs, agents, scripted planners and
-        models by name): workers on one task queue must agree on it, or a run's outcome would
-        depend on which worker picked it up."""
+        """A short hash of what this catalog serves (tool specs, agents with their MCP servers,
+        supervisors, named routes, skills, scripted planners and models by name): workers on one
+        task queue must agree on it, or a run's outcome would depend on which worker picked it
+        up. Ten hex digits: it rides in the worker's identity, in several events of every step."""
         parts = [t.spec.model_dump_json() for _, t in sorted(self.tools.items())]
         parts += [a.model_dump_json() for _, a in sorted(self.agents.items())]
         parts += [f"planner:{n}" for n in sorted(self.planners)]
         parts += [f"model:{n}" for n in sorted(self.models)]
         parts += [s.model_dump_json() for _, s in sorted(self.supervisors.items())]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+        parts += [r.model_dump_json() for _, r in sorted(self.routes.items())]
+        parts += [
+            f"skill:{s.name}:{s.description}:{s.tools}" for _, s in sorted(self.skills.items())
+        ]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:10]
 
     def check(self) -> None:
         """Refuse, in one CatalogError naming every problem, declarations that would only fail
