@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from temporalio.exceptions import ApplicationError
 
+from keel.activities.secrets import fill_secrets
 from keel.workflows.contracts import TOOL_NAME, ApprovalPolicy, ToolSpec
 from keel.workflows.contracts.mcp import MCP_CALL, MCP_SEPARATOR, McpServer, McpToolPolicy
 
@@ -46,8 +47,9 @@ class _Connection:
         server = self.server
         target: Any = server.url
         if server.command:
+            env = {name: fill_secrets(value) for name, value in server.env.items()}
             target = StdioServerParameters(
-                command=server.command[0], args=list(server.command[1:]), env=server.env or None
+                command=server.command[0], args=list(server.command[1:]), env=env or None
             )
         try:
             async with Client(target, read_timeout_seconds=server.timeout.total_seconds()) as c:

@@ -18,7 +18,7 @@ from typing import Any
 
 from temporalio.exceptions import ApplicationError
 
-from keel.workflows.contracts import SecretRef
+from keel.workflows.contracts import SECRET_PLACEHOLDER, SecretRef
 
 REDACTED = "[redacted]"
 # Every secret value resolved in this process: the worker's log filter and its stdout/stderr
@@ -52,6 +52,12 @@ def resolve(ref: SecretRef | str) -> str:
         )
     _RESOLVED.add(value)
     return value
+
+
+def fill_secrets(text: str) -> str:
+    """`text` with each `${NAME}` replaced by that secret's value (a webhook's URL and headers,
+    an MCP server's environment): the declaration, and so the history, holds only names."""
+    return SECRET_PLACEHOLDER.sub(lambda m: resolve(m.group(1)), text)
 
 
 def resolved_values() -> list[str]:

@@ -44,6 +44,12 @@ def crash_once(marker: str) -> int:
 
 
 @server.tool()
+def token_seen() -> bool:
+    """Whether the worker gave this server its token (by a ${NAME} reference)."""
+    return os.environ.get("KEEL_TEST_MCP_TOKEN") == "tok-2718"
+
+
+@server.tool()
 def whoami() -> int:
     """The server's process id."""
     return os.getpid()

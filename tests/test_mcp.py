@@ -7,7 +7,6 @@ session's end replays them) without asking a server."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import sys
 import uuid
@@ -27,26 +26,32 @@ from keel.workflows.contracts import (
     RetrySpec,
     RunReport,
 )
-from tests.conftest import keel_worker, report_when
+from tests.conftest import history_holds, keel_worker, report_when
 from tests.model_server import ModelServer, Reply, openai_call
 from tests.test_models import KEY, KEY_ENV, clerk, openai_ref
 
 SERVER = Path(__file__).with_name("mcp_server.py")
 COMPLETIONS = "/openai/v1/chat/completions"
-READS = {name: McpToolPolicy(effect="read") for name in ("lookup", "crash_once", "whoami")}
+READS = {
+    name: McpToolPolicy(effect="read") for name in ("lookup", "crash_once", "whoami", "token_seen")
+}
 QUICK = RetrySpec(max_attempts=3, initial_interval=0.2)
 
 
 @pytest.fixture(autouse=True)
 def model_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.setenv("KEEL_TEST_MCP_TOKEN", "tok-2718")
 
 
 def stdio(tmp_path: Path, name: str = "desk") -> McpServer:
     return McpServer(
         name=name,
         command=(sys.executable, str(SERVER), "stdio"),
-        env={"KEEL_TEST_MCP_OUTBOX": str(tmp_path / "outbox")},
+        env={
+            "KEEL_TEST_MCP_OUTBOX": str(tmp_path / "outbox"),
+            "KEEL_TEST_MCP_TOKEN": "${KEEL_TEST_MCP_TOKEN}",  # resolved on the worker
+        },
         tools=READS,
         retry=QUICK,
     )
@@ -80,7 +85,7 @@ async def test_stdio_tools_run_as_activities_and_an_undeclared_write_waits_for_a
             calls(
                 openai_call("desk__lookup", key="a"),
                 openai_call("desk__send_email", to="ann", body="hello"),
-                openai_call("desk__whoami"),
+                openai_call("desk__token_seen"),
                 openai_call("finish", summary="mailed"),
             ),
         )
@@ -97,11 +102,14 @@ async def test_stdio_tools_run_as_activities_and_an_undeclared_write_waits_for_a
             assert not (tmp_path / "outbox" / "ann.txt").exists()  # not before approval
             await run.approve(reason="fine", approver="ops")
             report = await run.result()
+            history = await dev_client.get_workflow_handle(run.id).fetch_history()
         offered = {t["function"]["name"] for t in server.requests(COMPLETIONS)[0].body["tools"]}
     assert {"desk__lookup", "desk__send_email", "desk__crash_once", "desk__whoami"} <= offered
     assert waiting.pending is not None and waiting.pending.tool == "desk__send_email"
     assert report.status == "DONE", report.reason
-    assert [s.result for s in report.steps[:2]] == ["value of a", "sent to ann"]
+    assert [s.result for s in report.steps] == ["value of a", "sent to ann", True]
+    assert history_holds(history, "${KEEL_TEST_MCP_TOKEN}")  # the reference travels
+    assert not history_holds(history, "tok-2718")  # the server got the value; the history not
     assert (tmp_path / "outbox" / "ann.txt").read_text() == "hello"
     audited = [(a.action, a.target, a.outcome) for a in report.audit]
     assert ("tool_call", "desk__send_email", "ok") in audited
@@ -191,4 +199,3 @@ async def test_a_streamable_http_server_serves_tools_and_an_unreachable_one_refu
         and "MCP server gone" in refused.reason
         and "cannot be reached" in (refused.reason)
     )
-    assert json.dumps(ok.model_dump(mode="json"))  # the report is plain data

@@ -13,11 +13,13 @@ from datetime import timedelta
 from pydantic import Field, model_validator
 
 from keel.workflows.contracts.base import Effect, _Frozen, _Strict
+from keel.workflows.contracts.jobs import SECRET_PLACEHOLDER
 from keel.workflows.contracts.policy import RetrySpec, ToolSpec
 
 MCP_NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 MCP_SEPARATOR = "__"  # a server's tool as the model sees it: SERVER__TOOL
 MCP_CALL = "keel.mcp_call"  # the one activity every MCP tool call runs as
+SECRET_WORDS = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 
 
 class McpToolPolicy(_Frozen):
@@ -36,7 +38,10 @@ class McpServer(_Frozen):
     name: str
     command: tuple[str, ...] = ()
     url: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)  # for a stdio server's process
+    # A stdio server's environment. The declaration travels with the agent into the history,
+    # so a token is written as a reference, "${NAME}", resolved by the worker when it starts
+    # the server; a value that looks like a pasted key is refused.
+    env: dict[str, str] = Field(default_factory=dict)
     tools: dict[str, McpToolPolicy] = Field(default_factory=dict)
     timeout: timedelta = timedelta(seconds=30)
     retry: RetrySpec = RetrySpec()
@@ -49,6 +54,12 @@ class McpServer(_Frozen):
             )
         if bool(self.command) == (self.url is not None):
             raise ValueError(f"MCP server {self.name!r}: give a command (stdio) or a url (HTTP)")
+        for name, value in self.env.items():
+            if SECRET_WORDS.search(name) and not SECRET_PLACEHOLDER.fullmatch(value):
+                raise ValueError(
+                    f"MCP server {self.name!r}: env {name} looks like a secret: write it as "
+                    f"${{{name}}} (resolved on the worker), never the value"
+                )
         return self
 
 
