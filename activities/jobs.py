@@ -26,10 +26,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from keel.activities.outcomes import reported
-from keel.activities.secrets import redact, resolve, resolved_values
+from keel.activities.secrets import fill_secrets, redact, resolved_values
 from keel.workflows.contracts import (
     PREVIOUS_CHARS,
-    SECRET_PLACEHOLDER,
     JobGateAnswer,
     JobGateRequest,
     JobOutput,
@@ -59,25 +58,36 @@ async def recent_runs(client: Client, job: str) -> list[str] | None:
     return [run_id for _, run_id in sorted(started, reverse=True)]
 
 
-async def run_report(client: Client, run_id: str) -> tuple[WorkflowExecutionStatus | None, str]:
-    """A job run's execution status and its report in one line ("STATUS: summary or reason")."""
+async def closed_report(
+    client: Client, run_id: str
+) -> tuple[WorkflowExecutionStatus | None, RunReport | None]:
+    """A job run's execution status (None: gone, past the namespace's retention) and, once it
+    has closed, its report (a run that failed without one: NOT_DONE with the cause)."""
     handle = client.get_workflow_handle(run_id, result_type=RunReport)
     try:
         status = (await handle.describe()).status
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            return None, "gone (past the namespace's retention)"
+            return None, None
         raise
     if status == WorkflowExecutionStatus.RUNNING:
-        return status, "RUNNING"
+        return status, None
     try:
-        report = await handle.result(follow_runs=False)
+        return status, await handle.result(follow_runs=False)
     except WorkflowFailureError as err:
         failed = reported(err)
         if failed is None:
-            return status, f"NOT_DONE: {err.cause}"
-        report = failed
-    return status, f"{report.status}: {report.summary or report.reason}"
+            failed = RunReport(
+                run_id=run_id, agent="?", goal="?", status="NOT_DONE", reason=str(err.cause)
+            )
+        return status, failed
+
+
+def said(status: WorkflowExecutionStatus | None, report: RunReport | None) -> str:
+    """A job run in one line: "STATUS: summary or reason"."""
+    if report is not None:
+        return f"{report.status}: {report.summary or report.reason}"
+    return "RUNNING" if status is not None else "gone (past the namespace's retention)"
 
 
 async def blocker(client: Client, job: str) -> str | None:
@@ -87,10 +97,10 @@ async def blocker(client: Client, job: str) -> str | None:
         return f"{job} is not a job on this server"
     if not runs:
         return f"{job} has not run yet"
-    status, line = await run_report(client, runs[0])
+    status, report = await closed_report(client, runs[0])
     if status == WorkflowExecutionStatus.COMPLETED:
         return None
-    return f"{job}'s last run {runs[0]} is {line}"[:500]
+    return f"{job}'s last run {runs[0]} is {said(status, report)}"[:500]
 
 
 @activity.defn(name="keel.job_gate")
@@ -104,7 +114,7 @@ async def job_gate(request: JobGateRequest) -> JobGateAnswer:
     runs = [r for r in await recent_runs(client, request.job.name) or [] if r != request.run_id]
     if not runs:
         return JobGateAnswer(previous=None)
-    _, line = await run_report(client, runs[0])
+    line = said(*await closed_report(client, runs[0]))
     return JobGateAnswer(previous=f"{runs[0]} ({line})"[:PREVIOUS_CHARS])
 
 
@@ -143,14 +153,10 @@ def to_outbox(channel: OutboxChannel, note: Notification) -> str:
     return str(folder / f"{stem}.md")
 
 
-def with_secrets(text: str) -> str:
-    return SECRET_PLACEHOLDER.sub(lambda m: resolve(m.group(1)), text)
-
-
 def to_webhook(channel: WebhookChannel, note: Notification) -> str:
-    url = with_secrets(channel.url)
+    url = fill_secrets(channel.url)
     headers = {"Content-Type": "application/json"}
-    headers |= {name: with_secrets(value) for name, value in channel.headers.items()}
+    headers |= {name: fill_secrets(value) for name, value in channel.headers.items()}
     body = note.model_dump(mode="json", exclude={"channel"})
     request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
     try:

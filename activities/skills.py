@@ -37,19 +37,27 @@ class Skill:
     tools: tuple[str, ...] = ()
 
 
-def front_matter(path: Path) -> tuple[dict[str, object], str]:
-    """SKILL.md's YAML front matter and its Markdown body."""
-    text = path.read_text(encoding="utf-8")
+def split_front_matter(text: str) -> tuple[str, str] | None:
+    """A SKILL.md's front matter (YAML text) and body; None without front matter."""
     if not text.startswith("---"):
-        raise CatalogError(f"{path}: no YAML front matter (a SKILL.md starts with ---)")
+        return None
     _, head, *rest = text.split("---", 2)
+    return head, (rest[0] if rest else "").strip()
+
+
+def front_matter(path: Path) -> tuple[dict[str, object], str]:
+    """SKILL.md's YAML front matter, parsed, and its Markdown body."""
+    split = split_front_matter(path.read_text(encoding="utf-8"))
+    if split is None:
+        raise CatalogError(f"{path}: no YAML front matter (a SKILL.md starts with ---)")
+    head, body = split
     try:
         meta = yaml.safe_load(head) or {}
     except yaml.YAMLError as err:
         raise CatalogError(f"{path}: its front matter is not YAML: {err}") from None
     if not isinstance(meta, dict):
         raise CatalogError(f"{path}: its front matter must be a mapping (name, description)")
-    return meta, (rest[0] if rest else "").strip()
+    return meta, body
 
 
 def read_skill(root: Path) -> Skill:
@@ -102,17 +110,10 @@ def snapshot(skill: Skill, run_id: str) -> tuple[str, list[str], str]:
         for p in files_of(skill)
     }
     manifest = store.put(json.dumps(files, sort_keys=True).encode(), run_id)
-    body = front_matter_of_bytes(store.get(files[SKILL_FILE]))[1][:SKILL_BODY_CHARS]
+    text = store.get(files[SKILL_FILE]).decode("utf-8", errors="replace")
+    body = (split_front_matter(text) or ("", text))[1][:SKILL_BODY_CHARS]
     resources = [p for p in files if p != SKILL_FILE]
     return manifest, resources, body
-
-
-def front_matter_of_bytes(data: bytes) -> tuple[str, str]:
-    text = data.decode("utf-8", errors="replace")
-    if not text.startswith("---"):
-        return "", text
-    _, head, *rest = text.split("---", 2)
-    return head, (rest[0] if rest else "").strip()
 
 
 @activity.defn(name="keel.read_skill_resource")
@@ -120,7 +121,7 @@ async def read_skill_resource(request: ResourceRequest) -> str:
     """One file of a skill as the run loaded it (an unknown path lists the valid ones)."""
     store = BlobStore.from_env()
     files: dict[str, str] = json.loads(store.get(request.manifest))
-    ref = files.get(request.path.lstrip("./"))
+    ref = files.get(request.path.removeprefix("./"))
     if ref is None:
         known = ", ".join(p for p in files if p != SKILL_FILE) or "none"
         return f"no resource {request.path!r} in skill {request.skill}; its resources: {known}"

@@ -49,7 +49,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from keel.activities.jobs import recent_runs, run_report
+from keel.activities.jobs import closed_report, recent_runs, said
 from keel.activities.settings import seconds_in
 from keel.runs import get_report, status_attribute_registered
 from keel.shared.errors import JobNotFound, RegistryError
@@ -446,6 +446,7 @@ class LastRun(BaseModel):
     status: str
     at: datetime | None = None
     summary: str = ""
+    blocked: str = ""  # the run was skipped: by which job, and why
 
 
 class JobRow(BaseModel):
@@ -500,21 +501,30 @@ async def job_rows(client: Client, registry: Registry) -> list[JobRow]:
         ]
         if blockers:
             row.state, row.why = "blocked", "blocked by " + ", ".join(blockers)
-        elif row.last_run is not None and row.last_run.summary.startswith("skipped: "):
-            row.state, row.why = "skipped", row.last_run.summary.removeprefix("skipped: ")
+        elif row.last_run is not None and row.last_run.blocked:
+            row.state, row.why = "skipped", row.last_run.blocked
         elif spec.mode == "draft":
             row.state, row.why = "draft", "writes are recorded, not made"
     return list(rows.values())
 
 
 async def last_run(client: Client, run_id: str) -> LastRun:
-    status, line = await run_report(client, run_id)
+    status, report = await closed_report(client, run_id)
     if status == WorkflowExecutionStatus.RUNNING:
         report = await get_report(client, run_id)  # RUNNING or WAITING_ON_YOU, and for what
         line = report.pending.reason if report.pending else "running"
         return LastRun(run_id=run_id, status=report.status, at=fired_at(run_id), summary=line)
-    state, _, text = line.partition(": ")
-    return LastRun(run_id=run_id, status=state, at=fired_at(run_id), summary=text)
+    if report is None:
+        return LastRun(
+            run_id=run_id, status="gone", at=fired_at(run_id), summary=said(status, None)
+        )
+    return LastRun(
+        run_id=run_id,
+        status=report.status,
+        at=fired_at(run_id),
+        summary=report.summary or report.reason,
+        blocked=report.blocked,
+    )
 
 
 def fired_at(run_id: str) -> datetime | None:

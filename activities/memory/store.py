@@ -354,7 +354,7 @@ class MemoryStore:
         args += [known, known, valid, valid]
         if not include_expired:
             where.append("(expires_at IS NULL OR expires_at > ?)")
-            args.append(max(valid, now) if valid_at is None else valid)
+            args.append(valid)  # expired as of the time asked about (default: now)
         query = (
             f"SELECT {COLUMNS} FROM facts WHERE {' AND '.join(where)} "
             f"ORDER BY subject, predicate, recorded_at LIMIT {int(limit)}"
