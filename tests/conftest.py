@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +37,7 @@ from temporalio.client import (
     OutboundInterceptor,
     StartWorkflowInput,
     WorkflowHandle,
+    WorkflowHistory,
 )
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.opentelemetry import create_tracer_provider
@@ -48,7 +49,14 @@ import keel
 from keel import KeelPlugin
 from keel.activities.catalog import Catalog, Declared
 from keel.devserver import start_dev_server
-from keel.workflows.contracts import STATUS_ATTRIBUTE, RunReport
+from keel.workflows import AgentWorkflow
+from keel.workflows.contracts import (
+    PLAN_RUNNER,
+    STATUS_ATTRIBUTE,
+    AgentRunInput,
+    PlanSpec,
+    RunReport,
+)
 
 # Every span of the test session, in memory: the tracing test asserts span trees with it and
 # the secret tests scan it. The SDK takes one tracer provider per process, so it is set here.
@@ -163,6 +171,36 @@ async def skip_time(client: Client, duration: timedelta) -> None:
     request = SleepRequest()
     request.duration.FromTimedelta(duration)
     await client.test_service.unlock_time_skipping_with_sleep(request)
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[Any]], timeout: float = 60, every: float = 0.02
+) -> Any:
+    """`check`'s first truthy answer, polled (a condition, not a sleep); fails at `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (found := await check()):
+        assert asyncio.get_running_loop().time() < deadline, f"timed out: {check.__name__}"
+        await asyncio.sleep(every)
+    return found
+
+
+def history_holds(history: WorkflowHistory, text: str) -> bool:
+    """Whether `text` is anywhere in the history's events, payloads included (to_json() shows
+    payloads base64-encoded, so searching it finds nothing in them)."""
+    needle = text.encode()
+    return any(needle in event.SerializeToString() for event in history.events)
+
+
+async def start_plan(
+    client: Client, queue: str, plan: PlanSpec, prefix: str
+) -> WorkflowHandle[AgentWorkflow, RunReport]:
+    """A run of `plan` (PLAN_RUNNER, as `starter.py run --plan` starts it) on `queue`."""
+    return await client.start_workflow(
+        AgentWorkflow.run,
+        AgentRunInput(agent=PLAN_RUNNER, goal=plan.goal, plan=plan),
+        id=f"{prefix}-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+    )
 
 
 async def report_when(

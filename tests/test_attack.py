@@ -49,7 +49,7 @@ from keel.workflows.contracts import (
     StepState,
 )
 from tests import sample_tools
-from tests.conftest import dev_address, keel_worker
+from tests.conftest import dev_address, history_holds, keel_worker
 from tests.processes import WorkerProcess, starter
 from tests.test_agent_workflow import run_plan as run_given_plan
 from tests.test_approvals import asked, pay, start, waiting
@@ -192,7 +192,8 @@ async def test_a_short_secret_in_a_touched_path_is_redacted_from_report_and_hist
     assert report.files_touched == ["out/[redacted].txt"]
     assert report.steps[0].result == "unlocked with [redacted]"
     history = await ts_client.get_workflow_handle(report.run_id).fetch_history()
-    assert PIN not in history.to_json()
+    assert history_holds(history, "KEEL_TEST_PIN")  # the reference travels (the check sees it)
+    assert not history_holds(history, PIN)  # the value does not, payloads included
     assert PIN not in report.model_dump_json()
 
 

@@ -13,8 +13,8 @@ from temporalio.client import Client
 
 from keel.runs import outcome
 from keel.workflows import AgentWorkflow
-from keel.workflows.contracts import PLAN_RUNNER, AcceptanceSpec, AgentRunInput, PlanSpec, StepSpec
-from tests.conftest import dev_address
+from keel.workflows.contracts import AcceptanceSpec, PlanSpec, StepSpec
+from tests.conftest import dev_address, start_plan, wait_until
 from tests.processes import WorkerProcess, worker_env
 
 N, K = 6, 3  # kill while step K+1 has written its effect but not yet reported completion
@@ -28,13 +28,6 @@ def ledger_rows(db: Path, sql: str) -> list[tuple]:
             return conn.execute(sql).fetchall()
         except sqlite3.OperationalError:  # the worker has not created the tables yet
             return []
-
-
-async def wait_until(predicate, timeout: float = 60, every: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(every)
 
 
 async def test_sigkill_mid_plan_resumes_at_the_first_unchecked_step(
@@ -65,12 +58,7 @@ async def test_sigkill_mid_plan_resumes_at_the_first_unchecked_step(
     spec = PlanSpec(goal="crash test", steps=steps, acceptance=acceptance)
     await first.start()
     try:
-        handle = await dev_client.start_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=PLAN_RUNNER, goal=spec.goal, plan=spec),
-            id=f"crash-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
-        )
+        handle = await start_plan(dev_client, queue, spec, "crash")
 
         async def step_k1_written() -> bool:
             return ledger_rows(db, "SELECT COUNT(*) FROM entries") == [(K + 1,)]
@@ -128,12 +116,7 @@ async def test_a_write_in_flight_when_a_cancel_meets_a_dead_worker_is_still_undo
     spec = PlanSpec(goal="in flight", steps=[step], unverified_ok=True)
     await first.start()
     try:
-        handle = await dev_client.start_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=PLAN_RUNNER, goal=spec.goal, plan=spec),
-            id=f"inflight-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
-        )
+        handle = await start_plan(dev_client, queue, spec, "inflight")
 
         async def written() -> bool:
             return ledger_rows(db, "SELECT COUNT(*) FROM entries") == [(1,)]

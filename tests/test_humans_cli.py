@@ -18,9 +18,9 @@ from examples.ledger import store
 from keel.activities import Catalog
 from keel.runs import outcome
 from keel.workflows.contracts import RunReport
-from tests.conftest import dev_address, keel_worker, replay_all
+from tests.conftest import dev_address, keel_worker, replay_all, wait_until
 from tests.processes import Result, WorkerProcess, run, starter
-from tests.test_crash_resume import ledger_rows, wait_until
+from tests.test_crash_resume import ledger_rows
 from tests.test_temporal_dev import free_port_pair
 
 GOAL = "Pay alice 30 and zed 500"  # zed 500 is over the ledger clerk's 100 threshold

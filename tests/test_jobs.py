@@ -4,15 +4,15 @@ end (the dev server is shared, and its runs are replayed at the end of the sessi
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from keel.jobs import job_rows, load_registry, managed, sync
 from keel.runs import get_report
 from keel.shared.errors import RegistryError
 from keel.workflows.contracts import NamedRoutes, Route, Routes, RunReport, schedule_id
-from tests.conftest import dev_address, keel_worker, replay_all
+from tests.conftest import dev_address, history_holds, keel_worker, replay_all, wait_until
 from tests.model_server import ModelServer, Reply, openai_call
 from tests.processes import WorkerProcess, run, starter, worker_env
 from tests.test_crash_resume import ledger_rows
@@ -72,15 +72,6 @@ async def jobs_served(client: Client, path: Path, *agents: Declared) -> AsyncIte
                 await client.get_schedule_handle(schedule_id(name)).delete()
 
 
-async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 60) -> Any:
-    """`check`'s first truthy answer (polled: a condition, not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while not (found := await check()):
-        assert time.monotonic() < deadline, f"timed out waiting on {check.__name__}"
-        await asyncio.sleep(0.2)
-    return found
-
-
 async def closed_runs(client: Client, job: str, count: int, timeout: float = 60) -> list[RunReport]:
     """The job's first `count` runs to close (notifications sent), oldest first."""
 
@@ -92,7 +83,7 @@ async def closed_runs(client: Client, job: str, count: int, timeout: float = 60)
                 closed.append(await get_report(client, run_id))
         return closed[:count] if len(closed) >= count else None
 
-    return await wait_for(ended, timeout)
+    return await wait_until(ended, timeout, every=0.2)
 
 
 async def test_each_firing_is_an_isolated_run_unless_the_job_asks_for_the_last_summary(
@@ -193,7 +184,7 @@ async def test_sync_is_idempotent_and_leaves_other_schedules_alone(
         schedule_id(foreign),
         Schedule(
             action=ScheduleActionStartWorkflow("Nothing", id=foreign, task_queue="nowhere"),
-            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta_hours(1))]),
+            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(hours=1))]),
             state=ScheduleState(paused=True),
         ),
     )
@@ -228,7 +219,7 @@ enabled = false
         path.write_text(text)
         edited = await sync(dev_client, load_registry(path), "q")
         assert [(c.job, c.action) for c in edited] == [(one, "update"), (two, "unchanged")]
-        await wait_for(lambda: listed(dev_client, registry, {one, two}))
+        await wait_until(lambda: listed(dev_client, registry, {one, two}))
         path.write_text(text.split(f"[jobs.{two}]")[0])
         dropped = await sync(dev_client, load_registry(path), "q")
         assert [(c.job, c.action) for c in dropped] == [(one, "unchanged"), (two, "delete")]
@@ -248,12 +239,6 @@ enabled = false
 
 async def connect_to(env: dict[str, str]) -> Client:
     return await Client.connect(env["TEMPORAL_ADDRESS"], data_converter=pydantic_data_converter)
-
-
-def timedelta_hours(hours: int) -> Any:
-    from datetime import timedelta
-
-    return timedelta(hours=hours)
 
 
 async def listed(client: Client, registry: str, names: set[str]) -> bool:
@@ -379,9 +364,11 @@ outbox = "outbox"
     assert states == {("webhook", True), ("webhook", False), ("outbox", True), ("output", True)}
     failed = next(n for n in report.notifications if not n.ok)
     assert "HTTP 500" in failed.error
-    # The secret stays a reference in the report (and so in the history).
+    # The secret stays a reference: not in the report, not in the run's history.
     assert "tok-3141" not in report.model_dump_json()
-    assert "${KEEL_TEST_HOOK_TOKEN}" in Path(path).read_text()
+    history = await dev_client.get_workflow_handle(report.run_id).fetch_history()
+    assert history_holds(history, "${KEEL_TEST_HOOK_TOKEN}")  # the reference travels
+    assert not history_holds(history, "tok-3141")  # the value does not
     outbox = sorted((tmp_path / "outbox").iterdir())
     assert [p.suffix for p in outbox] == [".json", ".md"]
     assert json.loads(outbox[0].read_text())["status"] == "DONE"
@@ -427,7 +414,7 @@ every = "2s"
             reports = [await get_report(client, r) for r in new]
             return [r.run_id for r in reports if r.status == "DONE"]
 
-        assert await wait_for(fired_after_restart)
+        assert await wait_until(fired_after_restart)
         listed = await starter("jobs", "--file", str(path), "--json", env=env)
         (row,) = json.loads(listed.out)
         assert row["job"] == name and row["state"] in ("due", "running"), row
@@ -463,13 +450,13 @@ output_dir = "reports"
                 return runs[0]
             return None
 
-        open_run = await wait_for(waiting)
+        open_run = await wait_until(waiting)
         outbox = tmp_path / ".keel" / "outbox"
 
         async def notified() -> list[Path]:
             return list(outbox.glob(f"{open_run}.waiting.*"))
 
-        await wait_for(notified)
+        await wait_until(notified)
         closed = f"job.{name}-2026-01-01T00:00:00Z"  # an old run's files, long closed
         for suffix in (".json", ".ended.20260101T000000000000.md"):
             (outbox / f"{closed}{suffix}").write_text("{}")

@@ -5,7 +5,6 @@ are tested on SQLite and PostgreSQL in test_memory_store.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -22,7 +21,6 @@ from keel.activities.memory.store import SqliteMemory
 from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
-    PLAN_RUNNER,
     AgentRunInput,
     Grant,
     MemoryPolicy,
@@ -32,7 +30,7 @@ from keel.workflows.contracts import (
     StepSpec,
 )
 from keel.workflows.contracts.memory import Assertion
-from tests.conftest import dev_address, keel_worker
+from tests.conftest import dev_address, keel_worker, start_plan, wait_until
 from tests.model_server import ModelServer, openai_call
 from tests.processes import WorkerProcess, starter, worker_env
 from tests.test_models import KEY, KEY_ENV, clerk, openai_ref
@@ -167,16 +165,12 @@ async def test_a_sigkill_between_the_write_and_its_completion_records_the_fact_o
     )
     await first.start()
     try:
-        handle = await dev_client.start_workflow(
-            AgentWorkflow.run,
-            AgentRunInput(agent=PLAN_RUNNER, goal=plan.goal, plan=plan),
-            id=f"mem-crash-{uuid.uuid4().hex[:6]}",
-            task_queue=queue,
-        )
-        deadline = time.monotonic() + 60
-        while not (db.exists() and SqliteMemory(db).count() == 1):
-            assert time.monotonic() < deadline, "the fact was never written"
-            await asyncio.sleep(0.05)
+        handle = await start_plan(dev_client, queue, plan, "mem-crash")
+
+        async def fact_written() -> bool:
+            return db.exists() and SqliteMemory(db).count() == 1
+
+        await wait_until(fact_written)
         await first.kill()  # written, not reported: the call will run again
         gate.touch()
         await second.start()
