@@ -4,8 +4,10 @@
 
 A dev server in memory, one in-process worker, an offline scripted model that answers the goal
 with `--reads` calls of a read tool sleeping `--seconds`, then finishes. The same agent runs
-with `max_parallel` = reads (all at once) and 1 (in turn), alternating; the wall time of each
-run (start to DONE) is the figure, its median over `--runs`.
+with `max_parallel` = reads (all at once) and 1 (in turn), alternating with the baseline: plain
+temporalio on the same server (bench/raw_workflow.py: a workflow running the same activities at
+once with asyncio.gather, its own worker and the default converter, no model call). The wall
+time of each run (start to end) is the figure, its median over `--runs`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from raw_workflow import RawFanOut, plain_worker  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 import keel  # noqa: E402
@@ -84,11 +87,25 @@ async def bench(reads: int, seconds: float, runs: int, tuned: bool) -> None:
     env = await start_dev_server(tuned=tuned)
     agents = {"together": agent(reads), "in turn": agent(1)}
     catalog = keel.Catalog.of([slow_read, fan_out, *agents.values()])
-    client = await keel.connect(address=env.client.service_client.config.target_host)
+    address = env.client.service_client.config.target_host
+    client = await keel.connect(address=address)
     queue = f"bench-parallel-{uuid.uuid4().hex[:6]}"
-    walls: dict[str, list[float]] = {name: [] for name in agents}
-    async with Worker(client, task_queue=queue, plugins=[keel.KeelPlugin(catalog)]):
+    walls: dict[str, list[float]] = {name: [] for name in (*agents, "raw")}
+    raw_queue = f"{queue}-raw"
+    raw_client, raw_worker = await plain_worker(address, raw_queue)
+    async with (
+        Worker(client, task_queue=queue, plugins=[keel.KeelPlugin(catalog)]),
+        raw_worker,
+    ):
         for _ in range(runs):
+            began = time.perf_counter()
+            await raw_client.execute_workflow(
+                RawFanOut.run,
+                args=[reads, seconds],
+                id=f"raw-{uuid.uuid4().hex[:8]}",
+                task_queue=raw_queue,
+            )
+            walls["raw"].append(time.perf_counter() - began)
             for name, spec in agents.items():
                 began = time.perf_counter()
                 handle = await client.start_workflow(
@@ -103,10 +120,11 @@ async def bench(reads: int, seconds: float, runs: int, tuned: bool) -> None:
     await env.shutdown()
     config = "tuned" if tuned else "server default"
     print(f"dev server ({config}); {reads} reads of {seconds} s in one answer, {runs} runs each")
-    print("   mode       median_s  one_read_s  ratio_to_one_read")
+    raw = statistics.median(walls["raw"])
+    print("   mode       median_s  ratio_to_one_read  keel/raw")
     for name, values in walls.items():
         median = statistics.median(values)
-        print(f"   {name:<10} {median:>8.2f}  {seconds:>10.2f}  {median / seconds:>17.1f}")
+        print(f"   {name:<10} {median:>8.2f}  {median / seconds:>17.1f}  {median / raw:>8.2f}")
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """The baseline: plain temporalio, nothing of Keel's. Its own workflow calling its own activity
-N times in a row (and, for bench/supervisors.py, a parent restarting failed child workflows), on
+N times in a row (for bench/supervisors.py, a parent restarting failed child workflows; for
+bench/parallel.py, a workflow running N activities at once), on
 a client and worker with temporalio's default data converter.
 
     client, worker = await plain_worker(address, queue)   # run RawToolLoop.run(n) on it
@@ -86,14 +87,54 @@ class RawSupervisor:
         return restarts
 
 
+@activity.defn(name="raw_nap")
+async def raw_nap(seconds: float) -> float:
+    """A read that takes `seconds` (bench/parallel.py)."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@workflow.defn(name="RawFanOut")
+class RawFanOut:
+    """`n` activities at once (asyncio.gather), as a hand-written workflow would run the
+    reads of one model answer; no model call."""
+
+    @workflow.run
+    async def run(self, n: int, seconds: float) -> int:
+        naps = [
+            workflow.execute_activity(
+                raw_nap,
+                seconds,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+            for _ in range(n)
+        ]
+        return len(await asyncio.gather(*naps))
+
+
 async def plain_worker(address: str, queue: str) -> tuple[Client, Worker]:
     """A client with temporalio's default converter and a worker serving the baseline only."""
     client = await Client.connect(address)
     worker = Worker(
         client,
         task_queue=queue,
-        workflows=[RawToolLoop, RawSupervisor, RawChild],
-        activities=[raw_noop, raw_child_work],
+        workflows=[RawToolLoop, RawSupervisor, RawChild, RawFanOut],
+        activities=[raw_noop, raw_child_work, raw_nap],
         activity_executor=ThreadPoolExecutor(max_workers=100),
     )
     return client, worker
+
+
+async def serve(address: str, queue: str) -> None:
+    """Run the baseline's worker until killed (bench/jobs.py measures it as a process)."""
+    _, worker = await plain_worker(address, queue)
+    async with worker:
+        print("raw worker ready", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # python bench/raw_workflow.py ADDRESS QUEUE
+    import sys
+
+    asyncio.run(serve(sys.argv[1], sys.argv[2]))

@@ -26,7 +26,7 @@ from tests.processes import run
         ),
         ("bench/load.py", " keel   100 "),
         ("bench/supervisors.py", "       20     0.10 "),
-        ("bench/jobs.py", "  fire-time lag "),
+        ("bench/jobs.py", "  keel/raw: fire lag "),
         ("bench/memory.py", "    sqlite     1000 "),
         ("bench/parallel.py", "   together "),
         ("bench/skills.py", "   catalog only "),
