@@ -31,7 +31,12 @@ log = logging.getLogger("keel.live")
 class Publisher:
     def __init__(self) -> None:
         info = activity.info()
-        self.workflow_id, self.run_id = info.workflow_id, info.workflow_run_id
+        # A local activity runs inside its run's workflow task: a signal from it lands in that
+        # task, and if the task also ends the run the server refuses the completion (new
+        # events), the task is retried with the activity, which signals again, forever. Its
+        # run sees its outcome within the same task anyway: nothing to publish.
+        self.workflow_id = None if info.is_local else info.workflow_id
+        self.run_id = info.workflow_run_id
         self.source = f"{info.activity_id}:{info.attempt}"
         self.seq = 0
         self.pending: list[ActivityEvent] = []

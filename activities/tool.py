@@ -54,6 +54,11 @@ from keel.workflows.contracts import (
 )
 
 INVALID_ARGS = "InvalidToolArgs"
+# A read whose timeout is at most this runs as a local activity unless declared local=False:
+# the workflow task that receives the model's answer runs it and asks the model again, so an
+# agent step pays one hand-off through the server instead of two (bench/README.md, peers.py).
+# Longer reads stay activities: a local activity holds its workflow task while it runs.
+LOCAL_READ_TIMEOUT = timedelta(seconds=30)
 IMPLAUSIBLE = "ImplausibleResult"
 # True: every call waits for a human; rules: only calls where one holds; or a full policy.
 Approval = bool | ApprovalPolicy | Sequence[ArgRule] | None
@@ -143,7 +148,7 @@ def _declare(
     requires_approval: Approval = False,
     validator: Validator | None = None,
     scopes: tuple[str, ...] | list[str] = (),
-    local: bool = False,
+    local: bool | None = None,
     parallel: bool = False,
 ) -> Tool:
     tool_name = name or fn.__name__
@@ -153,10 +158,15 @@ def _declare(
         raise ValueError(f"tool {tool_name!r}: effect must be 'read' or 'write', not {effect!r}")
     if compensation is not None and effect != "write":
         raise ValueError(f"tool {tool_name!r}: only a write tool has a compensation")
-    if local and (effect != "read" or heartbeat is not None):
+    limit = _as_timedelta(timeout, "timeout") or timedelta(seconds=30)
+    quick_read = effect == "read" and heartbeat is None and limit <= LOCAL_READ_TIMEOUT
+    if local and not quick_read:
         # A local activity runs inside the workflow task's worker and cannot heartbeat; a
-        # write there could be redone with the whole workflow task: reads only.
-        raise ValueError(f"tool {tool_name!r}: local=True is for read tools without heartbeat")
+        # write there could be redone with the whole workflow task: quick reads only.
+        raise ValueError(
+            f"tool {tool_name!r}: local=True is for read tools without heartbeat and with a "
+            f"timeout of at most {LOCAL_READ_TIMEOUT.total_seconds():g} s"
+        )
     args_model = _args_model(fn, tool_name)
     spec = ToolSpec(
         name=tool_name,
@@ -165,9 +175,9 @@ def _declare(
         effect=effect,
         compensation=compensation,
         retry=_as_retry(retry),
-        timeout=_as_timedelta(timeout, "timeout") or timedelta(seconds=30),
+        timeout=limit,
         heartbeat=_as_timedelta(heartbeat, "heartbeat"),
-        local=local,
+        local=quick_read if local is None else local,
         parallel=parallel,
         approval=_as_approval(requires_approval),
         scopes=_as_scopes(scopes, tool_name),
@@ -387,7 +397,7 @@ def tool(
     requires_approval: Approval = False,
     validator: Validator | None = None,
     scopes: tuple[str, ...] | list[str] = (),
-    local: bool = False,
+    local: bool | None = None,
     parallel: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
@@ -404,10 +414,15 @@ def tool(
     requires_approval: Approval = False,
     validator: Validator | None = None,
     scopes: tuple[str, ...] | list[str] = (),
-    local: bool = False,
+    local: bool | None = None,
     parallel: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. Defaults: read effect, 3 attempts with exponential backoff, 30 s timeout.
+
+    A read without heartbeat and with a timeout of at most 30 s runs as a local activity (the
+    same bounded retries, its result recorded in the history, no server round trip); declare
+    `local=False` to run it as an activity of its own (a read that may take long, or that
+    must run on whichever worker polls the queue).
 
     A compensation is a write tool taking `args` (the undone call's arguments) and `result`.
     Reads the model asks for together run concurrently; a write runs in its turn unless

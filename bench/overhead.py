@@ -30,15 +30,16 @@ from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
 
 
-@tool
+@tool(local=False)
 def noop(i: int) -> int:
-    """Returns its argument: the cheapest possible tool."""
+    """Returns its argument: the cheapest possible tool, as an activity of its own (what raw
+    temporalio's baseline runs)."""
     return i
 
 
-@tool(local=True)
+@tool
 def noop_local(i: int) -> int:
-    """The same, declared as a cheap read run as a local activity."""
+    """The same, declared as Keel's default declares a quick read: a local activity."""
     return i
 
 

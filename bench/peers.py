@@ -7,9 +7,12 @@ Systems, alternating run by run so machine noise hits all alike:
   raw         plain temporalio: its own workflow, activity, converter and worker, N activities
               in a row (bench/raw_workflow.py)
   keel-plan   Keel with the plan given up front (no model)
-  keel-react  Keel with a model call before each tool call (offline scripted model)
-  keel-local  Keel with the plan given up front and the tool declared local=True
-  keel-react-lm  keel-react with the model asked as a local activity (ModelRef(local=True))
+  keel-react  Keel with a model call before each tool call (offline scripted model), the tool
+              a quick read as Keel declares one by default: a local activity, so a step is one
+              workflow task (the model's answer arrives, the read runs, the model is asked again)
+  keel-react-remote  the same with the tool declared local=False: two activities a step
+  keel-local  Keel with the plan given up front and the tool a local activity
+  keel-react-lm  keel-react with the model asked as a local activity too (ModelRef(local=True))
   pydantic-ai Pydantic AI's Agent with TemporalDurability and a FunctionModel
   openai      temporalio.contrib.openai_agents with a fake model
 The peers run where their packages are installed; a peer that fails or times out at some N is
@@ -46,6 +49,7 @@ from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
     PLAN_RUNNER,
     AgentRunInput,
+    AgentSpec,
     ModelRef,
     PlanSpec,
     Route,
@@ -53,7 +57,8 @@ from keel.workflows.contracts import (
     StepSpec,
 )
 
-next_noop, REACT = counting_agent("bench-peers", "noop")
+next_read, REACT = counting_agent("bench-peers", "noop_local")  # Keel's default: local read
+next_noop, REACT_REMOTE = counting_agent("bench-peers-remote", "noop")  # the read an activity
 # The same agent asking its model as a local activity (keel-react-lm).
 REACT_LM = REACT.model_copy(
     update={
@@ -119,8 +124,7 @@ def keel_systems(client: Client, queue: str, raw_client: Client, raw_queue: str)
             RawToolLoop.run, n, id=run_id, task_queue=raw_queue, execution_timeout=timeout(n)
         )
 
-    def react(n: int, local_model: bool = False) -> AgentRunInput:
-        agent = REACT_LM if local_model else REACT
+    def react(n: int, agent: AgentSpec = REACT) -> AgentRunInput:
         # The worker's agent, narrowed to n + 5 turns (a client may lower limits).
         narrowed = agent.model_copy(
             update={"loop": agent.loop.model_copy(update={"max_turns": n + 5})}
@@ -131,8 +135,9 @@ def keel_systems(client: Client, queue: str, raw_client: Client, raw_queue: str)
         System("raw", raw, raw_client),
         System("keel-plan", lambda n, rid: keel(plan_of(n, "noop"), n, rid), client),
         System("keel-react", lambda n, rid: keel(react(n), n, rid), client),
+        System("keel-react-remote", lambda n, rid: keel(react(n, REACT_REMOTE), n, rid), client),
         System("keel-local", lambda n, rid: keel(plan_of(n, "noop_local"), n, rid), client),
-        System("keel-react-lm", lambda n, rid: keel(react(n, True), n, rid), client),
+        System("keel-react-lm", lambda n, rid: keel(react(n, REACT_LM), n, rid), client),
     ]
 
 
@@ -214,7 +219,7 @@ async def measure(system: System, n: int) -> None:
 
 def table(systems: list[System], sizes: list[int]) -> list[str]:
     lines = [
-        f"{'N':>5} {'system':<13} {'runs':>4} {'wall s median':>13} {'min-max':>15} "
+        f"{'N':>5} {'system':<17} {'runs':>4} {'wall s median':>13} {'min-max':>15} "
         f"{'ms/step':>8} {'events':>7} {'KB':>9} {'B/step':>7} {'x raw':>6}"
     ]
     for n in sizes:
@@ -224,14 +229,14 @@ def table(systems: list[System], sizes: list[int]) -> list[str]:
             samples = system.samples.get(n, [])
             if not samples:
                 why = system.failed.get(n, "not run")
-                lines.append(f"{n:>5} {system.name:<13} {0:>4} failed: {why}")
+                lines.append(f"{n:>5} {system.name:<17} {0:>4} failed: {why}")
                 continue
             walls = [s.wall for s in samples]
             median = statistics.median(walls)
             last = samples[-1]
             ratio = f"{median / raw_median:>6.2f}" if raw_median else f"{'-':>6}"
             lines.append(
-                f"{n:>5} {system.name:<13} {len(samples):>4} {median:>13.2f} "
+                f"{n:>5} {system.name:<17} {len(samples):>4} {median:>13.2f} "
                 f"{f'{min(walls):.2f}-{max(walls):.2f}':>15} {median / n * 1000:>8.1f} "
                 f"{last.events:>7} {last.size / 1024:>9.1f} {last.size / n:>7.0f} {ratio}"
             )
@@ -282,7 +287,7 @@ async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int, tuned
     )
     address = env.client.service_client.config.target_host
     queue = f"peers-keel-{uuid.uuid4().hex[:6]}"
-    catalog = Catalog.of([noop, noop_local, next_noop, REACT, REACT_LM])
+    catalog = Catalog.of([noop, noop_local, next_read, next_noop, REACT, REACT_REMOTE, REACT_LM])
     raw_queue = f"peers-raw-{uuid.uuid4().hex[:6]}"
     raw_client, raw_worker = await plain_worker(address, raw_queue)  # nothing of Keel's
     workers = [Worker(env.client, task_queue=queue, plugins=[KeelPlugin(catalog)]), raw_worker]
@@ -319,6 +324,8 @@ async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int, tuned
         for worker in reversed(workers):
             await worker.__aexit__(None, None, None)
         await env.shutdown()
+    config = "tuned" if tuned else "default (--server-default)"
+    print(f"server: {config} dev server; every system on it, alternating run by run")
     for line in table(systems, sizes) + long_lines:
         print(line)
     if note:

@@ -182,8 +182,13 @@ class _Builder:
         if not isinstance(data, dict):
             return
         name = str(data.get("activity_type", "local activity"))
-        kind, _ = _kind(name, None)
-        entry = self.add(event, kind=kind, name=f"{name} (local)", attempts=data.get("attempt", 1))
+        # A local tool call's activity id is its step (workflows/tool_calls.start_call).
+        step = str(data.get("activity_id", ""))
+        call = {"step": int(step)} if step.lstrip("-").isdigit() else None
+        kind, index = _kind(name, call)
+        entry = self.add(
+            event, kind=kind, name=f"{name} (local)", step=index, attempts=data.get("attempt", 1)
+        )
         took = _seconds(data.get("complete_time")) - _seconds(data.get("original_schedule_time"))
         failed = a.HasField("failure")
         entry.duration_s = round(max(took, 0.0), 3)

@@ -43,6 +43,11 @@ def flaky(label: str, fail_times: int) -> int:
     return attempt
 
 
+# The same, as an activity of its own: its retried attempts are published live (a local
+# activity's are not: its run sees them within the same workflow task).
+flaky_activity = tool(name="flaky_activity", local=False, retry=flaky.spec.retry)(flaky.fn)
+
+
 @tool(retry=RetrySpec(max_attempts=5, non_retryable_error_types=("PermissionError",)))
 def forbidden(label: str) -> str:
     """Raises an error its policy marks non-retryable."""

@@ -118,7 +118,7 @@ async def test_the_sse_bridge_serves_events_and_a_retried_attempt(
         assert f"http://127.0.0.1:{port}/runs/RUN_ID/events?token=..." in said, said
         async with keel_worker(client, catalog) as queue:
             step = keel.StepSpec(
-                title="flaky", tool="flaky", args={"label": "sse", "fail_times": 1}
+                title="flaky", tool="flaky_activity", args={"label": "sse", "fail_times": 1}
             )
             plan = keel.PlanSpec(goal="flaky once", steps=[step], unverified_ok=True)
             run = await keel.start(client, plan=plan, task_queue=queue)
@@ -149,5 +149,5 @@ async def test_the_sse_bridge_serves_events_and_a_retried_attempt(
     assert messages[-1]["event"] == "final"
     assert json.loads(messages[-1]["data"])["outcome"] == "DONE"
     attempt = next(json.loads(m["data"]) for m in messages if m["event"] == "tool_attempt")
-    assert attempt["tool"] == "flaky" and attempt["data"]["attempt"] == 1
+    assert attempt["tool"] == "flaky_activity" and attempt["data"]["attempt"] == 1
     assert "retrying" in attempt["message"]

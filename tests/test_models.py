@@ -506,6 +506,27 @@ async def test_a_quick_model_can_answer_as_a_local_activity(
         ModelRef(provider="openai", model="gpt-test", local=True, timeout=timedelta(minutes=2))
 
 
+async def test_a_local_model_that_gives_up_falls_back_to_the_next(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    # temporalio raises a local activity's failure bare, not as an ActivityError: the route
+    # must still see it as the model giving up, not fail the run.
+    route = Route(
+        models=(
+            ModelRef(provider="scripted", model="no-such-model", local=True),
+            ModelRef(provider="scripted", model="ledger-react", local=True),
+        )
+    )
+    agent = ledger.ledger_agent.model_copy(
+        update={"name": "ledger-agent-fallback", "routes": Routes(act=route), "unverified_ok": True}
+    )
+    report = await run_agent(ts_client, agent, goal="Pay ann 3 and bo 4")
+    assert report.status == "DONE", report.reason
+    assert store.balances() == {"ann": 3, "bo": 4}
+    fallbacks = report.model_calls[0].fallbacks
+    assert len(fallbacks) == 1 and fallbacks[0].startswith("scripted:no-such-model: "), fallbacks
+
+
 async def test_the_plan_route_plans_then_the_plan_runs(
     ts_client: Client, ledger_db: Path, server: ModelServer
 ) -> None:

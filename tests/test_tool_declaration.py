@@ -67,6 +67,7 @@ def test_temporal_retry_policy_is_accepted_when_bounded() -> None:
         ({"heartbeat": -1}, "heartbeat must be positive"),
         ({"effect": "write", "local": True}, "local=True is for read tools without heartbeat"),
         ({"local": True, "heartbeat": 2}, "local=True is for read tools without heartbeat"),
+        ({"local": True, "timeout": 31}, "and with a timeout of at most 30 s"),
         ({"scopes": ("ledger:*",)}, "globs belong in grants"),
     ],
 )
@@ -75,6 +76,24 @@ def test_bad_declarations_are_refused(kwargs: dict, message: str) -> None:
 
         @tool(**kwargs)
         def t() -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "local"),
+    [
+        ({}, True),  # a quick read: a local activity, one server round trip less a step
+        ({"timeout": 30}, True),
+        ({"timeout": 31}, False),  # a read that may take long holds no workflow task
+        ({"heartbeat": 5}, False),  # a local activity cannot heartbeat
+        ({"effect": "write"}, False),  # a write is recorded before anything else happens
+        ({"local": False}, False),
+    ],
+)
+def test_quick_reads_run_as_local_activities_by_default(kwargs: dict, local: bool) -> None:
+    @tool(**kwargs)
+    def t() -> None: ...
+
+    assert t.spec.local is local
 
 
 def test_var_args_have_no_schema() -> None:

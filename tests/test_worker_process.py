@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
@@ -73,7 +75,8 @@ async def test_sigterm_stops_a_worker_whose_sync_tool_hangs_within_its_grace(
     text = log.read_text()
     assert "leaving 1 tool calls running in threads" in text, text
     assert f"tool 'hangs_in_a_thread' (run {run_id}, step 1, attempt 1)" in text
-    await dev_client.get_workflow_handle(run_id).terminate("test over")
+    with contextlib.suppress(RPCError):  # the call's 2 s timeout may have ended the run
+        await dev_client.get_workflow_handle(run_id).terminate("test over")
 
 
 async def test_workers_with_different_catalogs_never_share_a_queue(

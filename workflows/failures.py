@@ -6,13 +6,18 @@ Pure helpers shared by the agent workflow and the saga; workflow code imports th
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     ChildWorkflowError,
+    FailureError,
     RetryState,
     TimeoutError,
+    is_cancelled_exception,
 )
 
 from keel.workflows.contracts import NOT_DONE_FAILURE, RetrySpec, RunReport, ToolSpec
@@ -26,6 +31,36 @@ def retry_policy(spec: RetrySpec) -> RetryPolicy:
         maximum_interval=spec.max_interval,
         non_retryable_error_types=list(spec.non_retryable_error_types),
     )
+
+
+T = TypeVar("T")
+
+
+async def local_outcome(call: Awaitable[T], activity_type: str) -> T:
+    """Await a local activity and raise its failure as an activity's failure is raised.
+
+    temporalio raises a failed local activity's error bare (the ApplicationError or
+    TimeoutError of its last attempt), not wrapped in an ActivityError: every `except
+    ActivityError` of the workflow would miss it and the error would fail the whole run."""
+    try:
+        return await call
+    except FailureError as err:
+        if isinstance(err, ActivityError) or is_cancelled_exception(err):
+            raise
+        gave_up = (
+            RetryState.NON_RETRYABLE_FAILURE
+            if isinstance(err, ApplicationError) and err.non_retryable
+            else RetryState.MAXIMUM_ATTEMPTS_REACHED
+        )
+        raise ActivityError(
+            f"local activity {activity_type} failed",
+            scheduled_event_id=0,
+            started_event_id=0,
+            identity="",
+            activity_type=activity_type,
+            activity_id="",
+            retry_state=gave_up,
+        ) from err
 
 
 def describe_failure(err: BaseException) -> str:

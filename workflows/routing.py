@@ -15,7 +15,7 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from keel.workflows.contracts import ModelRef, ModelReply, ModelRequest, Route
-    from keel.workflows.failures import describe_failure, retry_policy
+    from keel.workflows.failures import describe_failure, local_outcome, retry_policy
 
 # The provider's own timeout is enforced by the HTTP client; this is the backstop around it.
 ACTIVITY_SLACK = timedelta(seconds=10)
@@ -39,15 +39,24 @@ async def ask_route(
     fallbacks: list[str] = []
     for ref in route.models:
         try:
-            # A quick model answers as a local activity: no round trip through the server.
-            execute = workflow.execute_local_activity if ref.local else workflow.execute_activity
-            reply = await execute(
-                "keel.model_call",
-                request_for(ref),
-                result_type=ModelReply,
-                start_to_close_timeout=ref.timeout + ACTIVITY_SLACK,
-                retry_policy=model_retry(ref),
-            )
+            timeout, retry = ref.timeout + ACTIVITY_SLACK, model_retry(ref)
+            if ref.local:  # a quick model answers as a local activity: no server round trip
+                asked = workflow.execute_local_activity(
+                    "keel.model_call",
+                    request_for(ref),
+                    result_type=ModelReply,
+                    start_to_close_timeout=timeout,
+                    retry_policy=retry,
+                )
+                reply = await local_outcome(asked, "keel.model_call")
+            else:
+                reply = await workflow.execute_activity(
+                    "keel.model_call",
+                    request_for(ref),
+                    result_type=ModelReply,
+                    start_to_close_timeout=timeout,
+                    retry_policy=retry,
+                )
             return reply, ref, fallbacks
         except ActivityError as err:
             if is_cancelled_exception(err):

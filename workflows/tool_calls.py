@@ -13,7 +13,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from keel.workflows.contracts import ToolCall, ToolOutput, ToolSpec
-    from keel.workflows.failures import retry_policy
+    from keel.workflows.failures import local_outcome, retry_policy
     from keel.workflows.run_state import RunState
 
 # A cancelled run compensates only once the in-flight call has stopped: with TRY_CANCEL a
@@ -21,18 +21,21 @@ with workflow.unsafe.imports_passed_through():
 WAIT_FOR_IT = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 
 
-def start_call(spec: ToolSpec, call: ToolCall) -> workflow.ActivityHandle[ToolOutput]:
+def start_call(spec: ToolSpec, call: ToolCall) -> asyncio.Task[ToolOutput]:
     """Start `spec`'s activity with `call`: its timeout, heartbeat and bounded retry policy,
-    as a local activity when the tool is declared local=True."""
+    as a local activity when the tool is local (a quick read: ToolSpec.local)."""
     if spec.local:
-        return workflow.start_local_activity(
+        local = workflow.start_local_activity(
             spec.activity or spec.name,
             call,
             result_type=ToolOutput,
             start_to_close_timeout=spec.timeout,
             retry_policy=retry_policy(spec.retry),
             cancellation_type=WAIT_FOR_IT,
+            # The step, for the timeline: a local activity's marker holds its id, not its input.
+            activity_id=str(call.step),
         )
+        return asyncio.create_task(local_outcome(local, spec.name))
     return workflow.start_activity(
         spec.activity or spec.name,
         call,
