@@ -4,7 +4,9 @@ bytes per step at several N, on one dev server, with an offline scripted model.
     python bench/react_history.py [--n 20 100 300] [--quick]
 
 Linear growth shows as flat bytes per step. Each tool result is ~200 bytes, the size of a small
-real result; the context policy keeps the newest 5 in full.
+real result; the context policy keeps the newest 5 in full. Bytes per step include the run's
+start and its final report; the marginal cost of one more step (issue 21: under 2 KB) is the
+difference between the two largest N, by event type.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -47,6 +50,7 @@ async def main(sizes: list[int]) -> int:
     )
     queue = f"bench-{uuid.uuid4().hex[:6]}"
     print(f"{'N':>6} {'wall s':>8} {'ms/step':>8} {'events':>8} {'bytes':>11} {'bytes/step':>11}")
+    by_type: dict[int, Counter[str]] = {}
     try:
         catalog = Catalog.of([lookup, next_lookup, AGENT])
         async with Worker(env.client, task_queue=queue, plugins=[KeelPlugin(catalog)]):
@@ -68,12 +72,23 @@ async def main(sizes: list[int]) -> int:
                 assert report.status == "DONE" and report.step_total == n, report.reason
                 history = await env.client.get_workflow_handle(run_id).fetch_history()
                 size = sum(len(e.SerializeToString()) for e in history.events)
+                kinds = by_type[n] = Counter()
+                for event in history.events:
+                    kind = str(event.WhichOneof("attributes")).removesuffix("_event_attributes")
+                    kinds[kind] += len(event.SerializeToString())
                 print(
                     f"{n:>6} {wall:>8.2f} {wall / n * 1000:>8.1f} {len(history.events):>8} "
                     f"{size:>11} {size / n:>11.0f}"
                 )
     finally:
         await env.shutdown()
+    if len(sizes) >= 2:
+        small, large = sorted(sizes)[-2:]
+        steps = large - small
+        margin = by_type[large] - by_type[small]  # Counter subtraction keeps what grew
+        print(f"one more step (N = {small} -> {large}): {margin.total() / steps:.0f} B")
+        for kind, grown in margin.most_common():
+            print(f"  {kind:<32} {grown / steps:>6.0f} B")
     return 0
 
 

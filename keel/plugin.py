@@ -12,10 +12,17 @@ from collections.abc import Callable
 from typing import Any
 
 import temporalio.activity
-from temporalio.contrib.pydantic import PydanticPayloadConverter, pydantic_data_converter
-from temporalio.converter import DataConverter, PayloadCodec
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+    PayloadCodec,
+)
 from temporalio.plugin import SimplePlugin
-from temporalio.worker import WorkerConfig
+from temporalio.worker import WorkerConfig, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
 from keel.activities.catalog import Catalog
@@ -26,11 +33,44 @@ from keel.workflows.agent import AgentWorkflow
 WORKFLOWS = (AgentWorkflow,)
 
 
+# One pydantic JSON converter, so one cache of type adapters, for every workflow run.
+_PYDANTIC_JSON = PydanticJSONPlainPayloadConverter()
+
+
+class KeelPayloadConverter(CompositePayloadConverter):
+    """temporalio.contrib.pydantic's payload converter, with one cache of type adapters.
+
+    temporalio makes a payload converter for every workflow run a worker holds, and pydantic's
+    keeps its own cache of the type adapters it built: each cached run built and held its own
+    (~30 KB a run, and the time to build them). An adapter depends only on its type."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            *(
+                _PYDANTIC_JSON if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
 def _with_pydantic(existing: DataConverter | None) -> DataConverter:
     # Keep a codec or failure converter the user already set; only the payload converter changes.
     if existing is None:
-        return pydantic_data_converter
-    return dataclasses.replace(existing, payload_converter_class=PydanticPayloadConverter)
+        return DataConverter(payload_converter_class=KeelPayloadConverter)
+    return dataclasses.replace(existing, payload_converter_class=KeelPayloadConverter)
+
+
+def keel_runner(existing: WorkflowRunner | None) -> WorkflowRunner:
+    """The sandbox, with Keel's modules passed through: Keel's workflow code keeps no module
+    state and does no I/O, so one copy serves every run. Re-imported in each run's sandbox,
+    the workflow module and the packages above it cost every cached run ~30 KB of code and
+    module objects (bench/approvals.py). A runner that is not the sandbox is kept as it is."""
+    if existing is None:
+        existing = SandboxedWorkflowRunner()
+    if not isinstance(existing, SandboxedWorkflowRunner):
+        return existing
+    restrictions = existing.restrictions.with_passthrough_modules("keel")
+    return dataclasses.replace(existing, restrictions=restrictions)
 
 
 def keel_converter(existing: DataConverter | None, codec: PayloadCodec | None) -> DataConverter:
@@ -53,6 +93,7 @@ class KeelPlugin(SimplePlugin):
             data_converter=lambda existing: keel_converter(existing, codec),
             activities=self.catalog.activities(),
             workflows=list(WORKFLOWS),
+            workflow_runner=keel_runner,
             # A determinism violation fails the run with its cause instead of retrying the
             # workflow task forever: the run's status shows it, nothing hangs silently.
             workflow_failure_exception_types=[NondeterminismError],
