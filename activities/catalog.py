@@ -589,12 +589,12 @@ class KeelActivities:
     async def model_call(self, request: ModelRequest) -> ModelReply:
         """One model call. Its recorded reply is what a replay sees: the model is never asked
         twice for the same turn."""
-        if request.policy is None:
+        if request.policy is None and request.context_ref is None:
             return await self._recorded(request)
         # The store may be a bucket across the network: its reads and writes run in a thread.
-        view, conversation = await asyncio.to_thread(expand, request)
+        view, conversation, full = await asyncio.to_thread(expand, request)
         reply = await self._recorded(view)
-        ref = await asyncio.to_thread(answered, request, conversation, reply)
+        ref = await asyncio.to_thread(answered, full, conversation, reply)
         return reply.model_copy(update={"context_ref": ref})
 
     async def _recorded(self, request: ModelRequest) -> ModelReply:
@@ -603,7 +603,7 @@ class KeelActivities:
         every value of KEEL_SECRETS_FILE) redacted. Off by default: prompts hold user data."""
         if os.environ.get("KEEL_TRACE_CONTENT") != "1":
             return await self._answer(request)
-        with span("model_exchange", model=request.model.label, kind=request.kind) as current:
+        with span("model_exchange", model=request.model_ref.label, kind=request.kind) as current:
             reply = await self._answer(request)
             secrets = sorted({*resolved_values(), *known_values([])}, key=len, reverse=True)
             shown = [m.model_dump(mode="json", exclude_defaults=True) for m in request.messages]
@@ -616,7 +616,7 @@ class KeelActivities:
             return reply
 
     async def _answer(self, request: ModelRequest) -> ModelReply:
-        ref = request.model
+        ref = request.model_ref
         if ref.provider != "scripted":
             if not (ref.stream and activity.in_activity()):
                 return await PROVIDERS[ref.provider](request)

@@ -28,7 +28,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from keel.devserver import start_dev_server  # noqa: E402
+from keel.devserver import add_server_default_flag, start_dev_server  # noqa: E402
 from keel.humans import decide  # noqa: E402
 from keel.runs import start_run  # noqa: E402
 from keel.workflows.contracts import (  # noqa: E402
@@ -170,8 +170,9 @@ async def measure(client: Client, address: str, runs: int, hold: float, cache: i
     }
 
 
-async def main(runs: int, hold: float, caches: list[int]) -> int:
+async def main(runs: int, hold: float, caches: list[int], tuned: bool) -> int:
     env = await start_dev_server(
+        tuned=tuned,
         search_attributes=[SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)],
         data_converter=pydantic_data_converter,
     )
@@ -195,7 +196,11 @@ async def main(runs: int, hold: float, caches: list[int]) -> int:
             failed = failed or r["done"] != runs
     finally:
         await env.shutdown()
-    print(f"held {hold:g} s between 'waiting' and 'after hold'; {IN_FLIGHT} requests in flight")
+    config = "tuned" if tuned else "default (--server-default)"
+    print(
+        f"held {hold:g} s between 'waiting' and 'after hold'; {IN_FLIGHT} requests in flight; "
+        f"{config} dev server"
+    )
     return 1 if failed else 0
 
 
@@ -205,10 +210,11 @@ if __name__ == "__main__":
     parser.add_argument("--hold", type=float, default=30.0, help="seconds the runs wait")
     parser.add_argument("--cache", type=int, nargs="+", default=[1000, 100])
     parser.add_argument("--quick", action="store_true", help="100 runs, 3 s hold (for CI)")
+    add_server_default_flag(parser)
     args = parser.parse_args()
     if args.quick:
         args.runs, args.hold, args.cache = 100, 3.0, [1000]
-    code = asyncio.run(main(args.runs, args.hold, args.cache))
+    code = asyncio.run(main(args.runs, args.hold, args.cache, not args.server_default))
     from keel.process import exit_now
 
     exit_now(code)

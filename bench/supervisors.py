@@ -37,7 +37,7 @@ from keel.runs import segment_histories  # noqa: E402
 FAILS_LEFT: dict[str, int] = {}
 
 
-@keel.tool
+@keel.tool(local=False)  # an activity, as the raw side's child work: like for like
 def bench_child(key: str) -> str:
     """Fails the child's run the first time when its key was chosen to fail."""
     if FAILS_LEFT.get(key, 0) > 0:

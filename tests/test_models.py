@@ -24,6 +24,7 @@ import examples.ledger as ledger
 import keel
 from examples.ledger import store
 from keel.activities import Catalog
+from keel.activities.models import context_store
 from keel.activities.models.context_store import Version
 from keel.runs import outcome
 from keel.shared.context_view import model_view, results_seen
@@ -40,6 +41,8 @@ from keel.workflows.contracts import (
     Grant,
     Message,
     ModelRef,
+    ModelReply,
+    ModelRequest,
     RetrySpec,
     Route,
     Routes,
@@ -47,6 +50,7 @@ from keel.workflows.contracts import (
     ToolCall,
     ToolCallRequest,
     ToolOutput,
+    preamble_ref,
 )
 from keel.workflows.loop import REPEATS_CARRIED, recent_repeats
 from tests.conftest import dev_address, history_holds, keel_worker
@@ -208,7 +212,12 @@ async def test_openai_tool_calling_conversation(
     ]
     assert [len(i.get("tools", ())) for i in inputs] == [4, 0, 0]
     assert inputs[0]["system"].startswith("You are a clerk.") and "system" not in inputs[2]
-    assert len({i["preamble_ref"] for i in inputs}) == 1
+    # What does not change from call to call travels once: later calls name only their context
+    # (whose link in the store records the model, the policy and the preamble).
+    assert inputs[0]["preamble_ref"].startswith("sha256:") and inputs[0]["model"]["model"]
+    assert all(not {"preamble_ref", "model", "policy"} & set(i) for i in inputs[1:]), [
+        sorted(i) for i in inputs
+    ]
 
 
 async def test_anthropic_tool_use_conversation(
@@ -636,6 +645,36 @@ def test_context_keeps_the_newest_results_in_full_and_summarizes_older_ones() ->
     ]
     assert [m.tool_call_id for m in shown if m.role == "tool"] == ["c1", "c2", "c3", "c4"]
     assert model_view("system text", turns, policy) == shown  # deterministic
+
+
+def test_a_call_leaving_out_its_settings_gets_them_from_its_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEL_STORE_DIR", str(tmp_path / "blobs"))
+    ref = ModelRef(provider="openai", model="gpt-test", api_key_env=KEY_ENV)
+    first = ModelRequest(
+        agent="a",
+        kind="act",
+        model=ref,
+        messages=(Message(role="user", content="go"),),
+        system="be brief",
+        policy=ActingPolicy(keep_turns=9),
+        preamble_ref=preamble_ref("be brief", ()),
+    )
+    _, conversation, full = context_store.expand(first)
+    context = context_store.answered(full, conversation, ModelReply(text="ok"))
+    later = ModelRequest(agent="a", kind="act", messages=(), context_ref=context)
+    for restarted in (False, True):  # this worker's cache, then the store's link alone
+        if restarted:
+            context_store._settings.clear()
+            context_store._conversations.clear()
+            context_store._preambles.clear()
+        view, _, filled = context_store.expand(later)
+        assert (filled.model, filled.policy) == (ref, ActingPolicy(keep_turns=9))
+        assert filled.preamble_ref == first.preamble_ref and view.system == "be brief"
+        assert [m.content for m in view.messages] == ["be brief", "go", "ok"]
+    changed = later.model_copy(update={"model": ref.model_copy(update={"model": "gpt-other"})})
+    assert context_store.expand(changed)[2].model_ref.model == "gpt-other"  # sent: it wins
 
 
 def test_context_of_a_long_run_is_the_opening_and_the_newest_messages() -> None:

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         EVENT_TEXT_CHARS,
         PROGRESS_KEPT,
         AcceptanceState,
+        ActingPolicy,
         Message,
         ModelCallRecord,
         ModelRef,
@@ -54,6 +55,10 @@ class ModelThread:
         self.turns: list[Message] = []  # the act thread: goal, answers, tool results
         self.threads: dict[str, tuple[str | None, int]] = {}  # kind: (context ref, turns sent)
         self.preambles: set[str] = set()  # system prompts + tool schemas stored this run
+        # kind: (model, policy, preamble) of the call that returned the thread's context ref;
+        # the next call leaves out what is the same (ModelRequest). Not carried: the first
+        # call after continue-as-new sends them again.
+        self.settings: dict[str, tuple[ModelRef, ActingPolicy, str]] = {}
         self.turn = 0  # act turns taken, across continuations
         carry = state.run.carry
         if carry is not None:
@@ -75,18 +80,20 @@ class ModelThread:
         # by reference (a new run after continue-as-new sends them once more).
         preamble = preamble_ref(system, tools)
         stored = preamble in self.preambles
+        last = self.settings.get(kind) if context_ref is not None else None
+        model_was, policy_was, preamble_was = last or (None, None, None)
 
         def request_for(ref: ModelRef) -> ModelRequest:
             return ModelRequest(
                 agent=agent.name,
                 kind=kind,
-                model=ref,
+                model=None if ref == model_was else ref,
                 messages=added,
                 tools=() if stored else tools,
                 context_ref=context_ref,
                 system="" if stored else system,
-                policy=agent.loop,
-                preamble_ref=preamble,
+                policy=None if agent.loop == policy_was else agent.loop,
+                preamble_ref=None if preamble == preamble_was else preamble,
             )
 
         with span("model_call", kind=kind, run_id=self.state.report.run_id) as current:
@@ -131,6 +138,7 @@ class ModelThread:
         # message with its context, so it counts as sent.
         turns.append(Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
         self.threads[kind] = (reply.context_ref, len(turns))
+        self.settings[kind] = (ref, agent.loop, preamble)
         self.preambles.add(preamble)
         self._count(kind, reply, ref, fallbacks)
         took = (workflow.now() - asked_at).total_seconds()

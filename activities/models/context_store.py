@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -84,6 +84,8 @@ class Version:
 
 
 _conversations: _Recent[Version] = _Recent()
+# What each answered call asked with (model, policy, preamble_ref), by the context it returned.
+_settings: _Recent[dict[str, Any]] = _Recent()
 _preambles: _Recent[tuple[str, tuple[ToolSchema, ...]]] = _Recent()
 
 
@@ -145,33 +147,64 @@ def preamble(store: BlobStore, request: ModelRequest) -> tuple[str, tuple[ToolSc
     return found
 
 
-def expand(request: ModelRequest) -> tuple[ModelRequest, Version]:
+INHERITED = ("model", "policy", "preamble_ref")
+
+
+def inherit(store: BlobStore, request: ModelRequest) -> ModelRequest:
+    """The request with what it left out filled in from the call that returned its context."""
+    ref = request.context_ref
+    missing = [name for name in INHERITED if getattr(request, name) is None]
+    if ref is None or not missing:
+        return request
+    settings = _settings.get(ref)
+    if settings is None:
+        settings = json.loads(_read(store, ref, "context")).get("settings")
+        if settings is None:
+            raise ApplicationError(
+                f"context {ref} records no model settings (written by an older Keel worker): "
+                "let runs started before the upgrade finish on the workers they started on",
+                type="ContextMissing",
+                non_retryable=True,
+            )
+        _settings.put(ref, settings)
+    known = ModelRequest.model_validate({"agent": "", "kind": "act", "messages": [], **settings})
+    return request.model_copy(update={name: getattr(known, name) for name in missing})
+
+
+def expand(request: ModelRequest) -> tuple[ModelRequest, Version, ModelRequest]:
     """The request as the provider sees it (the conversation's opening and newest messages, by
-    policy), and the whole conversation including this call's new messages."""
+    policy), the whole conversation with its new messages, and the request with what it left
+    out filled in."""
     store = BlobStore.from_env()
+    request = inherit(store, request)
     system, tools = preamble(store, request)
     conversation = load(store, request.context_ref).extended(request.messages)
     assert request.policy is not None
-    view = model_view(
+    shown = model_view(
         system,
         conversation.messages,
         request.policy,
         length=conversation.length,
         tool_results=conversation.tools,
     )
-    update = {"messages": view, "context_ref": None, "policy": None, "preamble_ref": None}
-    return request.model_copy(update={**update, "system": system, "tools": tools}), conversation
+    update = {"messages": shown, "context_ref": None, "policy": None, "preamble_ref": None}
+    view = request.model_copy(update={**update, "system": system, "tools": tools})
+    return view, conversation, request
 
 
 def answered(request: ModelRequest, conversation: Version, reply: ModelReply) -> str:
     """Store the conversation with the model's answer appended (the workflow appends the very
-    same message, so it need not send it back) and return its reference."""
+    same message, so it need not send it back) and what the call asked with (the next call may
+    leave it out), and return its reference. `request` is the expanded one (inherit)."""
     said = Message(role="assistant", content=reply.text, tool_calls=reply.tool_calls)
+    settings = request.model_dump(mode="json", include=set(INHERITED), exclude_none=True)
     link = {
         "parent": request.context_ref,
         "messages": [m.model_dump(mode="json") for m in [*request.messages, said]],
+        "settings": settings,
     }
     data = json.dumps(link, separators=(",", ":"), sort_keys=True).encode()
     ref = BlobStore.from_env().put(data, run_id=_run_id())
     _conversations.put(ref, conversation.extended([said]))
+    _settings.put(ref, settings)
     return ref

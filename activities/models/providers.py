@@ -41,13 +41,13 @@ ERROR_BODY_CHARS = 300
 
 
 def api_key(request: ModelRequest) -> str | None:
-    name = request.model.api_key_env
+    name = request.model_ref.api_key_env
     if name is None:
         return None
     value = os.environ.get(name) or file_secrets().get(name)
     if not value:
         raise ApplicationError(
-            f"{name} is not set on this worker (the key for {request.model.label})",
+            f"{name} is not set on this worker (the key for {request.model_ref.label})",
             type=NO_KEY,
             non_retryable=True,
         )
@@ -69,18 +69,18 @@ def _jittered() -> timedelta | None:
 @asynccontextmanager
 async def http_errors(request: ModelRequest, url: str) -> AsyncIterator[None]:
     """Timeouts and unreachable servers as retryable ApplicationErrors."""
-    timeout = request.model.timeout.total_seconds()
+    timeout = request.model_ref.timeout.total_seconds()
     try:
         yield
     except httpx.TimeoutException:
         raise ApplicationError(
-            f"{request.model.label}: no answer within {timeout:g} s",
+            f"{request.model_ref.label}: no answer within {timeout:g} s",
             type=UNAVAILABLE,
             next_retry_delay=_jittered(),
         ) from None
     except httpx.TransportError as err:
         raise ApplicationError(
-            f"{request.model.label}: cannot reach {url}: {type(err).__name__}",
+            f"{request.model_ref.label}: cannot reach {url}: {type(err).__name__}",
             type=UNAVAILABLE,
             next_retry_delay=_jittered(),
         ) from None
@@ -95,12 +95,12 @@ def refuse_status(response: httpx.Response, request: ModelRequest, secret: str |
         retry_after = response.headers.get("retry-after", "")
         delay = timedelta(seconds=float(retry_after)) if retry_after.isdigit() else _jittered()
         raise ApplicationError(
-            f"{request.model.label}: HTTP {response.status_code}: {said}",
+            f"{request.model_ref.label}: HTTP {response.status_code}: {said}",
             type=UNAVAILABLE,
             next_retry_delay=delay,
         )
     raise ApplicationError(
-        f"{request.model.label}: HTTP {response.status_code}: {said}",
+        f"{request.model_ref.label}: HTTP {response.status_code}: {said}",
         type=REJECTED,
         non_retryable=True,
     )
@@ -115,7 +115,7 @@ async def post(
 ) -> dict[str, Any]:
     async with (
         http_errors(request, url),
-        httpx.AsyncClient(timeout=request.model.timeout.total_seconds()) as client,
+        httpx.AsyncClient(timeout=request.model_ref.timeout.total_seconds()) as client,
     ):
         response = await client.post(url, json=body, headers=headers)
     refuse_status(response, request, secret)
@@ -123,10 +123,10 @@ async def post(
         data = response.json()
     except ValueError:
         raise ApplicationError(
-            f"{request.model.label}: the answer is not JSON", type=UNAVAILABLE
+            f"{request.model_ref.label}: the answer is not JSON", type=UNAVAILABLE
         ) from None
     if not isinstance(data, dict):
-        raise ApplicationError(f"{request.model.label}: unexpected answer", type=UNAVAILABLE)
+        raise ApplicationError(f"{request.model_ref.label}: unexpected answer", type=UNAVAILABLE)
     return data
 
 
@@ -144,7 +144,7 @@ async def sse(
     plain answer (the status is checked before anything is read)."""
     async with (
         http_errors(request, url),
-        httpx.AsyncClient(timeout=request.model.timeout.total_seconds()) as client,
+        httpx.AsyncClient(timeout=request.model_ref.timeout.total_seconds()) as client,
         client.stream("POST", url, json=body, headers=headers) as response,
     ):
         if response.status_code >= 400:
@@ -160,7 +160,7 @@ async def sse(
                 parsed = json.loads(data)
             except ValueError:
                 raise ApplicationError(
-                    f"{request.model.label}: a streamed chunk is not JSON", type=UNAVAILABLE
+                    f"{request.model_ref.label}: a streamed chunk is not JSON", type=UNAVAILABLE
                 ) from None
             if isinstance(parsed, dict):
                 yield parsed
@@ -190,7 +190,7 @@ def openai_message(message: Message) -> dict[str, Any]:
 
 
 async def openai_chat(request: ModelRequest, on_text: OnText | None = None) -> ModelReply:
-    model = request.model
+    model = request.model_ref
     secret = api_key(request)
     body: dict[str, Any] = {
         "model": model.model,
@@ -314,7 +314,7 @@ def anthropic_messages(messages: tuple[Message, ...]) -> tuple[str, list[dict[st
 
 
 async def anthropic_chat(request: ModelRequest, on_text: OnText | None = None) -> ModelReply:
-    model = request.model
+    model = request.model_ref
     secret = api_key(request)
     system, messages = anthropic_messages(request.messages)
     body: dict[str, Any] = {

@@ -183,14 +183,17 @@ class ToolSchema(_Frozen):
 class ModelRequest(_Wire):
     """What the model activity receives: built deterministically from the plan state.
 
-    With a `policy`, `messages` are only those added since the call that returned
-    `context_ref`; the activity rebuilds the conversation from the blob store, so each call's
-    input (and the history) stays the size of one step. Without one, `messages` is all of it.
+    With a `policy` or a `context_ref`, `messages` are only those added since the call that
+    returned `context_ref`; the activity rebuilds the conversation from the blob store, so each
+    call's input (and the history) stays the size of one step. Without either, `messages` is
+    all of it. With a `context_ref`, `model`, `policy` and `preamble_ref` left out (None) are
+    those of the call that returned it: the conversation's link in the store records them, so
+    what does not change from call to call does not travel with every call.
     """
 
     agent: str
     kind: StepKind
-    model: ModelRef
+    model: ModelRef | None = None
     messages: tuple[Message, ...]
     tools: tuple[ToolSchema, ...] = ()
     context_ref: str | None = None
@@ -200,6 +203,13 @@ class ModelRequest(_Wire):
     # full once per run and then only this reference: they are the same on every call, and
     # inline they would be most of each call's bytes in the history.
     preamble_ref: str | None = None
+
+    @property
+    def model_ref(self) -> ModelRef:
+        """The model asked: set on every request the activity hands to a provider."""
+        if self.model is None:
+            raise ValueError("the request's model is the conversation's: expand it first")
+        return self.model
 
 
 def preamble_blob(system: str, tools: tuple[ToolSchema, ...]) -> bytes:
