@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,6 +42,12 @@ from keel.workflows.contracts import (  # noqa: E402
     StepSpec,
 )
 from tests.processes import WorkerProcess  # noqa: E402
+
+# The raw side's modules, from bench/ (on sys.path when this runs as a script, not when Keel's
+# worker loads this file for AGENT: so only the script imports them).
+if __name__ == "__main__":
+    from jobs import start_process
+    from raw_workflow import RawApproval
 
 AGENT = AgentSpec(
     name="bench-approvals",
@@ -83,80 +90,93 @@ async def bounded(jobs: list, limit: int = IN_FLIGHT) -> list:
     return await asyncio.gather(*(one(j) for j in jobs))
 
 
-async def measure(client: Client, address: str, runs: int, hold: float, cache: int) -> dict:
-    prefix = f"appr-{uuid.uuid4().hex[:6]}-"
+def payment(i: int) -> AgentRunInput:
+    """Run i: a one-step plan whose payment waits on approval."""
+    args = {"account": f"acct{i}", "amount": 1}
+    step = StepSpec(title=f"pay acct{i}", tool="post_entry", args=args)
+    plan = PlanSpec(goal=f"pay acct{i}", steps=[step], unverified_ok=True)
+    return AgentRunInput(agent=AGENT, goal=plan.goal, plan=plan, status_attribute=True)
+
+
+async def measure(
+    side: str, client: Client, raw_client: Client, address: str, runs: int, hold: float, cache: int
+) -> dict:
+    """One side: Keel (worker.py) or plain temporalio (bench/raw_workflow.py's RawApproval on
+    its own worker process, the same cache size), measured the same way."""
+    prefix = f"appr-{side}-{uuid.uuid4().hex[:6]}-"
     queue = f"bench-{prefix}"
     with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            "TEMPORAL_ADDRESS": address,
-            "KEEL_LEDGER_DB": f"{tmp}/ledger.sqlite",
-            "KEEL_STORE_DIR": f"{tmp}/blobs",
-        }
-        worker = WorkerProcess(
-            env,
-            Path(tmp) / "worker.log",
-            "--task-queue",
-            queue,
-            "--tools",
-            "examples.ledger",
-            __file__,  # AGENT: the worker resolves a run's agent from its own catalog
-            "--max-cached-workflows",
-            str(cache),
-        )
-        await worker.start()
-        assert worker.proc is not None
-        try:
-            idle_mb, _ = memory_mb(worker.proc.pid)
-            started = time.perf_counter()
-            await bounded(
-                [
-                    start_run(
-                        client,
-                        AgentRunInput(
-                            agent=AGENT,
-                            goal=f"pay acct{i}",
-                            plan=PlanSpec(
-                                goal=f"pay acct{i}",
-                                steps=[
-                                    StepSpec(
-                                        title=f"pay acct{i}",
-                                        tool="post_entry",
-                                        args={"account": f"acct{i}", "amount": 1},
-                                    )
-                                ],
-                                unverified_ok=True,
-                            ),
-                            status_attribute=True,
-                        ),
-                        run_id=f"{prefix}{i}",
-                        task_queue=queue,
-                    )
-                    for i in range(runs)
-                ]
+        if side == "keel":
+            env = {
+                "TEMPORAL_ADDRESS": address,
+                "KEEL_LEDGER_DB": f"{tmp}/ledger.sqlite",
+                "KEEL_STORE_DIR": f"{tmp}/blobs",
+            }
+            worker = WorkerProcess(
+                env,
+                Path(tmp) / "worker.log",
+                "--task-queue",
+                queue,
+                "--tools",
+                "examples.ledger",
+                __file__,  # AGENT: the worker resolves a run's agent from its own catalog
+                "--max-cached-workflows",
+                str(cache),
             )
+            await worker.start()
+            assert worker.proc is not None
+            pid = worker.proc.pid
+        else:
+            raw_argv = [sys.executable, str(ROOT / "bench" / "raw_workflow.py"), address, queue]
+            process = await start_process(
+                [*raw_argv, str(cache)], "raw worker ready", Path(tmp) / "raw.log", {}
+            )
+            pid = process.pid
+
+        def start(i: int) -> Awaitable[object]:
+            if side == "keel":
+                return start_run(client, payment(i), run_id=f"{prefix}{i}", task_queue=queue)
+            return raw_client.start_workflow(
+                RawApproval.run, f"acct{i}", id=f"{prefix}{i}", task_queue=queue
+            )
+
+        async def approve(i: int) -> bool:
+            if side == "keel":
+                said = await decide(client, f"{prefix}{i}", choice="approve", approver="bench")
+                return said.startswith("accepted")
+            handle = raw_client.get_workflow_handle(f"{prefix}{i}")
+            return await handle.execute_update(RawApproval.decide, "approve") == "approve"
+
+        try:
+            idle_mb, _ = memory_mb(pid)
+            started = time.perf_counter()
+            await bounded([start(i) for i in range(runs)])
             waiting = f'{STATUS_ATTRIBUTE} = "WAITING_ON_YOU"'
             await until(client, prefix, waiting, runs, timeout=600)
             to_wait_s = time.perf_counter() - started
-            waiting_mb, _ = memory_mb(worker.proc.pid)
+            waiting_mb, _ = memory_mb(pid)
             await asyncio.sleep(hold)
-            held_mb, _ = memory_mb(worker.proc.pid)
+            held_mb, _ = memory_mb(pid)
 
             started = time.perf_counter()
-            answers = await bounded(
-                [
-                    decide(client, f"{prefix}{i}", choice="approve", approver="bench")
-                    for i in range(runs)
-                ]
-            )
-            assert all(a.startswith("accepted") for a in answers), answers[:3]
+            answers = await bounded([approve(i) for i in range(runs)])
+            assert all(answers), answers.count(False)
             approve_s = time.perf_counter() - started
-            await until(client, prefix, 'ExecutionStatus = "Completed"', runs, timeout=900)
+            completed = 'ExecutionStatus = "Completed"'
+            await until(client, prefix, completed, runs, timeout=900)
             done_s = time.perf_counter() - started
-            _, peak_mb = memory_mb(worker.proc.pid)
-            done = await count(client, prefix, f'{STATUS_ATTRIBUTE} = "DONE"')
+            _, peak_mb = memory_mb(pid)
+            done = await count(
+                client, prefix, f'{STATUS_ATTRIBUTE} = "DONE"' if side == "keel" else completed
+            )
         finally:
-            await worker.stop()
+            if side == "keel":
+                await worker.stop()
+            else:
+                process.terminate()
+                await process.wait()
     return {
+        "side": side,
         "cache": cache,
         "runs": runs,
         "idle_mb": idle_mb,
@@ -177,23 +197,28 @@ async def main(runs: int, hold: float, caches: list[int], tuned: bool) -> int:
         data_converter=pydantic_data_converter,
     )
     address = env.client.service_client.config.target_host
+    raw_client = await Client.connect(address)  # temporalio's default converter, nothing of Keel's
     print(
-        f"{'cache':>6} {'runs':>5} {'idle MB':>8} {'waiting MB':>11} {'after hold MB':>14} "
-        f"{'peak MB':>8} {'KB/run':>7} {'start->waiting s':>17} {'approve-all s':>14} "
-        f"{'approve->all DONE s':>20} {'DONE':>5}"
+        f"{'side':>5} {'cache':>6} {'runs':>5} {'idle MB':>8} {'waiting MB':>11} "
+        f"{'after hold MB':>14} {'peak MB':>8} {'KB/run':>7} {'start->waiting s':>17} "
+        f"{'approve-all s':>14} {'approve->all DONE s':>20} {'DONE':>5}"
     )
     failed = False
     try:
         for cache in caches:
-            r = await measure(env.client, address, runs, hold, cache)
-            per_run_kb = (r["waiting_mb"] - r["idle_mb"]) * 1024 / runs
-            print(
-                f"{r['cache']:>6} {r['runs']:>5} {r['idle_mb']:>8.1f} {r['waiting_mb']:>11.1f} "
-                f"{r['held_mb']:>14.1f} {r['peak_mb']:>8.1f} {per_run_kb:>7.0f} "
-                f"{r['to_wait_s']:>17.1f} {r['approve_s']:>14.1f} {r['done_s']:>20.1f} "
-                f"{r['done']:>5}"
-            )
-            failed = failed or r["done"] != runs
+            per_run = {}
+            for side in ("keel", "raw"):
+                r = await measure(side, env.client, raw_client, address, runs, hold, cache)
+                per_run[side] = (r["waiting_mb"] - r["idle_mb"]) * 1024 / runs
+                print(
+                    f"{side:>5} {r['cache']:>6} {r['runs']:>5} {r['idle_mb']:>8.1f} "
+                    f"{r['waiting_mb']:>11.1f} {r['held_mb']:>14.1f} {r['peak_mb']:>8.1f} "
+                    f"{per_run[side]:>7.0f} {r['to_wait_s']:>17.1f} {r['approve_s']:>14.1f} "
+                    f"{r['done_s']:>20.1f} {r['done']:>5}"
+                )
+                failed = failed or r["done"] != runs
+            ratio = per_run["keel"] / per_run["raw"]
+            print(f"cache {cache}: keel/raw KB per waiting run {ratio:.2f}")
     finally:
         await env.shutdown()
     config = "tuned" if tuned else "default (--server-default)"

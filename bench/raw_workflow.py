@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from temporalio import activity, workflow
 from temporalio.client import Client
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 from temporalio.worker import Worker
 
@@ -113,28 +113,62 @@ class RawFanOut:
         return len(await asyncio.gather(*naps))
 
 
-async def plain_worker(address: str, queue: str) -> tuple[Client, Worker]:
+# The keyword the approvals bench counts waiting runs by (Keel's runs set the same one).
+WAITING = SearchAttributeKey.for_keyword("KeelStatus")
+
+
+@workflow.defn(name="RawApproval")
+class RawApproval:
+    """A one-step payment waiting on a person (bench/approvals.py): it says it waits, an update
+    answers it, a 7-day timeout bounds the wait, then the activity runs."""
+
+    def __init__(self) -> None:
+        self.choice: str | None = None
+
+    @workflow.update
+    def decide(self, choice: str) -> str:
+        self.choice = choice
+        return choice
+
+    @workflow.run
+    async def run(self, account: str) -> str:
+        workflow.upsert_search_attributes([WAITING.value_set("WAITING_ON_YOU")])
+        await workflow.wait_condition(lambda: self.choice is not None, timeout=timedelta(days=7))
+        await workflow.execute_activity(
+            raw_noop,
+            1,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+        return account
+
+
+async def plain_worker(
+    address: str, queue: str, max_cached_workflows: int = 1000
+) -> tuple[Client, Worker]:
     """A client with temporalio's default converter and a worker serving the baseline only."""
     client = await Client.connect(address)
     worker = Worker(
         client,
         task_queue=queue,
-        workflows=[RawToolLoop, RawSupervisor, RawChild, RawFanOut],
+        workflows=[RawToolLoop, RawSupervisor, RawChild, RawFanOut, RawApproval],
         activities=[raw_noop, raw_child_work, raw_nap],
         activity_executor=ThreadPoolExecutor(max_workers=100),
+        max_cached_workflows=max_cached_workflows,
     )
     return client, worker
 
 
-async def serve(address: str, queue: str) -> None:
-    """Run the baseline's worker until killed (bench/jobs.py measures it as a process)."""
-    _, worker = await plain_worker(address, queue)
+async def serve(address: str, queue: str, max_cached_workflows: int = 1000) -> None:
+    """Run the baseline's worker until killed (bench/jobs.py and bench/approvals.py measure it
+    as a process)."""
+    _, worker = await plain_worker(address, queue, max_cached_workflows)
     async with worker:
         print("raw worker ready", flush=True)
         await asyncio.Event().wait()
 
 
-if __name__ == "__main__":  # python bench/raw_workflow.py ADDRESS QUEUE
+if __name__ == "__main__":  # python bench/raw_workflow.py ADDRESS QUEUE [CACHED_WORKFLOWS]
     import sys
 
-    asyncio.run(serve(sys.argv[1], sys.argv[2]))
+    asyncio.run(serve(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:4])))
