@@ -289,7 +289,14 @@ class Catalog:
             problems += self._companions(spec, used)
         for policy in agent.approvals.values():
             problems += self._reminder(policy, used)
-        return PreparedPlan(tools=used, problems=problems + _oversized(calls))
+        # A plan's steps are given: the run needs each tool's policy, not the description and
+        # argument schema a model reads (checked here already). Every run holds these specs in
+        # the worker's cache and records them in its history: ~1 KB a tool less.
+        policies = {
+            name: spec.model_copy(update={"description": "", "parameters": {}})
+            for name, spec in used.items()
+        }
+        return PreparedPlan(tools=policies, problems=problems + _oversized(calls))
 
     def prepare_agent(self, agent: AgentSpec) -> PreparedPlan:
         """For an agent that acts step by step: the specs of every tool it may call and of its

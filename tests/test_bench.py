@@ -17,7 +17,7 @@ from tests.processes import run
     ("script", "row_start"),
     [
         ("bench/overhead.py", "   20 "),
-        ("bench/approvals.py", "  1000   100 "),
+        ("bench/approvals.py", " keel   1000   100 "),
         ("bench/react_history.py", "    50 "),
         ("bench/faults.py", "        on     E2   0.3 "),
         (

@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,8 @@ from temporalio.client import Client
 
 import examples.ledger as ledger
 import keel
-from keel.workflows.contracts import RunEvent
+from keel.workflows.contracts import EVENTS_CARRIED_BYTES, EVENTS_KEPT_BYTES, RunEvent
+from keel.workflows.events import EventLog
 from tests import sample_tools
 from tests.conftest import dev_address, keel_worker
 from tests.processes import WorkerProcess, spawn, worker_env
@@ -42,6 +44,21 @@ def pay_steps(n: int, pause_s: float) -> list[keel.StepSpec]:
         )
         for i in range(1, n + 1)
     ]
+
+
+def test_a_continuation_carries_the_newest_events_only() -> None:
+    clock = datetime(2026, 1, 1, tzinfo=UTC)
+    log = EventLog(lambda: clock)
+    for i in range(3000):
+        log.add("progress", f"event {i} " + "x" * 200)
+    carried = log.newest(EVENTS_CARRIED_BYTES)
+    assert log.bytes <= EVENTS_KEPT_BYTES and len(carried) < len(log.kept)
+    assert sum(len(e.model_dump_json()) for e in carried) <= EVENTS_CARRIED_BYTES
+    assert carried[-1].offset == 2999 and carried == list(log.kept)[-len(carried) :]
+    resumed = EventLog(lambda: clock, carried, log.next_offset)
+    page = resumed.since(0, "RUNNING")  # a follower far behind learns what it missed
+    assert page.first_kept == carried[0].offset and page.events[0] == carried[0]
+    assert log.newest(1) == [log.kept[-1]]  # never nothing
 
 
 async def test_watch_and_events_survive_a_sigkill_and_continue_as_new(

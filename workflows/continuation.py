@@ -14,7 +14,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from keel.shared.bounds import PAYLOAD_LIMIT, fit, json_size
     from keel.workflows.budgets import BudgetKeeper
-    from keel.workflows.contracts import RunCarry, audit_kept
+    from keel.workflows.contracts import EVENTS_CARRIED_BYTES, RunCarry, audit_kept
     from keel.workflows.failures import Unwind
     from keel.workflows.gate import HumanGate
     from keel.workflows.loop import recent_repeats
@@ -71,7 +71,7 @@ class Continuation:
             repeats=recent_repeats(self.budget.repeats),
             asked=self.gate.asked,
             turn=self.thread.turn,
-            events=list(state.events.kept),
+            events=state.events.newest(EVENTS_CARRIED_BYTES),
             next_event=state.events.next_offset,
         )
         if json_size(carry) > PAYLOAD_LIMIT:  # the live events give way first

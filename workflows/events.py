@@ -6,8 +6,9 @@
 Events are written by workflow code (and by the handlers of signals and updates, which are in
 the history), so a replay after a worker crash rebuilds the same events at the same offsets:
 a client that resumes from its offset sees nothing twice and misses nothing. Reading costs no
-history event (a query), and only the newest EVENTS_KEPT_BYTES are kept, carried across
-continue-as-new, so the stream is bounded by construction. Pure: its clock is given (the
+history event (a query), and only the newest EVENTS_KEPT_BYTES are kept (the newest
+EVENTS_CARRIED_BYTES of them carried across continue-as-new), so the stream is bounded by
+construction. Pure: its clock is given (the
 workflow's, workflow.now).
 """
 
@@ -74,6 +75,15 @@ class EventLog:
             self.kept.popleft()
             self.bytes -= self.sizes.popleft()
         return event
+
+    def newest(self, limit: int) -> list[RunEvent]:
+        """The newest kept events within `limit` bytes (at least the newest one)."""
+        taken, total = 0, 0
+        for size in reversed(self.sizes):
+            if taken and total + size > limit:
+                break
+            taken, total = taken + 1, total + size
+        return list(self.kept)[len(self.kept) - taken :]
 
     @property
     def first_kept(self) -> int:

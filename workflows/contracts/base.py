@@ -22,9 +22,13 @@ DEFAULT_TASK_QUEUE = "keel"
 MAX_STEPS = 1000
 MAX_GOAL_CHARS = 16_000
 PROGRESS_KEPT = 200  # the report keeps the newest entries of the progress log
-# A run keeps its newest live events up to this many bytes (and carries them across
-# continue-as-new), so a client that fell behind by less catches up without a gap.
+# A run keeps its newest live events up to this many bytes, so a client that fell behind by
+# less catches up without a gap.
 EVENTS_KEPT_BYTES = 256 * 1024
+# What of them a continuation carries: the carry is recorded twice (the old segment's last event
+# and the new one's first), so all 256 KB would add half a megabyte of history every ~500 steps
+# of an agent (bench/peers.py --long). A follower polling even every few seconds is far closer.
+EVENTS_CARRIED_BYTES = 32 * 1024
 EVENT_TEXT_CHARS = 2000  # an event's message is cut here (the report has the whole story)
 # What a continuation carries of what the run has already settled (the carry is recorded twice,
 # as the old segment's last event and the new one's first, and every step stays in its
