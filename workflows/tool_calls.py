@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from keel.workflows.contracts import ToolCall, ToolOutput, ToolSpec
@@ -71,4 +72,22 @@ async def call_tool(state: RunState, spec: ToolSpec, step: int, args: dict[str, 
             handle.cancel()  # still in flight: ask it to stop and wait for what it did
         # Its result if it completed (the run notices the cancel before its next call),
         # else the activity's cancellation error.
-        return await handle
+        try:
+            return await handle
+        except ActivityError as err:
+            if not (unknown_write(spec, err) and workflow.patched(ASK_AGAIN_PATCH)):
+                raise
+            # Its worker died with the cancel pending: the server gave up on the call without
+            # an answer, and the write may have landed. The same call again (the same key: a
+            # write reports what it did) says, and the saga undoes what it did.
+            workflow.logger.info(f"{spec.name}: outcome unknown after a cancel, asking again")
+            return await start_call(spec, call)
+
+
+# Runs that ended a write of unknown outcome before this asked again replay as they ran.
+ASK_AGAIN_PATCH = "keel-unknown-write-asked-again"
+
+
+def unknown_write(spec: ToolSpec, err: ActivityError) -> bool:
+    """A write that timed out: it may or may not have landed."""
+    return spec.effect == "write" and isinstance(err.cause, TimeoutError)
