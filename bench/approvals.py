@@ -2,12 +2,15 @@
 from approving them all until all are DONE.
 
     python bench/approvals.py [--runs 1000] [--hold 30] [--cache 1000 100] [--quick]
+                              [--server-default]
 
 For each worker cache size: a dev server (in memory) and one `worker.py` process; N runs of a
-one-step plan whose payment needs approval start and wait. The worker's resident memory is read
-from /proc before the runs, when all wait, and again after holding them `--hold` seconds (the
-wait itself must cost nothing); its peak (VmHWM) is reported. Then one script approves every
-run (updates, 50 in flight) and the time until the last run is DONE is measured.
+one-step plan whose payment needs approval start and wait. Then the same for plain temporalio
+(bench/raw_workflow.py's RawApproval on its own worker process, the same cache size). The
+worker's resident memory is read from /proc before the runs, when all wait, and again after
+holding them `--hold` seconds (the wait itself must cost nothing); its peak (VmHWM) is
+reported. Then one script approves every run (updates, 50 in flight) and the time until the
+last run is DONE is measured.
 """
 
 from __future__ import annotations

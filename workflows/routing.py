@@ -39,24 +39,16 @@ async def ask_route(
     fallbacks: list[str] = []
     for ref in route.models:
         try:
-            timeout, retry = ref.timeout + ACTIVITY_SLACK, model_retry(ref)
-            if ref.local:  # a quick model answers as a local activity: no server round trip
-                asked = workflow.execute_local_activity(
-                    "keel.model_call",
-                    request_for(ref),
-                    result_type=ModelReply,
-                    start_to_close_timeout=timeout,
-                    retry_policy=retry,
-                )
-                reply = await local_outcome(asked, "keel.model_call")
-            else:
-                reply = await workflow.execute_activity(
-                    "keel.model_call",
-                    request_for(ref),
-                    result_type=ModelReply,
-                    start_to_close_timeout=timeout,
-                    retry_policy=retry,
-                )
+            # A quick model answers as a local activity: no round trip through the server.
+            execute = workflow.execute_local_activity if ref.local else workflow.execute_activity
+            asked = execute(
+                "keel.model_call",
+                request_for(ref),
+                result_type=ModelReply,
+                start_to_close_timeout=ref.timeout + ACTIVITY_SLACK,
+                retry_policy=model_retry(ref),
+            )
+            reply = await (local_outcome(asked, "keel.model_call") if ref.local else asked)
             return reply, ref, fallbacks
         except ActivityError as err:
             if is_cancelled_exception(err):

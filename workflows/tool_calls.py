@@ -20,6 +20,8 @@ with workflow.unsafe.imports_passed_through():
 # A cancelled run compensates only once the in-flight call has stopped: with TRY_CANCEL a
 # write still running could land after its compensation.
 WAIT_FOR_IT = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+# Runs that ended a write of unknown outcome before it was asked again replay as they ran.
+ASK_AGAIN_PATCH = "keel-unknown-write-asked-again"
 
 
 def start_call(spec: ToolSpec, call: ToolCall) -> asyncio.Task[ToolOutput]:
@@ -82,10 +84,6 @@ async def call_tool(state: RunState, spec: ToolSpec, step: int, args: dict[str, 
             # write reports what it did) says, and the saga undoes what it did.
             workflow.logger.info(f"{spec.name}: outcome unknown after a cancel, asking again")
             return await start_call(spec, call)
-
-
-# Runs that ended a write of unknown outcome before this asked again replay as they ran.
-ASK_AGAIN_PATCH = "keel-unknown-write-asked-again"
 
 
 def unknown_write(spec: ToolSpec, err: ActivityError) -> bool:
