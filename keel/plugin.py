@@ -21,8 +21,7 @@ from temporalio.converter import (
     PayloadCodec,
 )
 from temporalio.plugin import SimplePlugin
-from temporalio.worker import WorkerConfig, WorkflowRunner
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+from temporalio.worker import WorkerConfig
 from temporalio.workflow import NondeterminismError
 
 from keel.activities.catalog import Catalog
@@ -60,19 +59,6 @@ def _with_pydantic(existing: DataConverter | None) -> DataConverter:
     return dataclasses.replace(existing, payload_converter_class=KeelPayloadConverter)
 
 
-def keel_runner(existing: WorkflowRunner | None) -> WorkflowRunner:
-    """The sandbox, with Keel's modules passed through: Keel's workflow code keeps no module
-    state and does no I/O, so one copy serves every run. Re-imported in each run's sandbox,
-    the workflow module and the packages above it cost every cached run ~30 KB of code and
-    module objects (bench/approvals.py). A runner that is not the sandbox is kept as it is."""
-    if existing is None:
-        existing = SandboxedWorkflowRunner()
-    if not isinstance(existing, SandboxedWorkflowRunner):
-        return existing
-    restrictions = existing.restrictions.with_passthrough_modules("keel")
-    return dataclasses.replace(existing, restrictions=restrictions)
-
-
 def keel_converter(existing: DataConverter | None, codec: PayloadCodec | None) -> DataConverter:
     converter = _with_pydantic(existing)
     if codec is None:
@@ -93,7 +79,6 @@ class KeelPlugin(SimplePlugin):
             data_converter=lambda existing: keel_converter(existing, codec),
             activities=self.catalog.activities(),
             workflows=list(WORKFLOWS),
-            workflow_runner=keel_runner,
             # A determinism violation fails the run with its cause instead of retrying the
             # workflow task forever: the run's status shows it, nothing hangs silently.
             workflow_failure_exception_types=[NondeterminismError],

@@ -65,7 +65,13 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.verification import Verifier
 
 
-@workflow.defn(name="AgentWorkflow")
+# Outside temporalio's sandbox (a user's own workflows on the same worker keep it). The sandbox
+# re-checks every payload's serialization context by exec'ing code in the run's sandbox, and
+# holds a copy of module globals a run: ~40 % of a step's CPU when a step's model call and read
+# are local activities (bench/README.md, "Outside the sandbox"). Keel's modules were already
+# passed through it, so it no longer checked Keel's calls; determinism is held by review,
+# `keel.shared`'s pure helpers and replaying every history the tests produce.
+@workflow.defn(name="AgentWorkflow", sandboxed=False)
 class AgentWorkflow:
     @workflow.init
     def __init__(self, run: AgentRunInput) -> None:
