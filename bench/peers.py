@@ -15,18 +15,25 @@ Systems, alternating run by run so machine noise hits all alike:
   keel-react-lm  keel-react with the model asked as a local activity too (ModelRef(local=True))
   pydantic-ai Pydantic AI's Agent with TemporalDurability and a FunctionModel
   openai      temporalio.contrib.openai_agents with a fake model
+  langgraph-sync  LangGraph's ReAct graph (model node, tool node) on a SQLite checkpointer on
+              disk, each step's checkpoint written before the next (durability="sync"); no
+              Temporal server (bench/peer_langgraph.py)
+  langgraph-exit  the same, its checkpoint written once when the run ends (durability="exit")
 The peers run where their packages are installed; a peer that fails or times out at some N is
 reported as such and not tried at larger N. Every model chooses one tool call per turn from the
 conversation, so each run makes exactly N calls. History bytes are the protobuf size of every
-event of the run (all its continue-as-new segments).
+event of the run (all its continue-as-new segments); for LangGraph, the events are its stored
+checkpoints and writes, the bytes their blobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -81,9 +88,13 @@ class Sample:
 class System:
     name: str
     start: Callable[[int, str], Awaitable[None]]  # (n, workflow id) -> completes or raises
-    client: Client
+    history: Callable[[str], Awaitable[tuple[int, int]]]  # run id -> (events, bytes)
     samples: dict[int, list[Sample]] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
+
+
+def history_of(client: Client) -> Callable[[str], Awaitable[tuple[int, int]]]:
+    return lambda workflow_id: chain_history(client, workflow_id)
 
 
 async def chain_history(client: Client, workflow_id: str) -> tuple[int, int]:
@@ -131,20 +142,25 @@ def keel_systems(client: Client, queue: str, raw_client: Client, raw_queue: str)
         )
         return AgentRunInput(agent=narrowed, goal=f"call noop {n}")
 
+    history = history_of(client)
     return [
-        System("raw", raw, raw_client),
-        System("keel-plan", lambda n, rid: keel(plan_of(n, "noop"), n, rid), client),
-        System("keel-react", lambda n, rid: keel(react(n), n, rid), client),
-        System("keel-react-remote", lambda n, rid: keel(react(n, REACT_REMOTE), n, rid), client),
-        System("keel-local", lambda n, rid: keel(plan_of(n, "noop_local"), n, rid), client),
-        System("keel-react-lm", lambda n, rid: keel(react(n, REACT_LM), n, rid), client),
+        System("raw", raw, history_of(raw_client)),
+        System("keel-plan", lambda n, rid: keel(plan_of(n, "noop"), n, rid), history),
+        System("keel-react", lambda n, rid: keel(react(n), n, rid), history),
+        System("keel-react-remote", lambda n, rid: keel(react(n, REACT_REMOTE), n, rid), history),
+        System("keel-local", lambda n, rid: keel(plan_of(n, "noop_local"), n, rid), history),
+        System("keel-react-lm", lambda n, rid: keel(react(n, REACT_LM), n, rid), history),
     ]
 
 
-async def peer_systems(address: str, stack: list[Worker]) -> tuple[list[System], str]:
-    """The peers that are installed, each with its own client (own data converter) and worker."""
+async def peer_systems(
+    address: str, stack: list[Worker], closers: list[Callable[[], Awaitable[None]]]
+) -> tuple[list[System], str]:
+    """The peers that are installed, each with its own client (own data converter) and worker;
+    LangGraph with its own SQLite file."""
     try:
         warnings.simplefilter("ignore", DeprecationWarning)
+        import peer_langgraph
         import peer_openai
         import peer_pydantic_ai
         from peer_models import CountingProvider
@@ -195,9 +211,26 @@ async def peer_systems(address: str, stack: list[Worker]) -> tuple[list[System],
         return start
 
     systems.append(
-        System("pydantic-ai", runner(pai_client, "PeerPydanticAI", pai_queue), pai_client)
+        System(
+            "pydantic-ai",
+            runner(pai_client, "PeerPydanticAI", pai_queue),
+            history_of(pai_client),
+        )
     )
-    systems.append(System("openai", runner(oai_client, "PeerOpenAIAgents", oai_queue), oai_client))
+    systems.append(
+        System(
+            "openai",
+            runner(oai_client, "PeerOpenAIAgents", oai_queue),
+            history_of(oai_client),
+        )
+    )
+    folder = tempfile.mkdtemp(prefix="peers-langgraph-")
+    for durability in ("sync", "exit"):
+        run, stored, close = await peer_langgraph.open_langgraph(
+            os.path.join(folder, f"{durability}.sqlite"), durability
+        )
+        closers.append(close)
+        systems.append(System(f"langgraph-{durability}", run, stored))
     return systems, ""
 
 
@@ -213,7 +246,7 @@ async def measure(system: System, n: int) -> None:
         system.failed[n] = f"{type(cause).__name__}: {str(cause)[:120]}"
         return
     wall = time.perf_counter() - started
-    events, size = await chain_history(system.client, run_id)
+    events, size = await system.history(run_id)
     system.samples.setdefault(n, []).append(Sample(wall, events, size))
 
 
@@ -293,8 +326,9 @@ async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int, tuned
     workers = [Worker(env.client, task_queue=queue, plugins=[KeelPlugin(catalog)]), raw_worker]
     systems = keel_systems(env.client, queue, raw_client, raw_queue)
     note = "peers not measured (--no-peers)"
+    closers: list[Callable[[], Awaitable[None]]] = []
     if peers_wanted:
-        extra, note = await peer_systems(address, workers)
+        extra, note = await peer_systems(address, workers, closers)
         systems += extra
     try:
         for worker in workers:
@@ -323,6 +357,8 @@ async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int, tuned
     finally:
         for worker in reversed(workers):
             await worker.__aexit__(None, None, None)
+        for close in closers:
+            await close()
         await env.shutdown()
     config = "tuned" if tuned else "default (--server-default)"
     print(f"server: {config} dev server; every system on it, alternating run by run")
