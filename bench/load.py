@@ -1,12 +1,14 @@
 """Load: many concurrent runs of a 5-step plan on one worker, against the same workload as
 plain temporalio workflows calling the same activity.
 
-    python bench/load.py [--runs 1000] [--quick]
+    python bench/load.py [--runs 1000] [--rounds 2] [--quick] [--server-default]
 
 Each side runs in its own process (a worker with Keel's plugin and the raw workflow, and the
-client that starts the runs), so its peak RSS, read from /proc, is its own. Printed per side:
-wall time until every run completed, steps per second, runs lost (not completed, or not DONE),
-and the Keel/raw ratio.
+client that starts the runs), so its peak RSS, read from /proc, is its own. The sides take
+turns, the order reversed every round (raw, keel, keel, raw, ...), so a slower machine or a
+server holding more finished runs does not favour either. Printed per side and round: wall
+time until every run completed, steps per second, runs lost (not completed, or not DONE); then
+the Keel/raw ratio of the summed walls and of the highest peak RSS.
 """
 
 from __future__ import annotations
@@ -109,12 +111,13 @@ async def measure_side(address: str, side: str, runs: int) -> dict[str, float]:
     return {"wall": wall, "lost": lost, "idle": idle, "rss": rss, "peak": peak}
 
 
-async def main(runs: int, tuned: bool) -> int:
+async def main(runs: int, rounds: int, tuned: bool) -> int:
     env = await start_dev_server(tuned=tuned)
     address = env.client.service_client.config.target_host
-    rows = {}
+    rows: list[tuple[str, dict[str, float]]] = []
+    order = [side for r in range(rounds) for side in (("raw", "keel"), ("keel", "raw"))[r % 2]]
     try:
-        for side in ("raw", "keel"):
+        for side in order:
             child = await asyncio.create_subprocess_exec(
                 sys.executable,
                 __file__,
@@ -130,42 +133,49 @@ async def main(runs: int, tuned: bool) -> int:
             if child.returncode != 0:
                 print(f"load: the {side} side failed (exit {child.returncode})", file=sys.stderr)
                 return 1
-            rows[side] = json.loads(out.decode().strip().splitlines()[-1])
+            rows.append((side, json.loads(out.decode().strip().splitlines()[-1])))
     finally:
         await env.shutdown()
     print(
         f"{'side':>5} {'runs':>5} {'wall s':>8} {'steps/s':>8} {'lost':>5} {'idle MB':>8} "
         f"{'end MB':>7} {'peak MB':>8}"
     )
-    for side, row in rows.items():
+    for side, row in rows:
         print(
             f"{side:>5} {runs:>5} {row['wall']:>8.1f} {runs * STEPS / row['wall']:>8.1f} "
             f"{row['lost']:>5} {row['idle']:>8.0f} {row['rss']:>7.0f} {row['peak']:>8.0f}"
         )
+
+    def total(side: str, key: str) -> float:
+        values = [row[key] for s, row in rows if s == side]
+        return max(values) if key == "peak" else sum(values)
+
     config = "tuned" if tuned else "default (--server-default)"
     print(
-        f"keel/raw wall: {rows['keel']['wall'] / rows['raw']['wall']:.2f}, peak RSS: "
-        f"{rows['keel']['peak'] / rows['raw']['peak']:.2f}; {STEPS} steps a run; {config} dev "
-        "server; each side is its own process (worker + client), RSS from /proc/self/status"
+        f"keel/raw wall: {total('keel', 'wall') / total('raw', 'wall'):.2f}, peak RSS: "
+        f"{total('keel', 'peak') / total('raw', 'peak'):.2f}; {STEPS} steps a run, {rounds} "
+        f"round(s); {config} dev server; each side is its own process (worker + client), RSS "
+        "from /proc/self/status"
     )
-    return 0 if all(row["lost"] == 0 for row in rows.values()) else 1
+    return 0 if all(row["lost"] == 0 for _, row in rows) else 1
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="100 runs (for CI)")
+    parser.add_argument("--rounds", type=int, default=2, help="turns each side takes")
+    parser.add_argument("--quick", action="store_true", help="100 runs, 1 round (for CI)")
     parser.add_argument("--side", choices=["raw", "keel"], help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     add_server_default_flag(parser)
     args = parser.parse_args()
     if args.quick:
-        args.runs = 100
+        args.runs, args.rounds = 100, 1
     if args.side:
         print(json.dumps(asyncio.run(measure_side(args.address, args.side, args.runs))))
         code = 0
     else:
-        code = asyncio.run(main(args.runs, not args.server_default))
+        code = asyncio.run(main(args.runs, args.rounds, not args.server_default))
     from keel.process import exit_now
 
     exit_now(code)
