@@ -3,13 +3,16 @@ compensated, however the cancel and the completion interleave (issue 13, item 1)
 
 The first test forces the worst interleaving: the write completes while no workflow worker
 runs, so the completion and the cancel request reach the run in one activation. The second
-cancels 10-step write plans at seeded random times, on one worker or two, and counts effects.
+kills the process running a write after it landed, then cancels the run: the server gives up on
+the call without an answer, and the run must ask again before it compensates. The last cancels
+10-step write plans at seeded random times, on one worker or two, and counts effects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -27,6 +30,7 @@ from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
 from tests.conftest import dev_address
+from tests.processes import spawn
 
 CATALOG = Catalog.from_modules([ledger])
 
@@ -119,6 +123,45 @@ async def test_a_write_completing_with_the_cancel_in_one_activation_is_compensat
             report = await outcome(handle)
     assert [c.step for c in report.compensations] == [2, 1]
     assert_world_matches(report, handle.id, 3)
+
+
+async def test_a_write_whose_worker_died_during_the_cancel_is_asked_again_and_undone(
+    dev_client: Client, ledger_db: Path
+) -> None:
+    queue = f"unknown-{uuid.uuid4().hex[:8]}"
+    address = dev_address(dev_client)
+    # The write runs in a process of its own; the run stays cached on this one's workflow
+    # worker, so the cancel reaches it at once (not after a dead worker's sticky timeout).
+    activities = await spawn(sys.executable, "-m", "tests.activity_worker", address, queue, env={})
+    assert activities.stdout is not None
+    ready = await asyncio.wait_for(activities.stdout.readline(), 60)
+    assert ready.decode().strip() == "activity worker ready"
+    plugin = KeelPlugin(CATALOG)
+    async with Worker(dev_client, task_queue=queue, plugins=[plugin], no_remote_activities=True):
+        handle = await start(dev_client, queue, write_plan([5], {1: 5.0}), "unknown")
+        for _ in range(1000):  # the write is committed; the tool now pauses 5 s
+            if store.run_total(handle.id, "acct1"):
+                break
+            await asyncio.sleep(0.01)
+        activities.kill()  # no completion will ever come from it
+        await activities.wait()
+        await handle.cancel()
+        # The call times out at its 2 s heartbeat timeout with the cancel pending, and the
+        # server does not retry it: its outcome is unknown. The run asks again (same key)
+        # on a worker that runs activities, then undoes the write.
+        async with Worker(dev_client, task_queue=queue, activities=CATALOG.activities()):
+            report = await outcome(handle)
+    history = await handle.fetch_history()
+    timed_out = EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert sum(e.event_type == timed_out for e in history.events) == 1
+    assert scheduled == ["post_entry", "post_entry", "reverse_entry"]
+    assert [(c.step, c.status) for c in report.compensations] == [(1, "done")]
+    assert_world_matches(report, handle.id, 1)
 
 
 @pytest.mark.parametrize("seed", range(16))
