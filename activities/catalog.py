@@ -41,6 +41,7 @@ from keel.activities.memory.tools import (
 from keel.activities.models.context_store import answered, expand
 from keel.activities.models.providers import PROVIDERS
 from keel.activities.models.scripted import ScriptedModel, ScriptedPlanner
+from keel.activities.prefetch import prefetch
 from keel.activities.secrets import known_values, redact, resolved_values
 from keel.activities.skills import (
     TOOLS_FILE,
@@ -597,12 +598,23 @@ class KeelActivities:
         """One model call. Its recorded reply is what a replay sees: the model is never asked
         twice for the same turn."""
         if request.policy is None and request.context_ref is None:
-            return await self._recorded(request)
-        # The store may be a bucket across the network: its reads and writes run in a thread.
-        view, conversation, full = await asyncio.to_thread(expand, request)
-        reply = await self._recorded(view)
-        ref = await asyncio.to_thread(answered, full, conversation, reply)
-        return reply.model_copy(update={"context_ref": ref})
+            reply = await self._recorded(request)
+        else:
+            # The store may be a bucket across the network: its reads and writes run in a
+            # thread.
+            view, conversation, full = await asyncio.to_thread(expand, request)
+            reply = await self._recorded(view)
+            ref = await asyncio.to_thread(answered, full, conversation, reply)
+            reply = reply.model_copy(update={"context_ref": ref})
+        if request.prefetch is None or not reply.tool_calls:
+            return reply
+        try:
+            ran = await prefetch(request.prefetch, reply, self.catalog.tools)
+        except Exception:  # reads run ahead to save a step's second local activity: never a
+            # reason to fail (and so to ask again) the model call itself
+            activity.logger.exception("the answer's quick reads were not run with the model call")
+            return reply
+        return reply.model_copy(update={"prefetched": ran}) if ran else reply
 
     async def _recorded(self, request: ModelRequest) -> ModelReply:
         """The answer; with KEEL_TRACE_CONTENT=1, also a `keel.model_exchange` span holding

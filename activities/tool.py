@@ -75,6 +75,7 @@ class Tool:
     fn: Callable[..., Any]
     args_model: type[BaseModel]
     activity: Callable[[ToolCall], Any]
+    validator: Validator | None = None
 
     @property
     def name(self) -> str:
@@ -189,7 +190,11 @@ def _declare(
 
     run_tool.__name__ = f"tool_{tool_name}"
     return Tool(
-        spec=spec, fn=fn, args_model=args_model, activity=activity.defn(name=tool_name)(run_tool)
+        spec=spec,
+        fn=fn,
+        args_model=args_model,
+        activity=activity.defn(name=tool_name)(run_tool),
+        validator=validator,
     )
 
 
@@ -280,6 +285,17 @@ async def run_call(
                 )
             raise
         annotate(current, outcome="ok", stored=out.ref is not None)
+        return out
+
+
+async def run_with_model_call(tool: Tool, call: ToolCall) -> ToolOutput:
+    """One attempt of a quick read inside the model call that chose it (activities/prefetch):
+    the same argument checks, context, faults, validator and storage as its own activity."""
+    spec, step = tool.spec, call.step
+    with span("tool_call", tool=spec.name, step=step, attempt=1, run_id=call.run_id) as current:
+        tool_call_attributes(current, tool=spec.name, args=call.args)
+        out = await _attempt(spec, tool.fn, tool.args_model, call, tool.validator, 1)
+        annotate(current, outcome="ok", stored=out.ref is not None, with_model_call=True)
         return out
 
 

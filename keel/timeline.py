@@ -195,6 +195,23 @@ class _Builder:
         entry.outcome, entry.detail = ("failed", a.failure.message) if failed else ("ok", "")
         if name == "keel.prepare_plan" and "result" in a.details:
             self.learn_tools(_json(a.details["result"]))
+        if name == "keel.model_call" and "result" in a.details:
+            self._prefetched(event, _json(a.details["result"]), entry.duration_s)
+
+    def _prefetched(self, event: HistoryEvent, reply: Any, took: float) -> None:
+        """The quick reads a local model call ran itself (contracts.PrefetchPlan): in its
+        marker's result, timed with the call."""
+        ran = reply.get("prefetched", []) if isinstance(reply, dict) else []
+        for call in ran:
+            tool, step = str(call.get("tool", "tool")), call.get("step")
+            entry = self.add(
+                event,
+                kind="step",
+                name=f"{tool} (with the model call)",
+                step=step if isinstance(step, int) else None,
+                attempts=1,
+            )
+            entry.duration_s, entry.outcome = took, "ok"
 
     def _decision(self, event: HistoryEvent, name: str, value: Any) -> None:
         detail = ""

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         LoadedSkill,
         Message,
         OutputCheck,
+        PrefetchPlan,
         ResourceRequest,
         SkillRequest,
         SkillState,
@@ -85,7 +86,9 @@ class StepByStep:
             # becomes a "turn" when the answer chooses no tool (finish, ask, malformed).
             step = state.report.step_total + 1
             with span("step", run_id=state.report.run_id, step=step) as turn:
-                reply = await thread.ask("act", schemas, system, thread.turns)
+                prefetch = self._prefetch_plan(schemas)
+                reply = await thread.ask("act", schemas, system, thread.turns, prefetch)
+                state.prefetched = {ran.step: ran for ran in reply.prefetched}
                 actions, problems = parse_actions(reply, schemas)
                 if not problems:
                     actions, problems = await self._check_output(actions)
@@ -118,6 +121,36 @@ class StepByStep:
             agent.delegates,
             agent.loop.drop_results,
             state.skill_catalog,
+        )
+
+    def _prefetch_plan(self, schemas: tuple[ToolSchema, ...]) -> PrefetchPlan | None:
+        """The quick reads this answer's model call may run itself (if it is asked as a local
+        activity): the offered tools that are local reads of the worker's catalog and that no
+        approval gate holds. The grants and ceilings go along: the activity checks them first.
+        """
+        state = self.state
+        agent = state.agent
+        eligible = tuple(
+            schema.name
+            for schema in schemas
+            if (spec := state.tools.get(schema.name)) is not None
+            and spec.kind == "tool"
+            and spec.effect == "read"
+            and spec.local
+            and not spec.activity
+            and spec.approval is None
+            and spec.name not in agent.approvals
+        )
+        if not eligible:
+            return None
+        return PrefetchPlan(
+            tools=eligible,
+            first_step=state.report.step_total + 1,
+            run_id=workflow.info().workflow_id,
+            key_prefix=state.key(""),
+            grants=agent.grants,
+            ceilings=tuple(state.run.ceilings),
+            max_parallel=agent.loop.max_parallel,
         )
 
     async def _check_output(

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         ModelReply,
         ModelRequest,
         PlanSpec,
+        PrefetchPlan,
         StepKind,
         ToolSchema,
         ToolSpec,
@@ -67,9 +68,15 @@ class ModelThread:
             self.turn = carry.turn
 
     async def ask(
-        self, kind: StepKind, tools: tuple[ToolSchema, ...], system: str, turns: list[Message]
+        self,
+        kind: StepKind,
+        tools: tuple[ToolSchema, ...],
+        system: str,
+        turns: list[Message],
+        prefetch: PrefetchPlan | None = None,
     ) -> ModelReply:
-        """One model call on `kind`'s route (falling back along it); the reply joins `turns`."""
+        """One model call on `kind`'s route (falling back along it); the reply joins `turns`.
+        A model asked as a local activity may also run the quick reads of `prefetch`."""
         agent = self.state.agent
         route = getattr(agent.routes, kind) or agent.routes.act
         assert route is not None
@@ -94,6 +101,8 @@ class ModelThread:
                 system="" if stored else system,
                 policy=None if agent.loop == policy_was else agent.loop,
                 preamble_ref=None if preamble == preamble_was else preamble,
+                # Only to a local activity: a remote one's input is in the history.
+                prefetch=prefetch if ref.local else None,
             )
 
         with span("model_call", kind=kind, run_id=self.state.report.run_id) as current:

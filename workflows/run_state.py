@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         STATUS_ATTRIBUTE,
         AgentRunInput,
         AgentSpec,
+        PrefetchedCall,
         ProgressEntry,
         RunReport,
         RunStatus,
@@ -71,6 +72,9 @@ class RunState:
         # What an agent with memory remembers, for the model's opening context (MemoryHooks).
         self.memory_context: str | None = None
         self.skill_catalog: tuple[SkillInfo, ...] = ()  # skills the agent may load (resolved)
+        # The quick reads the last model call ran itself, by the step they were run for
+        # (contracts.PrefetchPlan): call_tool takes each for the call it was made for.
+        self.prefetched: dict[int, PrefetchedCall] = {}
 
     @property
     def agent(self) -> AgentSpec:

@@ -62,6 +62,11 @@ async def call_tool(state: RunState, spec: ToolSpec, step: int, args: dict[str, 
         ceilings=list(state.run.ceilings) if spec.kind == "tool" else [],
         tool=spec.name if spec.activity else "",
     )
+    ran = state.prefetched.pop(step, None)
+    if ran is not None and ran.tool == spec.name and ran.args == args and spec.local:
+        # The model call that chose this read ran it already (contracts.PrefetchPlan): its
+        # output is in that call's recorded result, so a replay takes the same path.
+        return ran.output
     handle = start_call(spec, call)
     try:
         # Shielded: a cancel of the run must not reach the call before we know whether it

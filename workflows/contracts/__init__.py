@@ -78,6 +78,8 @@ from keel.workflows.contracts.models import (
     ModelReply,
     ModelRequest,
     NamedRoutes,
+    PrefetchedCall,
+    PrefetchPlan,
     Provider,
     Route,
     Routes,
@@ -88,6 +90,7 @@ from keel.workflows.contracts.models import (
     preamble_blob,
     preamble_ref,
 )
+from keel.workflows.contracts.outputs import ResultRef, ToolOutput
 from keel.workflows.contracts.plan import (
     PLAN_RUNNER,
     AcceptanceSpec,
@@ -152,9 +155,7 @@ from keel.workflows.contracts.wire import (
     PreparedPlan,
     PrepareRequest,
     ResolvedAgent,
-    ResultRef,
     ToolCall,
-    ToolOutput,
 )
 
 __all__ = [
@@ -243,6 +244,8 @@ __all__ = [
     "PlanRequest",
     "PlanSpec",
     "PredicateSpec",
+    "PrefetchPlan",
+    "PrefetchedCall",
     "PrepareRequest",
     "PreparedPlan",
     "ProgressEntry",

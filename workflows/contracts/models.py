@@ -20,7 +20,8 @@ from pydantic import (
 )
 
 from keel.workflows.contracts.base import _Frozen, _Strict, _Wire
-from keel.workflows.contracts.policy import RetrySpec
+from keel.workflows.contracts.outputs import ToolOutput
+from keel.workflows.contracts.policy import Ceiling, Grant, RetrySpec
 
 Provider = Literal["scripted", "openai", "anthropic"]
 StepKind = Literal["plan", "act", "verify"]
@@ -180,6 +181,33 @@ class ToolSchema(_Frozen):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+class PrefetchPlan(_Wire):
+    """The quick reads a model call asked as a local activity may run itself, once it has the
+    answer: the leading calls of the answer to these tools, numbered from `first_step` as the
+    workflow will number them, each checked against the grants and ceilings first. One local
+    activity a step instead of two (bench/README.md, peers.py). The workflow uses an output
+    only for the call it was made for (same step, tool and arguments) and only after its own
+    checks (budget, loop, approval) admit the call; a read that failed here runs again as its
+    own local activity, under its own retry policy."""
+
+    tools: tuple[str, ...]
+    first_step: int
+    run_id: str
+    key_prefix: str  # a step's idempotency key is key_prefix + str(step), as RunState.key
+    grants: tuple[Grant, ...] = ()
+    ceilings: tuple[Ceiling, ...] = ()
+    max_parallel: int = Field(1, ge=1)  # the agent's ActingPolicy.max_parallel
+
+
+class PrefetchedCall(_Wire):
+    """A quick read the model call ran for the step it will be (PrefetchPlan)."""
+
+    step: int
+    tool: str
+    args: dict[str, Any]
+    output: ToolOutput
+
+
 class ModelRequest(_Wire):
     """What the model activity receives: built deterministically from the plan state.
 
@@ -203,6 +231,7 @@ class ModelRequest(_Wire):
     # full once per run and then only this reference: they are the same on every call, and
     # inline they would be most of each call's bytes in the history.
     preamble_ref: str | None = None
+    prefetch: PrefetchPlan | None = None  # only to a local activity (its input is not history)
 
     @property
     def model_ref(self) -> ModelRef:
@@ -235,6 +264,7 @@ class ModelReply(_Wire):
     latency_ms: int = 0
     model: str = ""
     context_ref: str | None = None  # the conversation including the request's messages
+    prefetched: tuple[PrefetchedCall, ...] = ()  # the quick reads it ran (PrefetchPlan)
 
 
 class ModelCallRecord(_Strict):

@@ -18,9 +18,9 @@ from keel.workflows.contracts.base import (
 )
 from keel.workflows.contracts.jobs import NotificationState
 from keel.workflows.contracts.models import Budget, BudgetUsed, ModelCallRecord
+from keel.workflows.contracts.outputs import ResultRef
 from keel.workflows.contracts.skills import SkillState
 from keel.workflows.contracts.supervision import ChildState
-from keel.workflows.contracts.wire import ResultRef
 
 
 class PendingRequest(_Strict):

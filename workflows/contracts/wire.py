@@ -49,23 +49,6 @@ class ToolCall(_Strict, OmitDefaults):
     tool: str = ""  # the tool, for an activity that serves several (keel.mcp_call)
 
 
-class ResultRef(_Strict):
-    """A tool result too large for history, kept in the blob store and named by its hash."""
-
-    ref: str
-    size: int
-    preview: str
-
-
-class ToolOutput(_Strict, OmitDefaults):
-    """What a tool activity returns: a small value inline, or a reference to a stored one."""
-
-    value: Any = None
-    ref: ResultRef | None = None
-    files_touched: list[str] = Field(default_factory=list)
-    attempt: int = 1
-
-
 class CheckResult(_Strict):
     """What an acceptance check decides."""
 
