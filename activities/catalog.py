@@ -83,6 +83,7 @@ from keel.workflows.contracts import (
     ToolCall,
     ToolOutput,
     ToolSpec,
+    plan_with_agent_checks,
 )
 from keel.workflows.contracts.mcp import MCP_SEPARATOR
 
@@ -540,7 +541,15 @@ class KeelActivities:
             for name in agent.skills
             if (s := self.catalog.skills.get(name)) is not None
         ]
-        return ResolvedAgent(agent=agent, tools=tools, skills=skills)
+        prepared = None
+        if request.prepare:  # keel.prepare_plan's answer, one local activity less
+            plan = request.plan
+            prepared = (
+                self.catalog.prepare_agent(agent)
+                if plan is None
+                else self.catalog.prepare(agent, plan_with_agent_checks(plan, agent))
+            )
+        return ResolvedAgent(agent=agent, tools=tools, skills=skills, prepared=prepared)
 
     @activity.defn(name="keel.mcp_tools")
     async def mcp_tools(self, request: McpListRequest) -> McpTools:

@@ -86,7 +86,8 @@ class _Builder:
         self.write_tools: set[str] | None = None  # from the worker's check of the plan
 
     def learn_tools(self, prepared: Any) -> None:
-        """Which tools write, from keel.prepare_plan's result (a PreparedPlan as JSON)."""
+        """Which tools write, from the worker's check of the plan (a PreparedPlan as JSON:
+        keel.prepare_plan's result, or the one keel.resolve_agent returns with the agent)."""
         tools = prepared.get("tools") if isinstance(prepared, dict) else None
         if isinstance(tools, dict):
             found = {
@@ -195,6 +196,10 @@ class _Builder:
         entry.outcome, entry.detail = ("failed", a.failure.message) if failed else ("ok", "")
         if name == "keel.prepare_plan" and "result" in a.details:
             self.learn_tools(_json(a.details["result"]))
+        if name == "keel.resolve_agent" and "result" in a.details:
+            resolved = _json(a.details["result"])  # the plan's check came with the agent
+            if isinstance(resolved, dict) and resolved.get("prepared") is not None:
+                self.learn_tools(resolved["prepared"])
         if name == "keel.model_call" and "result" in a.details:
             self._prefetched(event, _json(a.details["result"]), entry.duration_s)
 

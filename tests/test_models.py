@@ -499,15 +499,15 @@ async def test_a_quick_model_can_answer_as_a_local_activity(
         if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
     ]
     assert "keel.model_call" not in scheduled and scheduled.count("post_entry") == 2
-    # The worker's agent, its check of the tools and three model calls: local activity markers.
-    assert len(markers) == 5
+    # The worker's agent (its tools checked in the same call) and three model calls: local
+    # activity markers.
+    assert len(markers) == 4
     entries = await timeline(ts_client, report.run_id)
     local = [(e.kind, e.name, e.outcome) for e in entries if e.name.endswith("(local)")]
     assert (
         local
         == [
             ("keel", "keel.resolve_agent (local)", "ok"),
-            ("plan", "keel.prepare_plan (local)", "ok"),
         ]
         + [("model", "keel.model_call (local)", "ok")] * 3
     )

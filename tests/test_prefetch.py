@@ -128,11 +128,9 @@ async def test_a_local_model_runs_the_reads_it_chose_in_one_local_activity(
     assert report.used.tool_calls == 3 and report.used.model_calls == 4
     assert all(sample_tools.CALLS[f"local_lookup:{k}"] == 1 for k in keys)  # run once each
     assert prefetched(history) == [(1, "local_lookup"), (2, "local_lookup"), (3, "local_lookup")]
-    # One local activity a step: the model call; no read of its own.
-    assert (
-        local_activities(history)
-        == ["keel.resolve_agent", "keel.prepare_plan"] + ["keel.model_call"] * 4
-    )
+    # One local activity a step: the model call; no read of its own. (The worker checks the
+    # agent's tools with resolving it: no keel.prepare_plan of its own either.)
+    assert local_activities(history) == ["keel.resolve_agent"] + ["keel.model_call"] * 4
     entries = await timeline(ts_client, report.run_id)
     reads = [(e.name, e.step) for e in entries if e.name.endswith("(with the model call)")]
     assert reads == [("local_lookup (with the model call)", i) for i in (1, 2, 3)]

@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         Decision,
         EventPage,
         RunReport,
+        plan_with_agent_checks,
     )
     from keel.workflows.delegation import Delegator
     from keel.workflows.edits import check_edit
@@ -67,10 +68,10 @@ with workflow.unsafe.imports_passed_through():
 
 # Outside temporalio's sandbox (a user's own workflows on the same worker keep it). The sandbox
 # re-checks every payload's serialization context by exec'ing code in the run's sandbox, and
-# holds a copy of module globals a run: ~40 % of a step's CPU when a step's model call and read
-# are local activities (bench/README.md, "Outside the sandbox"). Keel's modules were already
-# passed through it, so it no longer checked Keel's calls; determinism is held by review,
-# `keel.shared`'s pure helpers and replaying every history the tests produce.
+# holds a copy of module globals a run: about a quarter of a step's time when a step's model
+# call and read are local activities (bench/README.md, "Outside the sandbox"). Keel's modules
+# were already passed through it, so it no longer checked Keel's calls; determinism is held by
+# review, `keel.shared`'s pure helpers and replaying every history the tests produce.
 @workflow.defn(name="AgentWorkflow", sandboxed=False)
 class AgentWorkflow:
     @workflow.init
@@ -260,7 +261,7 @@ class AgentWorkflow:
         state, run = self._state, self._state.run
         with span("plan", agent=run.agent.name, given=run.plan is not None) as planning:
             plan = run.plan or await self._planner.propose()
-            plan = plan.model_copy(update={"acceptance": [*plan.acceptance, *run.agent.acceptance]})
+            plan = plan_with_agent_checks(plan, run.agent)
             self._planner.load(plan)
             prepared = await self._planner.prepare(plan)
             annotate(planning, steps=len(plan.steps), problems=len(prepared.problems))

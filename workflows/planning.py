@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         PrepareRequest,
         ResolvedAgent,
         StepState,
+        plan_with_agent_checks,
     )
     from keel.workflows.failures import Unwind, describe_failure
     from keel.workflows.metrics import count, observe
@@ -43,21 +44,38 @@ class Planner:
     def __init__(self, state: RunState, thread: ModelThread) -> None:
         self.state = state
         self.thread = thread
+        # The worker's check that came with the resolved agent: (the plan it checked, verdict).
+        self.prepared_ahead: tuple[PlanSpec | None, PreparedPlan] | None = None
 
     async def resolve_agent(self) -> str | None:
         """The worker's definition of the agent replaces the one in the run's input (a client
         may lower budget limits, nothing else); a continuation's tools are re-read too. Every
         segment asks again, so a carry forged by a client widens nothing."""
         state = self.state
+        first = state.run.carry is None  # a continuation checks nothing again
+        request = AgentRequest(
+            agent=state.agent,
+            tools=sorted(state.tools),
+            routes=state.run.routes,
+            prepare=first,
+            plan=state.run.plan if first else None,
+        )
         resolved = await workflow.execute_local_activity(
             "keel.resolve_agent",
-            AgentRequest(agent=state.agent, tools=sorted(state.tools), routes=state.run.routes),
+            request,
             result_type=ResolvedAgent,
             start_to_close_timeout=KEEL_ACTIVITY_TIMEOUT,
             retry_policy=KEEL_RETRY,
         )
         if resolved.agent is None:
             return resolved.problem or f"unknown agent {state.agent.name!r}"
+        if resolved.prepared is not None:
+            # The worker checked the run's plan (or the agent's tools) already; `prepare` uses
+            # it for exactly that plan. A resolve recorded before this answered without it,
+            # so its replay asks keel.prepare_plan as the run did.
+            given = state.run.plan
+            plan = None if given is None else plan_with_agent_checks(given, resolved.agent)
+            self.prepared_ahead = (plan, resolved.prepared)
         state.run = state.run.model_copy(update={"agent": resolved.agent})
         state.supervisor = resolved.supervisor
         state.skill_catalog = tuple(resolved.skills)
@@ -137,6 +155,9 @@ class Planner:
 
     async def prepare(self, plan: PlanSpec | None) -> PreparedPlan:
         """The worker's check of the plan (or of the agent's tools, with no plan)."""
+        ahead, self.prepared_ahead = self.prepared_ahead, None
+        if ahead is not None and ahead[0] == plan:
+            return ahead[1]
         request = PrepareRequest(agent=self.state.agent, plan=plan)
         # A catalog lookup: a local activity spares a round trip through the server per run.
         # Runs started before this change replay as they ran. A run resolving its agent is

@@ -97,6 +97,7 @@ from keel.workflows.contracts.plan import (
     AgentSpec,
     PlanSpec,
     StepSpec,
+    plan_with_agent_checks,
 )
 from keel.workflows.contracts.policy import (
     ApprovalPolicy,
@@ -282,6 +283,7 @@ __all__ = [
     "WebhookChannel",
     "audit_kept",
     "job_name",
+    "plan_with_agent_checks",
     "preamble_blob",
     "preamble_ref",
     "schedule_id",

@@ -113,3 +113,9 @@ PLAN_RUNNER = AgentSpec(
     description="Runs a plan given up front; no model involved.",
     grants=(Grant(scope="**"),),  # the operator wrote the plan: every scope
 )
+
+
+def plan_with_agent_checks(plan: PlanSpec, agent: AgentSpec) -> PlanSpec:
+    """A plan with its agent's own acceptance checks added: what the run loads and the worker
+    checks (the workflow and the worker's resolve_agent build it the same way)."""
+    return plan.model_copy(update={"acceptance": [*plan.acceptance, *agent.acceptance]})

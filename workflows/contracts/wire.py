@@ -79,6 +79,17 @@ class AgentRequest(_Strict):
     agent: AgentSpec
     tools: list[str] = Field(default_factory=list)
     routes: str | None = None  # NamedRoutes the run asks for instead of the agent's own
+    # Check the run's plan (or, with none, the agent's tools) for the resolved agent in the
+    # same local activity: ResolvedAgent.prepared, one local activity less at the start.
+    prepare: bool = False
+    plan: PlanSpec | None = None
+
+
+class PreparedPlan(_Strict):
+    """The worker's verdict on a plan: the specs of the tools it names, or why it is refused."""
+
+    tools: dict[str, ToolSpec] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list)
 
 
 class ResolvedAgent(_Strict):
@@ -89,10 +100,6 @@ class ResolvedAgent(_Strict):
     problem: str | None = None
     supervisor: SupervisorSpec | None = None  # the name is a supervisor's
     skills: list[SkillInfo] = Field(default_factory=list)  # those the agent may load
-
-
-class PreparedPlan(_Strict):
-    """The worker's verdict on a plan: the specs of the tools it names, or why it is refused."""
-
-    tools: dict[str, ToolSpec] = Field(default_factory=dict)
-    problems: list[str] = Field(default_factory=list)
+    # With AgentRequest.prepare: the worker's check of plan_with_agent_checks(request plan,
+    # agent), or of the agent's tools with no plan (what keel.prepare_plan answers).
+    prepared: PreparedPlan | None = None
