@@ -5,14 +5,19 @@ again under its own retry policy when it fails there."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio.client import Client, WorkflowHistory
+from temporalio.testing import ActivityEnvironment
 
 import examples.ledger as ledger
-from keel.activities import Catalog, scripted_model
+import keel.activities.prefetch as prefetch_module
+from keel.activities import Catalog, scripted_model, tool
+from keel.activities.prefetch import prefetch
 from keel.runs import outcome
 from keel.shared.context_view import results_seen
 from keel.timeline import timeline
@@ -25,6 +30,7 @@ from keel.workflows.contracts import (
     ModelRef,
     ModelReply,
     ModelRequest,
+    PrefetchPlan,
     Route,
     Routes,
     RunReport,
@@ -184,3 +190,73 @@ async def test_a_remote_model_call_is_sent_no_prefetch(ts_client: Client, ledger
     # Its input is in the history: the plan would add bytes to every step.
     assert not history_holds(history, '"prefetch"')
     assert local_activities(history).count("local_lookup") == 1
+
+
+# The limits of what one model call runs ahead, on the activity side alone (temporalio's
+# ActivityEnvironment gives it an activity context, as the worker would).
+
+
+@tool(local=True)
+def slow_read(seconds: float) -> str:
+    """A read that takes its time."""
+    time.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@tool(local=True)
+def big_read(size: int) -> str:
+    """A read whose result is `size` characters."""
+    return "x" * size
+
+
+TOOLS = {t.name: t for t in (sample_tools.local_lookup, slow_read, big_read, ledger.post_entry)}
+
+
+def plan(*tools: str) -> PrefetchPlan:
+    return PrefetchPlan(
+        tools=tools, first_step=5, run_id="r", key_prefix="r:", grants=(Grant(scope="*"),)
+    )
+
+
+def answer(*calls: tuple[str, dict[str, Any]]) -> ModelReply:
+    requests = (
+        ToolCallRequest(id=f"c{i}", name=name, arguments=json.dumps(args))
+        for i, (name, args) in enumerate(calls)
+    )
+    return ModelReply(tool_calls=tuple(requests))
+
+
+async def run_ahead(plan: PrefetchPlan, reply: ModelReply) -> list[tuple[int, str, Any]]:
+    ran = await ActivityEnvironment().run(prefetch, plan, reply, TOOLS)
+    return [(p.step, p.tool, p.output.value) for p in ran]
+
+
+async def test_only_the_leading_reads_it_was_offered_run_ahead_numbered_as_steps() -> None:
+    reply = answer(
+        ("local_lookup", {"key": "a"}),
+        ("local_lookup", {"key": "b"}),
+        ("post_entry", {"account": "ann", "amount": 1}),  # a write: never run ahead
+        ("local_lookup", {"key": "c"}),  # after it, steps may be numbered otherwise
+    )
+    assert await run_ahead(plan("local_lookup", "post_entry"), reply) == [
+        (5, "local_lookup", "value of a"),
+        (6, "local_lookup", "value of b"),
+    ]
+    # A read the workflow did not offer (an approval holds it, say) stops it too.
+    assert await run_ahead(plan("slow_read"), reply) == []
+
+
+async def test_a_read_slower_than_the_wait_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefetch_module, "PREFETCH_WAIT", 0.2)
+    reply = answer(("local_lookup", {"key": "a"}), ("slow_read", {"seconds": 1.0}))
+    assert await run_ahead(plan("local_lookup", "slow_read"), reply) == [
+        (5, "local_lookup", "value of a")
+    ]
+
+
+async def test_what_a_reply_carries_of_outputs_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEEL_INLINE_LIMIT", str(64 * 1024))  # outputs inline, not by reference
+    reply = answer(*[("big_read", {"size": 30_000})] * 3)
+    ran = await run_ahead(plan("big_read"), reply)
+    assert [step for step, _, _ in ran] == [5, 6]  # the third would pass PREFETCHED_BYTES
+    assert all(len(value) == 30_000 for _, _, value in ran)
