@@ -45,6 +45,8 @@ async def prefetch(
         call = _eligible_call(plan, tool, request.name, request.arguments, plan.first_step + offset)
         if tool is None or call is None:
             break  # what follows may not be numbered as the workflow numbers its steps
+        if plan.most is not None and len(calls) >= plan.most:
+            break  # the budget refuses the rest
         calls.append((tool, call))
     # As many at once as the agent lets its calls run together (one by default).
     slots = asyncio.Semaphore(plan.max_parallel)

@@ -26,6 +26,7 @@ from keel.workflows.contracts import (
     ActingPolicy,
     AgentRunInput,
     AgentSpec,
+    Budget,
     Grant,
     ModelRef,
     ModelReply,
@@ -154,6 +155,17 @@ async def test_several_reads_of_one_answer_each_keep_their_step(
     assert "local_lookup" not in local_activities(history)
 
 
+async def test_no_read_runs_ahead_of_a_budget_that_refuses_it(
+    ts_client: Client, ledger_db: Path
+) -> None:
+    keys = [f"k-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    spec = agent("prefetch-test-two", budget=Budget(max_tool_calls=1, max_repeats=None))
+    report, history = await run(ts_client, spec, [["local_lookup", {"key": k}] for k in keys])
+    assert report.status == "NOT_DONE" and "max_tool_calls 1 reached" in (report.reason or "")
+    assert prefetched(history) == [(1, "local_lookup")]
+    assert sample_tools.CALLS.get(f"local_lookup:{keys[1]}", 0) == 0  # never run
+
+
 async def test_a_read_that_fails_with_the_model_call_runs_again_under_its_retry_policy(
     ts_client: Client, ledger_db: Path
 ) -> None:
@@ -244,6 +256,9 @@ async def test_only_the_leading_reads_it_was_offered_run_ahead_numbered_as_steps
     ]
     # A read the workflow did not offer (an approval holds it, say) stops it too.
     assert await run_ahead(plan("slow_read"), reply) == []
+    # No more than the budget still allows.
+    one_left = plan("local_lookup").model_copy(update={"most": 1})
+    assert await run_ahead(one_left, reply) == [(5, "local_lookup", "value of a")]
 
 
 async def test_a_read_slower_than_the_wait_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -126,8 +126,8 @@ class StepByStep:
     def _prefetch_plan(self, schemas: tuple[ToolSchema, ...]) -> PrefetchPlan | None:
         """The quick reads this answer's model call may run itself (if it is asked as a local
         activity): the offered tools that are local reads of the worker's catalog and that no
-        approval gate holds. The grants and ceilings go along: the activity checks them first.
-        """
+        approval gate holds, at most as many as the budget still allows. The grants and
+        ceilings go along: the activity checks them first."""
         state = self.state
         agent = state.agent
         eligible = tuple(
@@ -141,7 +141,17 @@ class StepByStep:
             and spec.approval is None
             and spec.name not in agent.approvals
         )
-        if not eligible:
+        budget, used = state.report.budget, state.report.used
+        left = [
+            limit - spent
+            for limit, spent in (
+                (budget.max_tool_calls, used.tool_calls),
+                (budget.max_steps, used.steps),
+            )
+            if limit is not None
+        ]
+        most = min(left) if left else None
+        if not eligible or (most is not None and most < 1):
             return None
         return PrefetchPlan(
             tools=eligible,
@@ -151,6 +161,7 @@ class StepByStep:
             grants=agent.grants,
             ceilings=tuple(state.run.ceilings),
             max_parallel=agent.loop.max_parallel,
+            most=most,
         )
 
     async def _check_output(

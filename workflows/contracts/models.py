@@ -197,6 +197,9 @@ class PrefetchPlan(_Wire):
     grants: tuple[Grant, ...] = ()
     ceilings: tuple[Ceiling, ...] = ()
     max_parallel: int = Field(1, ge=1)  # the agent's ActingPolicy.max_parallel
+    # How many more tool calls the run's budget allows (max_tool_calls, max_steps); None: no
+    # bound. A read is never run ahead of a budget that would refuse it.
+    most: int | None = Field(None, ge=1)
 
 
 class PrefetchedCall(_Wire):
