@@ -42,8 +42,8 @@ async def prefetch(
     calls: list[tuple[Tool, ToolCall]] = []
     for offset, request in enumerate(reply.tool_calls):
         tool = tools.get(request.name)
-        call = _eligible_call(plan, tool, request.name, request.arguments, plan.first_step + offset)
-        if tool is None or call is None:
+        step = plan.first_step + offset
+        if tool is None or (call := _eligible_call(plan, tool, request.arguments, step)) is None:
             break  # what follows may not be numbered as the workflow numbers its steps
         if plan.most is not None and len(calls) >= plan.most:
             break  # the budget refuses the rest
@@ -79,14 +79,10 @@ async def prefetch(
     return tuple(done)
 
 
-def _eligible_call(
-    plan: PrefetchPlan, tool: Tool | None, name: str, arguments: str, step: int
-) -> ToolCall | None:
+def _eligible_call(plan: PrefetchPlan, tool: Tool, arguments: str, step: int) -> ToolCall | None:
     """The call the workflow would make for this step, if it is a quick read it allows."""
-    if tool is None or name not in plan.tools:
-        return None
     spec = tool.spec
-    if spec.kind != "tool" or spec.effect != "read" or not spec.local or spec.activity:
+    if spec.name not in plan.tools or not spec.runs_with_model_call:
         return None  # the worker's own declaration decides too
     try:
         args = json.loads(arguments or "{}")

@@ -40,7 +40,14 @@ with workflow.unsafe.imports_passed_through():
     from keel.workflows.delegation import Delegator
     from keel.workflows.failures import Unwind
     from keel.workflows.gate import HumanGate
-    from keel.workflows.loop import Action, call_key, parse_actions, system_prompt, tool_schemas
+    from keel.workflows.loop import (
+        Action,
+        call_key,
+        parse_actions,
+        system_prompt,
+        tool_calls_left,
+        tool_schemas,
+    )
     from keel.workflows.model_thread import ModelThread
     from keel.workflows.planning import KEEL_ACTIVITY_TIMEOUT, KEEL_RETRY
     from keel.workflows.run_state import RunState
@@ -134,24 +141,11 @@ class StepByStep:
             schema.name
             for schema in schemas
             if (spec := state.tools.get(schema.name)) is not None
-            and spec.kind == "tool"
-            and spec.effect == "read"
-            and spec.local
-            and not spec.activity
-            and spec.approval is None
+            and spec.runs_with_model_call
             and spec.name not in agent.approvals
         )
-        budget, used = state.report.budget, state.report.used
-        left = [
-            limit - spent
-            for limit, spent in (
-                (budget.max_tool_calls, used.tool_calls),
-                (budget.max_steps, used.steps),
-            )
-            if limit is not None
-        ]
-        most = min(left) if left else None
-        if not eligible or (most is not None and most < 1):
+        most = tool_calls_left(state.report.budget, state.report.used)
+        if not eligible or most == 0:
             return None
         return PrefetchPlan(
             tools=eligible,

@@ -364,6 +364,20 @@ def recent_repeats(repeats: Counter[str]) -> dict[str, int]:
     return {k: repeats[k] for k in keys if repeats[k] > 1 or k in newest}
 
 
+def tool_calls_left(budget: Budget, used: BudgetUsed) -> int | None:
+    """How many more tool calls the budget admits (max_tool_calls, max_steps; the limits
+    budget_problem checks per call); None when neither is set."""
+    left = [
+        limit - spent
+        for limit, spent in (
+            (budget.max_tool_calls, used.tool_calls),
+            (budget.max_steps, used.steps),
+        )
+        if limit is not None
+    ]
+    return max(min(left), 0) if left else None
+
+
 def budget_problem(
     budget: Budget,
     used: BudgetUsed,

@@ -53,6 +53,11 @@ def start_call(spec: ToolSpec, call: ToolCall) -> asyncio.Task[ToolOutput]:
 async def call_tool(state: RunState, spec: ToolSpec, step: int, args: dict[str, Any]) -> ToolOutput:
     """Run one call of a tool (or check) for `step` and return what it did, even when the run
     is cancelled while the call is in flight."""
+    ran = state.prefetched.pop(step, None)
+    if ran is not None and ran.tool == spec.name and ran.args == args and spec.local:
+        # The model call that chose this read ran it already (contracts.PrefetchPlan): its
+        # output is in that call's recorded result, so a replay takes the same path.
+        return ran.output
     call = ToolCall(
         run_id=workflow.info().workflow_id,
         step=step,
@@ -62,11 +67,6 @@ async def call_tool(state: RunState, spec: ToolSpec, step: int, args: dict[str, 
         ceilings=list(state.run.ceilings) if spec.kind == "tool" else [],
         tool=spec.name if spec.activity else "",
     )
-    ran = state.prefetched.pop(step, None)
-    if ran is not None and ran.tool == spec.name and ran.args == args and spec.local:
-        # The model call that chose this read ran it already (contracts.PrefetchPlan): its
-        # output is in that call's recorded result, so a replay takes the same path.
-        return ran.output
     handle = start_call(spec, call)
     try:
         # Shielded: a cancel of the run must not reach the call before we know whether it

@@ -106,3 +106,16 @@ class ToolSpec(_Frozen):
     parameters: dict[str, Any] = Field(default_factory=dict)
     # What the tool needs, as templates filled from its arguments: "ledger:write:{account}".
     scopes: tuple[str, ...] = ()
+
+    @property
+    def runs_with_model_call(self) -> bool:
+        """A quick read of the worker's own catalog that no approval of its own holds: a local
+        model call may run it with its answer (PrefetchPlan; the agent's approvals are the
+        workflow's to check)."""
+        return (
+            self.kind == "tool"
+            and self.effect == "read"
+            and self.local
+            and not self.activity
+            and self.approval is None
+        )
