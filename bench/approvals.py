@@ -27,13 +27,13 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from keel.devserver import add_server_default_flag, start_dev_server  # noqa: E402
 from keel.humans import decide  # noqa: E402
+from keel.plugin import keel_converter  # noqa: E402
 from keel.runs import start_run  # noqa: E402
 from keel.workflows.contracts import (  # noqa: E402
     STATUS_ATTRIBUTE,
@@ -197,7 +197,7 @@ async def main(runs: int, hold: float, caches: list[int], tuned: bool) -> int:
     env = await start_dev_server(
         tuned=tuned,
         search_attributes=[SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)],
-        data_converter=pydantic_data_converter,
+        data_converter=keel_converter(None, None),
     )
     address = env.client.service_client.config.target_host
     raw_client = await Client.connect(address)  # temporalio's default converter, nothing of Keel's

@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import fault_tools  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
@@ -36,6 +35,7 @@ import examples.ledger as ledger  # noqa: E402
 from keel import KeelPlugin  # noqa: E402
 from keel.activities import Catalog  # noqa: E402
 from keel.activities.faults import FaultSpec, Injector, set_injector  # noqa: E402
+from keel.plugin import keel_converter  # noqa: E402
 from keel.runs import outcome  # noqa: E402
 from keel.workflows import AgentWorkflow  # noqa: E402
 from keel.workflows.contracts import (  # noqa: E402
@@ -102,7 +102,7 @@ async def main(quick: bool) -> int:
         test_server_existing_path=str(binary)
         if binary.exists()
         else shutil.which("temporal-test-server"),
-        data_converter=pydantic_data_converter,
+        data_converter=keel_converter(None, None),
     )
     tools = [
         getattr(fault_tools, n)

@@ -19,12 +19,12 @@ import uuid
 
 from raw_workflow import RawToolLoop, plain_worker  # bench/ is on sys.path as a script
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from keel import KeelPlugin
 from keel.activities import Catalog, tool
 from keel.devserver import add_server_default_flag, start_dev_server
+from keel.plugin import keel_converter
 from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
@@ -78,7 +78,7 @@ async def time_raw(client: Client, queue: str, n: int) -> tuple[float, str]:
 async def main(runs: int, sizes: list[int], tuned: bool) -> int:
     env = await start_dev_server(
         tuned=tuned,
-        data_converter=pydantic_data_converter,
+        data_converter=keel_converter(None, None),
     )
     client, queue = env.client, f"bench-{uuid.uuid4().hex[:6]}"
     raw_queue = f"bench-raw-{uuid.uuid4().hex[:6]}"

@@ -45,12 +45,12 @@ from counting_agent import counting_agent  # bench/ is on sys.path when run as a
 from overhead import noop, noop_local
 from raw_workflow import RawToolLoop, plain_worker
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from keel import KeelPlugin
 from keel.activities import Catalog
 from keel.devserver import add_server_default_flag, start_dev_server
+from keel.plugin import keel_converter
 from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
@@ -316,7 +316,7 @@ async def long_run(client: Client, queue: str, n: int) -> list[str]:
 async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int, tuned: bool) -> int:
     env = await start_dev_server(
         tuned=tuned,
-        data_converter=pydantic_data_converter,
+        data_converter=keel_converter(None, None),
     )
     address = env.client.service_client.config.target_host
     queue = f"peers-keel-{uuid.uuid4().hex[:6]}"

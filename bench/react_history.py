@@ -19,7 +19,6 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +29,7 @@ from counting_agent import counting_agent  # noqa: E402
 from keel import KeelPlugin  # noqa: E402
 from keel.activities import Catalog, tool  # noqa: E402
 from keel.devserver import start_dev_server  # noqa: E402
+from keel.plugin import keel_converter  # noqa: E402
 from keel.runs import outcome  # noqa: E402
 from keel.workflows import AgentWorkflow  # noqa: E402
 from keel.workflows.contracts import AgentRunInput  # noqa: E402
@@ -46,7 +46,7 @@ next_lookup, AGENT = counting_agent("bench-react", "lookup")
 
 async def main(sizes: list[int]) -> int:
     env = await start_dev_server(
-        data_converter=pydantic_data_converter,
+        data_converter=keel_converter(None, None),
     )
     queue = f"bench-{uuid.uuid4().hex[:6]}"
     print(f"{'N':>6} {'wall s':>8} {'ms/step':>8} {'events':>8} {'bytes':>11} {'bytes/step':>11}")

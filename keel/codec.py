@@ -24,8 +24,6 @@ import binascii
 import os
 from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DefaultFailureConverter, PayloadCodec
 
@@ -71,6 +69,9 @@ class AesGcmCodec(PayloadCodec):
     def __init__(self, keys: Sequence[tuple[str, bytes]], *, allow_plaintext: bool = False) -> None:
         if not keys:
             raise CodecError("a codec needs at least one key")
+        # Imported here: cryptography costs a worker ~6 MB, and most workers hold no key.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self.current = keys[0][0]
         self.keys = {key_id: AESGCM(key) for key_id, key in keys}
         self.allow_plaintext = allow_plaintext
@@ -91,6 +92,8 @@ class AesGcmCodec(PayloadCodec):
         )
 
     def decrypt(self, payload: Payload) -> Payload:
+        from cryptography.exceptions import InvalidTag
+
         if payload.metadata.get("encoding") != ENCODING:
             if self.allow_plaintext:
                 return payload  # written before the codec was on: left as it is

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import temporalio.activity
+from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
 from temporalio.converter import (
     CompositePayloadConverter,
@@ -32,12 +33,28 @@ from keel.workflows.agent import AgentWorkflow
 WORKFLOWS = (AgentWorkflow,)
 
 
+class CompactPydanticJSON(PydanticJSONPlainPayloadConverter):
+    """temporalio.contrib.pydantic's JSON converter, writing no field that holds its default:
+    the reader's model fills it in again, so the value read is the value written. A run's
+    input, its activities' inputs and results and its markers carry only what differs from
+    the defaults, which keeps histories small and leaves each cached run far fewer objects to
+    hold (a 1.2 KB run input decoded to 10.8 KB of pydantic objects, to 4 KB without them).
+    A default is therefore part of the wire format: changing one changes what in-flight runs
+    read (add a field instead). Unions of models are told apart by a field always written
+    (contracts.jobs' channels write their `kind`)."""
+
+    def to_payload(self, value: Any) -> Payload | None:
+        data = self._schema_serializer.to_json(value, exclude_defaults=True)
+        return Payload(metadata={"encoding": self.encoding.encode()}, data=data)
+
+
 # One pydantic JSON converter, so one cache of type adapters, for every workflow run.
-_PYDANTIC_JSON = PydanticJSONPlainPayloadConverter()
+_PYDANTIC_JSON = CompactPydanticJSON()
 
 
 class KeelPayloadConverter(CompositePayloadConverter):
-    """temporalio.contrib.pydantic's payload converter, with one cache of type adapters.
+    """temporalio.contrib.pydantic's payload converter, writing no defaults (CompactPydanticJSON),
+    with one cache of type adapters.
 
     temporalio makes a payload converter for every workflow run a worker holds, and pydantic's
     keeps its own cache of the type adapters it built: each cached run built and held its own

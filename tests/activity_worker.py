@@ -10,15 +10,15 @@ import asyncio
 import sys
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 import examples.ledger as ledger
 from keel.activities import Catalog
+from keel.plugin import keel_converter
 
 
 async def serve(address: str, queue: str) -> None:
-    client = await Client.connect(address, data_converter=pydantic_data_converter)
+    client = await Client.connect(address, data_converter=keel_converter(None, None))
     activities = Catalog.from_modules([ledger]).activities()
     worker = Worker(client, task_queue=queue, activities=activities)
     async with worker:

@@ -41,7 +41,6 @@ from temporalio.client import (
 )
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.opentelemetry import create_tracer_provider
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
@@ -49,6 +48,7 @@ import keel
 from keel import KeelPlugin
 from keel.activities.catalog import Catalog, Declared
 from keel.devserver import start_dev_server
+from keel.plugin import keel_converter
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
     PLAN_RUNNER,
@@ -72,6 +72,9 @@ BIN = Path(sys.executable).parent
 # a user's own workflow (not Keel's) run beside Keel.
 NOT_REPLAYED_PREFIXES = ("nondeterminism-", "self-replayed-", "user-")
 REPLAY_TIMEOUT = 60  # seconds for one history
+
+# What a user's client speaks (keel.connect): payloads without their defaults.
+KEEL_CONVERTER = keel_converter(None, None)
 
 
 def binary(name: str) -> str:
@@ -124,7 +127,7 @@ async def ts_client() -> AsyncIterator[Client]:
     recorder = RecordStarts()
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=binary("temporal-test-server"),
-        data_converter=pydantic_data_converter,
+        data_converter=KEEL_CONVERTER,
         interceptors=[recorder],
     )
     try:
@@ -142,13 +145,13 @@ async def dev_client() -> AsyncIterator[Client]:
     env = None
     if address:
         client = await Client.connect(
-            address, data_converter=pydantic_data_converter, interceptors=[recorder]
+            address, data_converter=KEEL_CONVERTER, interceptors=[recorder]
         )
     else:
         binary("temporal")  # a missing binary stops the session with a hint
         env = await start_dev_server(
             search_attributes=[SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)],
-            data_converter=pydantic_data_converter,
+            data_converter=KEEL_CONVERTER,
             interceptors=[recorder],
         )
         client = env.client

@@ -163,3 +163,41 @@ def test_a_rule_that_cannot_compare_falls_to_the_safe_side(
 def test_the_digest_is_canonical_and_short() -> None:
     assert digest({"a": 1, "b": [1, 2]}) == digest({"b": [1, 2], "a": 1})
     assert digest({"a": 1}) != digest({"a": 2}) and len(digest({})) == 16
+
+
+def test_payloads_leave_defaults_out_and_read_back_equal() -> None:
+    """Keel's converter writes only what differs from a field's default (a mutated default
+    list included), and reads the same values back; a union of channels keeps its `kind`."""
+    from keel.plugin import KeelPayloadConverter
+    from keel.workflows.contracts import AgentRunInput, AgentSpec, PlanSpec, StepSpec
+    from keel.workflows.contracts.jobs import JobContext, OutboxChannel, WebhookChannel
+
+    converter = KeelPayloadConverter()
+    step = StepSpec(title="pay", tool="pay", args={"account": "a", "amount": 0})
+    run = AgentRunInput(
+        agent=AgentSpec(name="payer", budget=Budget(max_tool_calls=3)),
+        goal="pay",
+        plan=PlanSpec(goal="pay", steps=[step]),
+        job=JobContext(
+            name="nightly",
+            channels=(OutboxChannel(dir="out"), WebhookChannel(url="https://hooks.example")),
+        ),
+    )
+    report = RunReport(
+        run_id="r", agent="payer", goal="pay", steps=[StepState(index=1, title="pay", tool="pay")]
+    )
+    report.progress_dropped = 2
+    report.steps[0].attempts = 0  # set, but to its default: left out all the same
+    (written_run, written_report) = converter.to_payloads([run, report])
+    assert json.loads(written_run.data)["agent"] == {
+        "name": "payer",
+        "budget": {"max_tool_calls": 3},
+    }
+    assert '"draft"' not in written_run.data.decode()
+    assert json.loads(written_run.data)["job"]["channels"][0] == {"kind": "outbox", "dir": "out"}
+    assert '"attempts"' not in written_report.data.decode()
+    read_run, read_report = converter.from_payloads(
+        [written_run, written_report], [AgentRunInput, RunReport]
+    )
+    assert read_run == run and read_report == report
+    assert isinstance(read_run.job.channels[1], WebhookChannel)

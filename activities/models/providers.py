@@ -16,9 +16,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -32,6 +31,9 @@ from keel.workflows.contracts import (
     ToolCallRequest,
     Usage,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 UNAVAILABLE, REJECTED, NO_KEY = "ModelUnavailable", "ModelRequestRejected", "ModelKeyMissing"
 OPENAI_URL, ANTHROPIC_URL = "https://api.openai.com/v1", "https://api.anthropic.com"
@@ -69,6 +71,10 @@ def _jittered() -> timedelta | None:
 @asynccontextmanager
 async def http_errors(request: ModelRequest, url: str) -> AsyncIterator[None]:
     """Timeouts and unreachable servers as retryable ApplicationErrors."""
+    # httpx is imported at the first call over HTTP, not with the worker: it costs ~7 MB (its
+    # command line pulls in rich and pygments), and a worker with only local models never uses it.
+    import httpx
+
     timeout = request.model_ref.timeout.total_seconds()
     try:
         yield
@@ -113,6 +119,8 @@ async def post(
     request: ModelRequest,
     secret: str | None,
 ) -> dict[str, Any]:
+    import httpx  # see http_errors
+
     async with (
         http_errors(request, url),
         httpx.AsyncClient(timeout=request.model_ref.timeout.total_seconds()) as client,
@@ -142,6 +150,8 @@ async def sse(
 ) -> AsyncIterator[dict[str, Any]]:
     """A streamed answer (Server-Sent Events) as its data objects, in order; errors as for a
     plain answer (the status is checked before anything is read)."""
+    import httpx  # see http_errors
+
     async with (
         http_errors(request, url),
         httpx.AsyncClient(timeout=request.model_ref.timeout.total_seconds()) as client,

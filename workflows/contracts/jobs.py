@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from keel.workflows.contracts.base import RunStatus, _Frozen, _Strict
 
@@ -37,7 +37,18 @@ def job_name(value: str) -> str:
     return value
 
 
-class OutboxChannel(_Frozen):
+class _Channel(_Frozen):
+    kind: str
+
+    @model_serializer(mode="wrap")
+    def _kind_always(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # The union of channels is told apart by `kind`: written even where it is the default
+        # (Keel's payload converter leaves defaults out).
+        data = handler(self)
+        return {"kind": self.kind, **data} if isinstance(data, dict) else data
+
+
+class OutboxChannel(_Channel):
     """One JSON and one Markdown file per notification, in `dir` (the embedded default)."""
 
     kind: Literal["outbox"] = "outbox"
@@ -48,7 +59,7 @@ class OutboxChannel(_Frozen):
         return f"outbox:{self.dir}"
 
 
-class WebhookChannel(_Frozen):
+class WebhookChannel(_Channel):
     """An HTTP POST of JSON with a `text` field (what chat tools' incoming webhooks accept).
     The URL and header values may hold `${SECRET}` references, resolved by the activity: a
     chat tool's webhook URL is itself a secret."""
