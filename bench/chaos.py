@@ -29,7 +29,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 
 from keel.runs import outcome  # noqa: E402
 from keel.workflows.agent import AgentWorkflow  # noqa: E402
-from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec  # noqa: E402
+from keel.workflows.contracts import (  # noqa: E402
+    PLAN_RUNNER,
+    RUN_PROTOCOL,
+    AgentRunInput,
+    PlanSpec,
+    RunReport,
+    StepSpec,
+)
 from tests.processes import WorkerProcess, run  # noqa: E402
 from tests.test_temporal_dev import free_port_pair  # noqa: E402
 
@@ -78,7 +85,7 @@ async def main(runs: int, kills: int, seed: int) -> int:
         plan = PlanSpec(goal="chaos", steps=steps, unverified_ok=True)
         await client.start_workflow(
             AgentWorkflow.run,
-            AgentRunInput(agent=PLAN_RUNNER, goal="chaos", plan=plan),
+            AgentRunInput(agent=PLAN_RUNNER, goal="chaos", plan=plan, protocol=RUN_PROTOCOL),
             id=run_id,
             task_queue="chaos",
         )

@@ -40,6 +40,7 @@ from keel.runs import outcome  # noqa: E402
 from keel.workflows import AgentWorkflow  # noqa: E402
 from keel.workflows.contracts import (  # noqa: E402
     PLAN_RUNNER,
+    RUN_PROTOCOL,
     AgentRunInput,
     PlanSpec,
     RunReport,
@@ -150,7 +151,9 @@ async def main(quick: bool) -> int:
                             report = await outcome(
                                 await env.client.start_workflow(
                                     AgentWorkflow.run,
-                                    AgentRunInput(agent=agent, goal=name, plan=plan),
+                                    AgentRunInput(
+                                        agent=agent, goal=name, plan=plan, protocol=RUN_PROTOCOL
+                                    ),
                                     id=f"{name}-{mode}-{rate}-{trial}-{validators}-{uuid.uuid4().hex[:4]}",
                                     task_queue=queue,
                                 )

@@ -30,7 +30,14 @@ from keel import KeelPlugin
 from keel.activities import Catalog, tool
 from keel.devserver import add_server_default_flag, start_dev_server
 from keel.workflows import AgentWorkflow
-from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, RunReport, StepSpec
+from keel.workflows.contracts import (
+    PLAN_RUNNER,
+    RUN_PROTOCOL,
+    AgentRunInput,
+    PlanSpec,
+    RunReport,
+    StepSpec,
+)
 
 STEPS = 5
 
@@ -68,7 +75,7 @@ async def keel_side(client: Client, queue: str, runs: int) -> tuple[float, int]:
         [
             client.start_workflow(
                 AgentWorkflow.run,
-                AgentRunInput(agent=PLAN_RUNNER, goal="load", plan=plan),
+                AgentRunInput(agent=PLAN_RUNNER, goal="load", plan=plan, protocol=RUN_PROTOCOL),
                 id=f"{prefix}-{i}",
                 task_queue=queue,
             )

@@ -27,7 +27,7 @@ from keel.devserver import add_server_default_flag, start_dev_server
 from keel.plugin import keel_converter
 from keel.runs import outcome
 from keel.workflows import AgentWorkflow
-from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
+from keel.workflows.contracts import PLAN_RUNNER, RUN_PROTOCOL, AgentRunInput, PlanSpec, StepSpec
 
 
 @tool(local=False)
@@ -58,7 +58,7 @@ async def time_keel(
     report = await outcome(
         await client.start_workflow(
             AgentWorkflow.run,
-            AgentRunInput(agent=PLAN_RUNNER, goal=plan.goal, plan=plan),
+            AgentRunInput(agent=PLAN_RUNNER, goal=plan.goal, plan=plan, protocol=RUN_PROTOCOL),
             id=run_id,
             task_queue=queue,
         )

@@ -33,6 +33,7 @@ from keel.devserver import add_server_default_flag, start_dev_server  # noqa: E4
 from keel.process import exit_now  # noqa: E402
 from keel.runs import outcome  # noqa: E402
 from keel.workflows.contracts import (  # noqa: E402
+    RUN_PROTOCOL,
     ActingPolicy,
     AgentRunInput,
     AgentSpec,
@@ -110,7 +111,9 @@ async def bench(reads: int, seconds: float, runs: int, tuned: bool) -> None:
                 began = time.perf_counter()
                 handle = await client.start_workflow(
                     keel.AgentWorkflow.run,
-                    AgentRunInput(agent=AgentSpec(name=spec.name), goal="read"),
+                    AgentRunInput(
+                        agent=AgentSpec(name=spec.name), goal="read", protocol=RUN_PROTOCOL
+                    ),
                     id=f"par-{uuid.uuid4().hex[:8]}",
                     task_queue=queue,
                 )

@@ -55,6 +55,7 @@ from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import (
     PLAN_RUNNER,
+    RUN_PROTOCOL,
     AgentRunInput,
     AgentSpec,
     ModelRef,
@@ -119,6 +120,7 @@ def keel_systems(client: Client, queue: str, raw_client: Client, raw_queue: str)
             agent=PLAN_RUNNER,
             goal=f"{n} noops",
             plan=PlanSpec(goal=f"{n} noops", steps=steps, unverified_ok=True),
+            protocol=RUN_PROTOCOL,  # what keel.start sends
         )
 
     async def keel(run: AgentRunInput, n: int, run_id: str) -> None:
@@ -140,7 +142,7 @@ def keel_systems(client: Client, queue: str, raw_client: Client, raw_queue: str)
         narrowed = agent.model_copy(
             update={"loop": agent.loop.model_copy(update={"max_turns": n + 5})}
         )
-        return AgentRunInput(agent=narrowed, goal=f"call noop {n}")
+        return AgentRunInput(agent=narrowed, goal=f"call noop {n}", protocol=RUN_PROTOCOL)
 
     history = history_of(client)
     return [
@@ -296,7 +298,7 @@ async def long_run(client: Client, queue: str, n: int) -> list[str]:
     report = await outcome(
         await client.start_workflow(
             AgentWorkflow.run,
-            AgentRunInput(agent=agent, goal=f"call noop {n}"),
+            AgentRunInput(agent=agent, goal=f"call noop {n}", protocol=RUN_PROTOCOL),
             id=run_id,
             task_queue=queue,
             execution_timeout=timedelta(hours=3),

@@ -32,7 +32,7 @@ from keel.devserver import start_dev_server  # noqa: E402
 from keel.plugin import keel_converter  # noqa: E402
 from keel.runs import outcome  # noqa: E402
 from keel.workflows import AgentWorkflow  # noqa: E402
-from keel.workflows.contracts import AgentRunInput  # noqa: E402
+from keel.workflows.contracts import RUN_PROTOCOL, AgentRunInput  # noqa: E402
 
 
 @tool
@@ -63,7 +63,7 @@ async def main(sizes: list[int]) -> int:
                 report = await outcome(
                     await env.client.start_workflow(
                         AgentWorkflow.run,
-                        AgentRunInput(agent=agent, goal=f"look up {n}"),
+                        AgentRunInput(agent=agent, goal=f"look up {n}", protocol=RUN_PROTOCOL),
                         id=run_id,
                         task_queue=queue,
                     )

@@ -29,7 +29,12 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -39,12 +44,14 @@ from keel.connection import pollers
 from keel.shared.errors import RunClosed, RunExists, RunNotFound, RunRefused
 from keel.workflows.agent import AgentWorkflow
 from keel.workflows.contracts import (
+    RUN_PROTOCOL,
     STATUS_ATTRIBUTE,
     AgentRunInput,
     AuditEntry,
     PendingRequest,
     RunReport,
 )
+from keel.workflows.run_state import STATUS_KEY
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 NO_WORKER_AFTER = 3.0  # seconds a waiting client lets pass before it checks for a worker
@@ -140,6 +147,7 @@ async def admitted_start(
 ) -> WorkflowHandle[AgentWorkflow, RunReport]:
     """Update-with-start: the run starts and its admission update rides in its first workflow
     task, so the answer costs no round trip beyond the worker's first task."""
+    run = run.model_copy(update={"protocol": RUN_PROTOCOL})
     options: dict[str, Any] = {
         "id": run_id,
         "task_queue": task_queue,
@@ -151,6 +159,10 @@ async def admitted_start(
         if rerun
         else WorkflowIDReusePolicy.REJECT_DUPLICATE,
     }
+    if run.status_attribute:  # listed as RUNNING from its start: the run need not write it
+        options["search_attributes"] = TypedSearchAttributes(
+            [SearchAttributePair(STATUS_KEY, "RUNNING")]
+        )
     start = WithStartWorkflowOperation(AgentWorkflow.run, run, **options)
     admission = asyncio.ensure_future(
         client.execute_update_with_start_workflow(

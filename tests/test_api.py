@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -48,6 +49,29 @@ async def test_a_script_starts_watches_approves_and_gets_the_outcome(
     assert (final.status, final.verified) == ("DONE", True)
     assert [(d.choice, d.approver) for d in final.decisions] == [("approve", "ann")]
     assert store.balances() == {"alice": 30, "zed": 500}
+    # Protocol 1 (AgentRunInput.protocol): listed RUNNING from its start, no patch marker, and
+    # each status written only where it changed: pending set then cleared, three statuses.
+    history = await client.get_workflow_handle(run.id).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    assert started.search_attributes.indexed_fields["KeelStatus"].data == b'"RUNNING"'
+    markers = [e.marker_recorded_event_attributes.marker_name for e in history.events]
+    assert "core_patch" not in markers
+    statuses = [
+        e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+    ]
+    assert [s["KeelStatus"].data for s in statuses] == [
+        b'"WAITING_ON_YOU"',
+        b'"RUNNING"',
+        b'"DONE"',
+    ]
+    memos = [
+        e
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED
+    ]
+    assert len(memos) == 2
 
 
 async def test_a_run_that_ends_not_done_is_a_status_not_an_error(

@@ -30,7 +30,7 @@ LONG = AgentSpec(
     tools=("post_entry",),
     grants=(Grant(scope="**"),),
     unverified_ok=True,
-    max_history_events=40,  # continues as new every few steps
+    max_history_events=30,  # continues as new every few steps
 )
 """
 

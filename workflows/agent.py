@@ -227,8 +227,11 @@ class AgentWorkflow:
                 return state.refuse("refused: a carry is written by Keel only")
             if state.run.carry is None and (skipped := await self._jobs.gate()) is not None:
                 return skipped
-            # Runs started before the worker became the authority on agents replay as they ran.
-            state.agent_from_worker = workflow.patched("keel-agent-from-worker")
+            # Runs started before the worker became the authority on agents replay as they ran;
+            # a run under protocol 1 needs no marker to say it (AgentRunInput.protocol).
+            state.agent_from_worker = state.run.protocol >= 1 or workflow.patched(
+                "keel-agent-from-worker"
+            )
             if state.agent_from_worker:
                 problem = await self._planner.resolve_agent()
                 if problem is not None:

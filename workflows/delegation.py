@@ -23,6 +23,7 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from keel.workflows.budgets import BudgetKeeper
     from keel.workflows.contracts import (
+        RUN_PROTOCOL,
         AgentRunInput,
         AgentSpec,
         Budget,
@@ -71,6 +72,7 @@ class Delegator:
                 Ceiling(agent=own.name, tools=own.tools, grants=own.grants),
             ),
             chain=(*state.run.chain, info.workflow_id),
+            protocol=RUN_PROTOCOL,
         )
         state.log(
             f"step {step.index} started: {step.title} (run {step.child})",

@@ -103,15 +103,22 @@ class RunState:
     def set_status(self, status: RunStatus) -> None:
         before, self.report.status = self.report.status, status
         pending = self.report.pending
+        said = pending.model_dump(mode="json") if pending else None
+        # Under protocol 1 a status is written only where it changed (AgentRunInput.protocol);
+        # runs from before replay the writes they made.
+        changes_only = self.run.protocol >= 1
         # The memo says what the run waits for, readable with no worker running (describe).
-        workflow.upsert_memo({"pending": pending.model_dump(mode="json") if pending else None})
+        if not changes_only or workflow.memo_value("pending", None) != said:
+            workflow.upsert_memo({"pending": said})
         # The web UI shows a run's current details on its page (no history event, no replay).
         workflow.set_current_details(
             "WAITING ON YOU: " + pending.reason
             if status == "WAITING_ON_YOU" and pending
             else status
         )
-        if self.run.status_attribute:
+        if self.run.status_attribute and (
+            not changes_only or workflow.info().typed_search_attributes.get(STATUS_KEY) != status
+        ):
             workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
         for listener in self.on_status:
             listener(before, status)

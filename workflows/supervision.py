@@ -30,6 +30,7 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from keel.workflows.contracts import (
+        RUN_PROTOCOL,
         AgentRunInput,
         AgentSpec,
         ChildEnded,
@@ -128,6 +129,7 @@ class Supervision:
             draft=self.state.run.draft,
             parent=info.workflow_id,
             child_key=child.key,
+            protocol=RUN_PROTOCOL,
         )
         handle = await workflow.start_child_workflow(
             "AgentWorkflow",

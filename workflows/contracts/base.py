@@ -13,6 +13,7 @@ RunStatus = Literal["DONE", "NOT_DONE", "WAITING_ON_YOU", "RUNNING"]
 Choice = Literal["approve", "reject", "edit", "retry", "skip", "abort", "extend", "answer"]
 TimeoutAction = Literal["reject", "skip", "abort"]
 STATUS_ATTRIBUTE = "KeelStatus"  # a Keyword search attribute: `starter.py pending` lists by it
+RUN_PROTOCOL = 1  # what a run's starter speaks: AgentRunInput.protocol
 # A NOT_DONE run fails its workflow with an ApplicationError of this type carrying the report
 # (its first detail), so Temporal's own list view, CLI and metrics tell it from a DONE one.
 NOT_DONE_FAILURE = "NotDone"

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from keel.workflows.contracts.base import MAX_GOAL_CHARS, _Strict
+from keel.workflows.contracts.base import MAX_GOAL_CHARS, RUN_PROTOCOL, _Strict
 from keel.workflows.contracts.jobs import JobContext
 from keel.workflows.contracts.models import Message
 from keel.workflows.contracts.plan import AgentSpec, PlanSpec
@@ -47,6 +47,13 @@ class AgentRunInput(_Strict):
     job: JobContext | None = None
     # Set by the run itself when it continues as new: the state it carries on with.
     carry: RunCarry | None = None
+    # The run protocol its starter speaks (RUN_PROTOCOL; keel.runs.start_run and Keel's own
+    # child runs set it). 0, every input written before it: the run replays as such runs ran.
+    # 1: the run needs no patch marker to know its worker resolves its agent, and writes its
+    # status (memo, KeelStatus) only where it changed (a starter may set KeelStatus RUNNING).
+    # Up to four commands fewer in a run's first workflow task: less to send, and less for the
+    # worker to hold for each cached run.
+    protocol: int = Field(0, ge=0, le=RUN_PROTOCOL)
 
 
 class RunCarry(_Strict):
