@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -47,6 +46,8 @@ def split_front_matter(text: str) -> tuple[str, str] | None:
 
 def front_matter(path: Path) -> tuple[dict[str, object], str]:
     """SKILL.md's YAML front matter, parsed, and its Markdown body."""
+    import yaml  # here: a worker that serves no skills need not hold it (~1 MB)
+
     split = split_front_matter(path.read_text(encoding="utf-8"))
     if split is None:
         raise CatalogError(f"{path}: no YAML front matter (a SKILL.md starts with ---)")

@@ -272,7 +272,7 @@ class AgentWorkflow:
             if run.plan is None:  # the model's plan: the run was admitted, the plan fails it
                 return state.finish("NOT_DONE", "plan refused: " + "; ".join(prepared.problems))
             return state.refuse("plan refused: " + "; ".join(prepared.problems))
-        state.tools = prepared.tools
+        state.tools = prepared.shared_tools()
         state.admit()
         return None
 
@@ -297,7 +297,7 @@ class AgentWorkflow:
             prepared = await self._planner.prepare(None)
             if prepared.problems:
                 return state.refuse("agent refused: " + "; ".join(prepared.problems))
-            state.tools = prepared.tools
+            state.tools = prepared.shared_tools()
             if state.agent.mcp and (problem := await self._planner.mcp_tools()) is not None:
                 return state.refuse(f"agent refused: {problem}")
         state.admit()

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         PrepareRequest,
         ResolvedAgent,
         StepState,
+        interned,
         plan_with_agent_checks,
     )
     from keel.workflows.failures import Unwind, describe_failure
@@ -76,7 +77,7 @@ class Planner:
             given = state.run.plan
             plan = None if given is None else plan_with_agent_checks(given, resolved.agent)
             self.prepared_ahead = (plan, resolved.prepared)
-        state.run = state.run.model_copy(update={"agent": resolved.agent})
+        state.run = state.run.model_copy(update={"agent": interned(resolved.agent)})
         state.supervisor = resolved.supervisor
         state.skill_catalog = tuple(resolved.skills)
         if state.run.carry is None:

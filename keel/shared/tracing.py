@@ -45,7 +45,11 @@ def span(name: str, **attributes: AttributeValue | None) -> Iterator[trace.Span]
     current = tracer.start_span(
         f"keel.{name}", attributes=values, record_exception=False, set_status_on_exception=False
     )
-    token = context.attach(trace.set_span_in_context(current))
+    # A run waiting on a human keeps its open spans' frames for days: only what they need.
+    # With no tracing set up (an invalid span) there is no context to carry to child spans.
+    del values, attributes, tracer
+    valid = current.get_span_context().is_valid
+    token = context.attach(trace.set_span_in_context(current)) if valid else None
     try:
         yield current
     except GeneratorExit:
@@ -58,10 +62,12 @@ def span(name: str, **attributes: AttributeValue | None) -> Iterator[trace.Span]
         current.set_attribute("keel.exception", kind)
         if kind not in NORMAL_ENDS:
             failed(current, f"{kind}: {err}", kind)
-        context.detach(token)
+        if token is not None:
+            context.detach(token)
         current.end()
         raise
-    context.detach(token)
+    if token is not None:
+        context.detach(token)
     current.end()
 
 

@@ -30,6 +30,7 @@ from keel.workflows.contracts.base import (
     TimeoutAction,
     ToolKind,
     audit_kept,
+    interned,
 )
 from keel.workflows.contracts.jobs import (
     NOTIFICATIONS_KEPT,
@@ -284,6 +285,7 @@ __all__ = [
     "Usage",
     "WebhookChannel",
     "audit_kept",
+    "interned",
     "job_name",
     "plan_with_agent_checks",
     "preamble_blob",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+import weakref
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
@@ -61,6 +62,21 @@ class _Frozen(_Strict):
     """Strict and immutable: specs and policies, shared freely once made."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+FrozenT = TypeVar("FrozenT", bound=_Frozen)
+# One object per distinct spec among the runs a worker holds; an entry goes with its last user.
+_INTERNED: weakref.WeakValueDictionary[str, _Frozen] = weakref.WeakValueDictionary()
+
+
+def interned(spec: FrozenT) -> FrozenT:
+    """The one object equal to `spec` (equal JSON, same type) that the worker's runs share. A
+    cached run holds its agent and tool specs for its whole life, decoded anew for each run
+    (a few KB each) though most runs share them. Frozen, so sharing changes nothing a run
+    does; two workflow threads racing here only leave two copies alive. Fields JSON leaves
+    out (AgentSpec.output_type) are not compared: intern only what was read from a payload."""
+    key = f"{type(spec).__qualname__}:{spec.model_dump_json()}"
+    return _INTERNED.setdefault(key, spec)  # type: ignore[return-value]
 
 
 class OmitDefaults(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from keel.workflows.contracts.base import OmitDefaults, _Strict
+from keel.workflows.contracts.base import OmitDefaults, _Strict, interned
 from keel.workflows.contracts.plan import AgentSpec, PlanSpec
 from keel.workflows.contracts.policy import Ceiling, Grant, ToolSpec
 from keel.workflows.contracts.skills import SkillInfo
@@ -90,6 +90,10 @@ class PreparedPlan(_Strict):
 
     tools: dict[str, ToolSpec] = Field(default_factory=dict)
     problems: list[str] = Field(default_factory=list)
+
+    def shared_tools(self) -> dict[str, ToolSpec]:
+        """Its tool specs as a run keeps them: each the one object the worker's runs share."""
+        return {name: interned(spec) for name, spec in self.tools.items()}
 
 
 class ResolvedAgent(_Strict):
