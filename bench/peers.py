@@ -2,6 +2,7 @@
 
     pip install -e '.[peers]'        # Pydantic AI and the OpenAI Agents SDK (optional)
     python bench/peers.py [--n 20 100 1000] [--runs 5] [--long 10000] [--quick]
+                          [--only keel-react-lm langgraph-sync] [--server-default] [--eager]
 
 Systems, alternating run by run so machine noise hits all alike:
   raw         plain temporalio: its own workflow, activity, converter and worker, N activities
@@ -110,7 +111,9 @@ async def chain_history(client: Client, workflow_id: str) -> tuple[int, int]:
     return events, size
 
 
-def keel_systems(client: Client, queue: str, raw_client: Client, raw_queue: str) -> list[System]:
+def keel_systems(
+    client: Client, queue: str, raw_client: Client, raw_queue: str, eager: bool
+) -> list[System]:
     def timeout(n: int) -> timedelta:
         return timedelta(seconds=max(120, n))
 
@@ -126,7 +129,12 @@ def keel_systems(client: Client, queue: str, raw_client: Client, raw_queue: str)
     async def keel(run: AgentRunInput, n: int, run_id: str) -> None:
         report = await outcome(
             await client.start_workflow(
-                AgentWorkflow.run, run, id=run_id, task_queue=queue, execution_timeout=timeout(n)
+                AgentWorkflow.run,
+                run,
+                id=run_id,
+                task_queue=queue,
+                execution_timeout=timeout(n),
+                request_eager_start=eager,
             )
         )
         if report.status != "DONE":
@@ -134,7 +142,12 @@ def keel_systems(client: Client, queue: str, raw_client: Client, raw_queue: str)
 
     async def raw(n: int, run_id: str) -> None:
         await raw_client.execute_workflow(
-            RawToolLoop.run, n, id=run_id, task_queue=raw_queue, execution_timeout=timeout(n)
+            RawToolLoop.run,
+            n,
+            id=run_id,
+            task_queue=raw_queue,
+            execution_timeout=timeout(n),
+            request_eager_start=eager,
         )
 
     def react(n: int, agent: AgentSpec = REACT) -> AgentRunInput:
@@ -156,7 +169,7 @@ def keel_systems(client: Client, queue: str, raw_client: Client, raw_queue: str)
 
 
 async def peer_systems(
-    address: str, stack: list[Worker], closers: list[Callable[[], Awaitable[None]]]
+    address: str, stack: list[Worker], closers: list[Callable[[], Awaitable[None]]], eager: bool
 ) -> tuple[list[System], str]:
     """The peers that are installed, each with its own client (own data converter) and worker;
     LangGraph with its own SQLite file."""
@@ -208,6 +221,7 @@ async def peer_systems(
                 id=run_id,
                 task_queue=queue,
                 execution_timeout=timedelta(seconds=max(120, n)),
+                request_eager_start=eager,
             )
 
         return start
@@ -315,7 +329,15 @@ async def long_run(client: Client, queue: str, n: int) -> list[str]:
     ]
 
 
-async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int, tuned: bool) -> int:
+async def main(
+    sizes: list[int],
+    runs: int,
+    peers_wanted: bool,
+    long: int,
+    tuned: bool,
+    only: list[str],
+    eager: bool,
+) -> int:
     env = await start_dev_server(
         tuned=tuned,
         data_converter=keel_converter(None, None),
@@ -326,12 +348,17 @@ async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int, tuned
     raw_queue = f"peers-raw-{uuid.uuid4().hex[:6]}"
     raw_client, raw_worker = await plain_worker(address, raw_queue)  # nothing of Keel's
     workers = [Worker(env.client, task_queue=queue, plugins=[KeelPlugin(catalog)]), raw_worker]
-    systems = keel_systems(env.client, queue, raw_client, raw_queue)
+    systems = keel_systems(env.client, queue, raw_client, raw_queue, eager)
     note = "peers not measured (--no-peers)"
     closers: list[Callable[[], Awaitable[None]]] = []
     if peers_wanted:
-        extra, note = await peer_systems(address, workers, closers)
+        extra, note = await peer_systems(address, workers, closers, eager)
         systems += extra
+    if only:  # raw stays: it is every ratio's base
+        unknown = set(only) - {s.name for s in systems}
+        if unknown:
+            raise SystemExit(f"--only: no system named {', '.join(sorted(unknown))}")
+        systems = [s for s in systems if s.name == "raw" or s.name in only]
     try:
         for worker in workers:
             await worker.__aenter__()
@@ -363,7 +390,8 @@ async def main(sizes: list[int], runs: int, peers_wanted: bool, long: int, tuned
             await close()
         await env.shutdown()
     config = "tuned" if tuned else "default (--server-default)"
-    print(f"server: {config} dev server; every system on it, alternating run by run")
+    eagerly = "; runs started eagerly (--eager)" if eager else ""
+    print(f"server: {config} dev server; every system on it, alternating run by run{eagerly}")
     for line in table(systems, sizes) + long_lines:
         print(line)
     if note:
@@ -381,12 +409,26 @@ if __name__ == "__main__":
     parser.add_argument("--no-peers", action="store_true", help="Keel and raw temporalio only")
     parser.add_argument("--long", type=int, default=0, help="then one Keel ReAct run of N steps")
     parser.add_argument("--quick", action="store_true", help="N = 20, 1 run (for CI)")
+    parser.add_argument("--only", nargs="+", default=[], help="these systems (and raw) only")
+    parser.add_argument(
+        "--eager",
+        action="store_true",
+        help="every Temporal system starts its runs eagerly (its worker is in this process)",
+    )
     add_server_default_flag(parser)
     args = parser.parse_args()
     if args.quick:
         args.n, args.runs = [20], 1
     code = asyncio.run(
-        main(args.n, args.runs, not args.no_peers, args.long, not args.server_default)
+        main(
+            args.n,
+            args.runs,
+            not args.no_peers,
+            args.long,
+            not args.server_default,
+            args.only,
+            args.eager,
+        )
     )
     from keel.process import exit_now
 

@@ -201,3 +201,15 @@ def test_payloads_leave_defaults_out_and_read_back_equal() -> None:
     )
     assert read_run == run and read_report == report
     assert isinstance(read_run.job.channels[1], WebhookChannel)
+
+
+def test_equal_specs_are_one_object_and_different_ones_are_not() -> None:
+    """contracts.interned: what a cached run keeps of its agent is shared with the runs that
+    read the same spec, and only with those."""
+    from keel.workflows.contracts import AgentSpec, Grant, interned
+
+    first = interned(AgentSpec.model_validate_json('{"name": "a", "grants": [{"scope": "x"}]}'))
+    again = AgentSpec.model_validate_json('{"name": "a", "grants": [{"scope": "x"}]}')
+    other = AgentSpec(name="a", grants=(Grant(scope="y"),))
+    assert again is not first and interned(again) is first
+    assert interned(other) is other and interned(other) != first
