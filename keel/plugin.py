@@ -38,7 +38,7 @@ class CompactPydanticJSON(PydanticJSONPlainPayloadConverter):
     the reader's model fills it in again, so the value read is the value written. A run's
     input, its activities' inputs and results and its markers carry only what differs from
     the defaults, which keeps histories small and leaves each cached run far fewer objects to
-    hold (a 1.2 KB run input decoded to 10.8 KB of pydantic objects, to 4 KB without them).
+    hold (a 1.2 KB run input decoded to 10.8 KB of pydantic objects; 0.3 KB and 5 KB now).
     A default is therefore part of the wire format: changing one changes what in-flight runs
     read (add a field instead). Unions of models are told apart by a field always written
     (contracts.jobs' channels write their `kind`)."""
