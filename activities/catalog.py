@@ -50,6 +50,7 @@ from keel.activities.skills import (
     read_skill_resource,
     snapshot,
 )
+from keel.activities.store import small_store_io
 from keel.activities.tool import Tool, run_call
 from keel.shared.bounds import MAX_ARGS_BYTES, MAX_PLAN_ARGS_BYTES, json_size
 from keel.shared.errors import CatalogError
@@ -609,11 +610,9 @@ class KeelActivities:
         if request.policy is None and request.context_ref is None:
             reply = await self._recorded(request)
         else:
-            # The store may be a bucket across the network: its reads and writes run in a
-            # thread.
-            view, conversation, full = await asyncio.to_thread(expand, request)
+            view, conversation, full = await small_store_io(expand, request)
             reply = await self._recorded(view)
-            ref = await asyncio.to_thread(answered, full, conversation, reply)
+            ref = await small_store_io(answered, full, conversation, reply)
             reply = reply.model_copy(update={"context_ref": ref})
         if request.prefetch is None or not reply.tool_calls:
             return reply

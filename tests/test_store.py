@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -24,7 +25,8 @@ from temporalio.worker import Replayer
 
 from keel import KeelPlugin
 from keel.activities import Catalog, tool
-from keel.activities.store import BlobStore, DirectoryStore
+from keel.activities.store import BlobStore, DirectoryStore, small_store_io
+from keel.activities.store_s3 import S3Store
 from keel.runs import outcome
 from keel.workflows import AgentWorkflow
 from keel.workflows.contracts import PLAN_RUNNER, AgentRunInput, PlanSpec, StepSpec
@@ -185,3 +187,17 @@ async def test_keel_keeps_a_data_converters_external_storage(
     assert completed and any(len(p.data) < 1000 and b"rrrr" not in p.data for p in completed)
     replayer = Replayer(workflows=[], data_converter=converter, plugins=[KeelPlugin()])
     await replayer.replay_workflow(history)  # the replay reads the claim back through the driver
+
+
+async def test_a_model_calls_store_work_runs_inline_on_a_local_disk_only(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """small_store_io: a directory store's small reads and writes cost less than a thread hop,
+    a bucket's may take tens of ms and must not hold the worker's event loop."""
+    monkeypatch.delenv("KEEL_STORE_URL", raising=False)
+    monkeypatch.setenv("KEEL_STORE_DIR", str(tmp_path))
+    loop_thread = threading.get_ident()
+    assert await small_store_io(threading.get_ident) == loop_thread
+    assert not S3Store.on_local_disk
+    monkeypatch.setattr(DirectoryStore, "on_local_disk", False)  # as a bucket's store is
+    assert await small_store_io(threading.get_ident) != loop_thread
