@@ -38,7 +38,7 @@ from keel.activities.memory.tools import (
     memory_consolidator,
     plan_consolidation,
 )
-from keel.activities.models.context_store import answered, expand
+from keel.activities.models.context_store import answered, expand, has_conversation
 from keel.activities.models.providers import PROVIDERS
 from keel.activities.models.scripted import ScriptedModel, ScriptedPlanner
 from keel.activities.prefetch import prefetch
@@ -610,7 +610,12 @@ class KeelActivities:
         if request.policy is None and request.context_ref is None:
             reply = await self._recorded(request)
         else:
-            view, conversation, full = await small_store_io(expand, request)
+            # After a worker restart, rebuilding a long conversation reads a blob per turn: in a
+            # thread, whatever the store. Otherwise it reads a link or two: small store I/O.
+            rebuild = not has_conversation(request)
+            view, conversation, full = await (
+                asyncio.to_thread(expand, request) if rebuild else small_store_io(expand, request)
+            )
             reply = await self._recorded(view)
             ref = await small_store_io(answered, full, conversation, reply)
             reply = reply.model_copy(update={"context_ref": ref})

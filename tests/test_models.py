@@ -669,6 +669,8 @@ def test_a_call_leaving_out_its_settings_gets_them_from_its_context(
             context_store._settings.clear()
             context_store._conversations.clear()
             context_store._preambles.clear()
+        # A rebuild walks the store's chain of links: model_call gives it a thread.
+        assert context_store.has_conversation(later) is not restarted
         view, _, filled = context_store.expand(later)
         assert (filled.model, filled.policy) == (ref, ActingPolicy(keep_turns=9))
         assert filled.preamble_ref == first.preamble_ref and view.system == "be brief"

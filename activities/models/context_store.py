@@ -107,6 +107,12 @@ def load(store: BlobStore, ref: str | None) -> Version:
     return known
 
 
+def has_conversation(request: ModelRequest) -> bool:
+    """Whether this worker holds the conversation the request continues (expand then reads at
+    most a link or two; without it, it walks the chain of links back, a blob each)."""
+    return request.context_ref is None or _conversations.get(request.context_ref) is not None
+
+
 def _run_id() -> str | None:
     """The run a blob is written for (pinned to it, so prune keeps it while the run is open)."""
     return activity.info().workflow_id if activity.in_activity() else None
