@@ -81,8 +81,10 @@ def interned(spec: FrozenT) -> FrozenT:
 
 class OmitDefaults(BaseModel):
     """Serialized without the fields that hold their default (they come back as defaults when
-    read): for the types that cross the activity boundary at every step, since every byte of
-    them lands in the history once per step."""
+    read), by `model_dump` too. On Temporal's wire Keel's converter does this for every type
+    (keel.plugin.CompactPydanticJSON); these types keep it for the JSON they make elsewhere:
+    live events on their streams, and the model requests whose preamble digest names what a
+    run stored (a new digest would lose the stored preambles of runs in flight)."""
 
     @model_serializer(mode="wrap")
     def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
