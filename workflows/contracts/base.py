@@ -83,8 +83,8 @@ class OmitDefaults(BaseModel):
     """Serialized without the fields that hold their default (they come back as defaults when
     read), by `model_dump` too. On Temporal's wire Keel's converter does this for every type
     (keel.plugin.CompactPydanticJSON); these types keep it for the JSON they make elsewhere:
-    live events on their streams, and the model requests whose preamble digest names what a
-    run stored (a new digest would lose the stored preambles of runs in flight)."""
+    live events on their streams and in `watch --json`, and the messages of the context links
+    a model call writes to the blob store."""
 
     @model_serializer(mode="wrap")
     def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
