@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import temporalio.activity
+import temporalio.workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
 from temporalio.converter import (
@@ -25,12 +26,18 @@ from temporalio.plugin import SimplePlugin
 from temporalio.worker import WorkerConfig
 from temporalio.workflow import NondeterminismError
 
+from keel.activations import KeelActivations
 from keel.activities.catalog import Catalog
 from keel.codec import EncodedFailureConverter, EncryptedPayloadGuard
 from keel.shared.errors import CatalogError
 from keel.workflows.agent import AgentWorkflow
 
 WORKFLOWS = (AgentWorkflow,)
+WORKFLOW_TYPES = tuple(
+    defn.name
+    for w in WORKFLOWS
+    if (defn := temporalio.workflow._Definition.from_class(w)) and defn.name
+)
 
 
 class CompactPydanticJSON(PydanticJSONPlainPayloadConverter):
@@ -111,6 +118,12 @@ class KeelPlugin(SimplePlugin):
                 f"activity name {', '.join(map(repr, clash))} is both a Keel tool (or Keel's own "
                 "activity) and one of this worker's activities: rename one (@tool(name=...) or "
                 "@activity.defn(name=...))"
+            )
+        if config.get("workflow_task_executor") is None:
+            # Keel's runs are activated on the worker's event loop, others in threads as
+            # before (keel.activations); a worker given its own executor keeps it.
+            config["workflow_task_executor"] = KeelActivations(
+                WORKFLOW_TYPES, max_threads=config.get("max_concurrent_workflow_tasks") or 500
             )
         return super().configure_worker(config)
 
