@@ -21,6 +21,7 @@ replay reads nothing from it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import time
@@ -98,7 +99,7 @@ class BlobStore(ABC):
             from keel.activities.store_s3 import S3Store  # boto3 only where a bucket is asked for
 
             return S3Store.for_url(url)
-        return DirectoryStore(Path(os.environ.get("KEEL_STORE_DIR", ".keel/blobs")))
+        return _directory_store(os.environ.get("KEEL_STORE_DIR", ".keel/blobs"))
 
     @property
     @abstractmethod
@@ -197,9 +198,12 @@ class DirectoryStore(BlobStore):
         if path.exists():
             os.utime(path)  # a blob written again is young again: its age is its last use
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(data)
+            try:
+                tmp.write_bytes(data)
+            except FileNotFoundError:  # made when first needed, not checked at every write
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
             tmp.replace(path)  # atomic: a reader never sees half a blob
         if run_id is not None:
             self.pin(run_id, ref)
@@ -207,9 +211,13 @@ class DirectoryStore(BlobStore):
 
     def pin(self, run_id: str, ref: str) -> None:
         pin = self.root / "pins" / run_key(run_id)
-        pin.parent.mkdir(parents=True, exist_ok=True)
-        new = not pin.exists()
-        with pin.open("a", encoding="utf-8") as out:  # appends: safe from several workers
+        try:
+            out = pin.open("a", encoding="utf-8")  # appends: safe from several workers
+        except FileNotFoundError:
+            pin.parent.mkdir(parents=True, exist_ok=True)
+            out = pin.open("a", encoding="utf-8")
+        with out:
+            new = out.tell() == 0  # opened for appending: at its end
             out.write((f"run {run_id}\n" if new else "") + ref + "\n")
 
     def _read(self, ref: str) -> bytes:
@@ -240,6 +248,12 @@ class DirectoryStore(BlobStore):
 
     def remove_blob(self, ref: str) -> None:
         self.path_of(ref).unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _directory_store(folder: str) -> DirectoryStore:
+    """One store a folder (a model call asks for the store several times a step)."""
+    return DirectoryStore(Path(folder))
 
 
 P = ParamSpec("P")

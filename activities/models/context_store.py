@@ -206,7 +206,10 @@ def answered(request: ModelRequest, conversation: Version, reply: ModelReply) ->
     settings = request.model_dump(mode="json", include=set(INHERITED), exclude_none=True)
     link = {
         "parent": request.context_ref,
-        "messages": [m.model_dump(mode="json") for m in [*request.messages, said]],
+        # The same JSON as a plain model_dump (Message leaves its defaults out), made by pydantic.
+        "messages": [
+            m.model_dump(mode="json", exclude_defaults=True) for m in [*request.messages, said]
+        ],
         "settings": settings,
     }
     data = json.dumps(link, separators=(",", ":"), sort_keys=True).encode()

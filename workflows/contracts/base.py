@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import weakref
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 Effect = Literal["read", "write"]
 ToolKind = Literal["tool", "check"]
@@ -87,20 +95,27 @@ class OmitDefaults(BaseModel):
     a model call writes to the blob store."""
 
     @model_serializer(mode="wrap")
-    def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+    def _without_defaults(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> Any:
         data = handler(self)
-        if not isinstance(data, dict):
-            return data
-        fields = type(self).model_fields
-        return {k: v for k, v in data.items() if k not in fields or not _is_default(self, k)}
+        if info.exclude_defaults or not isinstance(data, dict):
+            return data  # pydantic left them out already (Keel's converter asks it to)
+        for name, default, factory in _defaults_of(type(self)):
+            if name in data and getattr(self, name) == (factory() if factory else default):
+                del data[name]
+        return data
 
 
-def _is_default(model: BaseModel, name: str) -> bool:
-    field = type(model).model_fields[name]
-    if field.is_required():
-        return False
-    default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
-    return getattr(model, name) == default
+@functools.cache
+def _defaults_of(model: type[BaseModel]) -> tuple[tuple[str, Any, Callable[[], Any] | None], ...]:
+    """(name, default, default factory) of each of `model`'s fields that has a default: read
+    once a class, not at every dump (a model call dumps its messages at every step)."""
+    return tuple(
+        (name, field.default, field.default_factory)  # type: ignore[misc]
+        for name, field in model.model_fields.items()
+        if not field.is_required()
+    )
 
 
 class _Wire(_Frozen, OmitDefaults):
