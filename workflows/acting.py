@@ -70,6 +70,8 @@ class StepByStep:
         self.steps = steps
         self.continuation = continuation
         self.gate = gate
+        # The tool schemas offered last turn, and what they were built from (_schemas).
+        self._offered: tuple[tuple[object, ...], tuple[ToolSchema, ...]] | None = None
 
     async def act(self) -> None:
         """Ask the model for the next action until it finishes; raise Unwind if it cannot."""
@@ -121,14 +123,23 @@ class StepByStep:
         state, agent = self.state, self.state.agent
         loaded = tuple(name for skill in state.report.skills for name in skill.tools)
         loaded += tuple(n for n, s in state.tools.items() if s.activity == MCP_CALL)
-        return tool_schemas(
+        allowed = (*agent.tools, *(n for n in loaded if n not in agent.tools))
+        # Nearly every turn offers what the last one did: the same tuple again, so the model
+        # call's preamble is not hashed again either (ModelThread). Built anew when anything
+        # it comes from differs (compared by identity first, so cheaply).
+        source = (allowed, tuple(state.tools.get(n) for n in allowed), agent, state.skill_catalog)
+        if self._offered is not None and self._offered[0] == source:
+            return self._offered[1]
+        schemas = tool_schemas(
             state.tools,
-            (*agent.tools, *(n for n in loaded if n not in agent.tools)),
+            allowed,
             agent.output_schema,
             agent.delegates,
             agent.loop.drop_results,
             state.skill_catalog,
         )
+        self._offered = (source, schemas)
+        return schemas
 
     def _prefetch_plan(self, schemas: tuple[ToolSchema, ...]) -> PrefetchPlan | None:
         """The quick reads this answer's model call may run itself (if it is asked as a local

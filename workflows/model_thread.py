@@ -56,6 +56,7 @@ class ModelThread:
         self.turns: list[Message] = []  # the act thread: goal, answers, tool results
         self.threads: dict[str, tuple[str | None, int]] = {}  # kind: (context ref, turns sent)
         self.preambles: set[str] = set()  # system prompts + tool schemas stored this run
+        self._last_preamble: tuple[str, tuple[ToolSchema, ...], str] | None = None
         # kind: (model, policy, preamble) of the call that returned the thread's context ref;
         # the next call leaves out what is the same (ModelRequest). Not carried: the first
         # call after continue-as-new sends them again.
@@ -85,7 +86,7 @@ class ModelThread:
         added = tuple(turns[sent:])
         # The system prompt and tool schemas travel in full until a call has stored them, then
         # by reference (a new run after continue-as-new sends them once more).
-        preamble = preamble_ref(system, tools)
+        preamble = self._preamble_ref(system, tools)
         stored = preamble in self.preambles
         last = self.settings.get(kind) if context_ref is not None else None
         model_was, policy_was, preamble_was = last or (None, None, None)
@@ -153,6 +154,16 @@ class ModelThread:
         took = (workflow.now() - asked_at).total_seconds()
         observe("model_call_duration_seconds", agent.name, took, model=ref.label)
         return reply
+
+    def _preamble_ref(self, system: str, tools: tuple[ToolSchema, ...]) -> str:
+        """preamble_ref, hashed again only for another prompt or other schemas than last time
+        (a run offers the same ones, the same tuple, at nearly every turn)."""
+        last = self._last_preamble
+        if last is not None and last[1] is tools and last[0] == system:
+            return last[2]
+        ref = preamble_ref(system, tools)
+        self._last_preamble = (system, tools, ref)
+        return ref
 
     def _count(
         self, kind: StepKind, reply: ModelReply, ref: ModelRef, fallbacks: list[str]
