@@ -46,6 +46,8 @@ class KeelActivations(concurrent.futures.ThreadPoolExecutor):
         return done
 
     def _inline(self, act: WorkflowActivation) -> bool:
+        # A run whose instance could not even be built is evicted without reaching here, so
+        # its id stays in the set: one string a such run, however often its task is retried.
         run_id = act.run_id
         for job in act.jobs:
             started = job.HasField("initialize_workflow")
