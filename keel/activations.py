@@ -47,7 +47,7 @@ class KeelActivations(concurrent.futures.ThreadPoolExecutor):
 
     def _inline(self, act: WorkflowActivation) -> bool:
         # A run whose instance could not even be built is evicted without reaching here, so
-        # its id stays in the set: one string a such run, however often its task is retried.
+        # its id stays in the set: one string for each such run, however often its task is retried.
         run_id = act.run_id
         for job in act.jobs:
             started = job.HasField("initialize_workflow")
