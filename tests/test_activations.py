@@ -8,6 +8,7 @@ import concurrent.futures
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio import workflow
@@ -79,7 +80,6 @@ async def test_an_activation_that_raises_fails_its_future_and_the_loop_goes_on()
     with pytest.raises(RuntimeError, match="broken keel-3"):
         await loop.run_in_executor(executor, broken, activation("keel-3", starts="AgentWorkflow"))
     assert asyncio.get_running_loop() is loop
-    await asyncio.sleep(0)  # the loop still runs callbacks
 
 
 @workflow.defn(name="ThreadName", sandboxed=False)
@@ -96,16 +96,24 @@ async def test_a_worker_runs_keel_inline_and_its_own_workflows_in_threads(
     queue = f"activations-{uuid.uuid4().hex[:8]}"
     plugin = KeelPlugin(CATALOG.including(spec))
     worker = Worker(ts_client, task_queue=queue, workflows=[ThreadName], plugins=[plugin])
-    assert isinstance(worker.config(active_config=True)["workflow_task_executor"], KeelActivations)
+    executor = worker.config(active_config=True)["workflow_task_executor"]
+    assert isinstance(executor, KeelActivations)
+    on_the_loop: list[str] = []  # the runs whose activations the executor ran on the loop
+    activate = executor._activate
+
+    def spied(done: Any, fn: Any, act: WorkflowActivation) -> None:
+        on_the_loop.append(act.run_id)
+        activate(done, fn, act)
+
+    executor._activate = spied  # type: ignore[method-assign]
     async with worker:
-        report = await outcome(
-            await ts_client.start_workflow(
-                AgentWorkflow.run,
-                AgentRunInput(agent=spec, goal='[["local_lookup", {"key": "inline"}]]'),
-                id=f"activations-{uuid.uuid4().hex[:8]}",
-                task_queue=queue,
-            )
+        keel_run = await ts_client.start_workflow(
+            AgentWorkflow.run,
+            AgentRunInput(agent=spec, goal='[["local_lookup", {"key": "inline"}]]'),
+            id=f"activations-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
         )
+        report = await outcome(keel_run)
         # "user-": not a Keel run, so the suite's replay of Keel's runs leaves it; replayed here.
         user = await ts_client.start_workflow(
             ThreadName.run, id=f"user-thread-{uuid.uuid4().hex[:8]}", task_queue=queue
@@ -114,6 +122,7 @@ async def test_a_worker_runs_keel_inline_and_its_own_workflows_in_threads(
     assert report.status == "DONE", report.reason
     assert report.steps[0].result == "value of inline"
     assert name.startswith("temporal_workflow_")
+    assert keel_run.result_run_id in on_the_loop and user.result_run_id not in on_the_loop
     await Replayer(workflows=[ThreadName]).replay_workflow(await user.fetch_history())
 
     # A worker given its own executor keeps it.
