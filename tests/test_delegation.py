@@ -25,7 +25,7 @@ from keel.workflows.contracts import (
     ToolCallRequest,
     Usage,
 )
-from tests.conftest import dev_address, keel_worker, report_when
+from tests.conftest import dev_address, keel_worker, report_when, wait_until
 
 PAY = re.compile(r"pay (\w+) (\d+)")
 
@@ -136,7 +136,17 @@ async def test_an_approval_inside_a_child_is_answered_through_its_delegator(
         run = await keel.start(client, agent="boss", goal="delegate: pay alice 7", task_queue=queue)
         report = await report_when(run, lambda r: bool(r.steps) and r.steps[0].child is not None)
         child_id = report.steps[0].child or ""
-        await report_when(keel.get(client, child_id), lambda r: r.status == "WAITING_ON_YOU")
+        child = keel.get(client, child_id)
+
+        async def child_waits() -> bool:
+            # The report names the child as its delegator starts it: on a busy machine the
+            # server may not have created it yet.
+            try:
+                return (await child.report()).status == "WAITING_ON_YOU"
+            except keel.RunNotFound:
+                return False
+
+        await wait_until(child_waits)
         for _ in range(100):  # pending lists from visibility, which lags a little
             listed = dict(await keel.pending(client))
             if child_id in listed:
